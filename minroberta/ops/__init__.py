@@ -1,0 +1,10 @@
+"""The ops: each a forward returning (out, cache) and a backward returning gradients, derivation beside it."""
+
+from .attention import attention_backward, attention_forward, softmax_backward, softmax_forward
+from .cross_entropy import cross_entropy_backward, cross_entropy_forward
+from .dropout import dropout_backward, dropout_forward
+from .embedding import embedding_backward, embedding_forward
+from .gelu import gelu_backward, gelu_forward
+from .layernorm import layernorm_backward, layernorm_forward
+from .linear import linear_backward, linear_forward
+from .tanh import tanh_backward, tanh_forward

@@ -1,0 +1,74 @@
+"""Softmax and multi-head scaled dot-product self-attention with an additive padding mask on the keys."""
+
+import math
+
+from .. import backend
+from ..errors import MinRobertaError
+from .checks import require_shape
+
+
+def softmax_forward(scores):
+    """scores (..., K) -> probs over the last axis, computed after subtracting the row max."""
+    xp = backend.xp()
+    exp = xp.exp(scores - scores.max(axis=-1, keepdims=True))
+    probs = exp / exp.sum(axis=-1, keepdims=True)
+    return probs, probs
+
+
+def softmax_backward(dprobs, probs):
+    """p_i = e^{s_i} / sum_j e^{s_j} gives dp_i/ds_k = p_i ([i = k] - p_k), so
+    ds_k = sum_i dp_i p_i ([i = k] - p_k) = p_k (dp_k - sum_i dp_i p_i)."""
+    return probs * (dprobs - (dprobs * probs).sum(axis=-1, keepdims=True))
+
+
+def _split_heads(x, num_heads):
+    batch, seq, channels = x.shape
+    return x.reshape(batch, seq, num_heads, channels // num_heads).transpose(0, 2, 1, 3)  # (B, nh, T, hd)
+
+
+def _merge_heads(x):
+    batch, heads, seq, head_dim = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(batch, seq, heads * head_dim)                 # (B, T, C)
+
+
+def attention_forward(q, k, v, key_mask, num_heads, dropout_p=0.0, generator=None, training=False):
+    """q, k, v (B, T, C) projected queries/keys/values; key_mask (B, T), 1 for real tokens, 0 for padding.
+    Heads are the C channels cut into num_heads slices of hd = C / num_heads, head-major (channel h*hd + d).
+    scores = q k^T / sqrt(hd) + (1 - mask) * finfo.min; probs = softmax(scores); ctx = dropout(probs) v."""
+    xp = backend.xp()
+    batch, seq, channels = q.shape
+    require_shape("k", k, q.shape)
+    require_shape("v", v, q.shape)
+    require_shape("key_mask", key_mask, (batch, seq))
+    if channels % num_heads:
+        raise MinRobertaError(f"hidden size {channels} is not divisible by num_heads {num_heads}")
+    head_dim = channels // num_heads
+    qh, kh, vh = (_split_heads(t, num_heads) for t in (q, k, v))           # (B, nh, T, hd)
+    scores = (qh @ kh.transpose(0, 1, 3, 2)) * (1.0 / math.sqrt(head_dim))  # (B, nh, T, T)
+    additive = (1.0 - key_mask.astype(q.dtype)) * xp.finfo(q.dtype).min    # (B, T)
+    scores += additive[:, None, None, :]
+    probs, _ = softmax_forward(scores)                                      # (B, nh, T, T)
+    if training and dropout_p > 0.0:
+        from .dropout import dropout_forward
+        probs_used, drop_scale = dropout_forward(probs, dropout_p, generator, training)
+    else:
+        probs_used, drop_scale = probs, None
+    ctx = _merge_heads(probs_used @ vh)                                     # (B, T, C)
+    return ctx, (qh, kh, vh, probs, probs_used, drop_scale, head_dim)
+
+
+def attention_backward(dctx, cache):
+    """ctx = P' v with P' = dropout(P): dv = P'^T dctx, dP' = dctx v^T, dP = dP' * scale.
+    softmax backward gives dS; the mask is a constant added to S, so it passes dS unchanged;
+    S = q k^T / sqrt(hd): dq = dS k / sqrt(hd), dk = dS^T q / sqrt(hd). Heads are merged back like ctx."""
+    qh, kh, vh, probs, probs_used, drop_scale, head_dim = cache
+    batch, heads, seq, _ = qh.shape
+    dctx_h = _split_heads(dctx, heads)                                      # (B, nh, T, hd)
+    dvh = probs_used.transpose(0, 1, 3, 2) @ dctx_h                         # (B, nh, T, hd)
+    dprobs = dctx_h @ vh.transpose(0, 1, 3, 2)                              # (B, nh, T, T)
+    if drop_scale is not None:
+        dprobs = dprobs * drop_scale
+    dscores = softmax_backward(dprobs, probs) * (1.0 / math.sqrt(head_dim))  # (B, nh, T, T)
+    dqh = dscores @ kh
+    dkh = dscores.transpose(0, 1, 3, 2) @ qh
+    return _merge_heads(dqh), _merge_heads(dkh), _merge_heads(dvh)

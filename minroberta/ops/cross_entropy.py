@@ -1,0 +1,36 @@
+"""Softmax cross-entropy over rows of logits, ignoring label -100, averaged over the counted rows."""
+
+from .. import backend
+from .checks import require_ids_in_range, require_shape
+
+IGNORE_INDEX = -100
+
+
+def cross_entropy_forward(logits, labels):
+    """logits (N, V), labels (N,) ints in [0, V) or -100 -> loss, a 0-d array.
+    loss = mean over counted rows n of  logsumexp(logits[n]) - logits[n, labels[n]].
+    With no counted row the loss is 0 (and so is the gradient), not NaN."""
+    xp = backend.xp()
+    require_shape("labels", labels, logits.shape[:1])
+    require_ids_in_range("labels", labels, logits.shape[1], allowed_negative=IGNORE_INDEX)
+    counted = labels != IGNORE_INDEX                                    # (N,)
+    safe_labels = xp.where(counted, labels, 0)                          # (N,)
+    shifted = logits - logits.max(axis=1, keepdims=True)                # (N, V) stable: max entry is 0
+    exp = xp.exp(shifted)
+    sum_exp = exp.sum(axis=1, keepdims=True)                            # (N, 1)
+    log_probs_true = shifted[xp.arange(labels.shape[0]), safe_labels] - xp.log(sum_exp[:, 0])   # (N,)
+    count = xp.maximum(counted.sum(), 1).astype(logits.dtype)
+    loss = -(log_probs_true * counted).sum() / count
+    probs = exp / sum_exp                                               # (N, V) kept for the backward
+    return loss, (probs, safe_labels, counted, count)
+
+
+def cross_entropy_backward(dloss, cache):
+    """For one row, d/dz_v [logsumexp(z) - z_y] = softmax(z)_v - [v = y]; the mean divides by the count
+    and ignored rows contribute nothing: dlogits = dloss * counted * (probs - onehot(label)) / count."""
+    probs, safe_labels, counted, count = cache
+    xp = backend.xp()
+    dlogits = probs.copy()
+    dlogits[xp.arange(probs.shape[0]), safe_labels] -= 1.0
+    dlogits *= (dloss * counted / count)[:, None].astype(probs.dtype)
+    return dlogits

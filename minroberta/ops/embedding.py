@@ -1,0 +1,25 @@
+"""Embedding lookup: rows of a table picked by integer ids (token, position and token-type embeddings)."""
+
+from .. import backend
+from .checks import require_ids_in_range
+
+
+def embedding_forward(ids, weight, padding_idx=None):
+    """ids (B, T) integers in [0, V), weight (V, C) -> out (B, T, C) = weight[ids]."""
+    require_ids_in_range("ids", ids, weight.shape[0])
+    out = weight[ids]                                   # (B, T, C)
+    cache = (ids, weight.shape, padding_idx)            # the ids say where the gradient goes
+    return out, cache
+
+
+def embedding_backward(dout, cache):
+    """out[b,t] = W[ids[b,t]], so dL/dW[v] = sum over (b,t) with ids[b,t] = v of dout[b,t]: a scatter-add of
+    the rows of dout onto the table (repeated ids accumulate). The padding row is held fixed, as in the
+    reference (`nn.Embedding(padding_idx=...)`): its gradient is zero whatever it was looked up for."""
+    ids, (vocab, channels), padding_idx = cache
+    xp = backend.xp()
+    dweight = xp.zeros((vocab, channels), dtype=dout.dtype)               # (V, C)
+    backend.scatter_add(dweight, ids.reshape(-1), dout.reshape(-1, channels))
+    if padding_idx is not None:
+        dweight[padding_idx] = 0
+    return dweight

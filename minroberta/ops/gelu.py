@@ -1,0 +1,22 @@
+"""GELU in its exact form, x * Phi(x) with Phi the standard normal CDF (the erf form, not the tanh one)."""
+
+import math
+
+from .. import backend
+
+_INV_SQRT2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def gelu_forward(x):
+    """x (...) -> x * Phi(x), Phi(x) = (1 + erf(x / sqrt 2)) / 2."""
+    cdf = 0.5 * (1.0 + backend.erf(x * _INV_SQRT2))     # (...)
+    return x * cdf, (x, cdf)                            # Phi is kept: the backward needs it and erf is dear
+
+
+def gelu_backward(dout, cache):
+    """d/dx [x Phi(x)] = Phi(x) + x phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi) the normal density."""
+    x, cdf = cache
+    xp = backend.xp()
+    pdf = _INV_SQRT_2PI * xp.exp(-0.5 * x * x)
+    return dout * (cdf + x * pdf)

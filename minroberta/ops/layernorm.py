@@ -1,0 +1,30 @@
+"""Layer normalisation over the last axis, biased variance, eps from the config."""
+
+from .checks import require_last_dim
+
+
+def layernorm_forward(x, gamma, beta, eps):
+    """x (..., C), gamma (C,), beta (C,) -> y = gamma * (x - mean) * rstd + beta, rstd = 1/sqrt(var + eps)."""
+    require_last_dim("x", x, gamma.shape[0], f"layer norm size, gamma shape {tuple(gamma.shape)}")
+    mean = x.mean(axis=-1, keepdims=True)               # (..., 1)
+    centered = x - mean                                 # (..., C)
+    var = (centered * centered).mean(axis=-1, keepdims=True)
+    rstd = 1.0 / (var + eps) ** 0.5                     # (..., 1)
+    xhat = centered * rstd                              # (..., C)
+    y = xhat * gamma + beta
+    return y, (xhat, rstd, gamma)
+
+
+def layernorm_backward(dy, cache):
+    """With xhat = (x - mean) * rstd and y = gamma * xhat + beta:
+    dgamma = sum over rows of dy * xhat;  dbeta = sum over rows of dy;  g = dy * gamma.
+    xhat depends on x directly and through mean and var; d var/dx_j = 2 (x_j - mean) / C and the
+    mean's path cancels in the variance, which gives the standard form
+        dx = rstd * (g - mean(g) - xhat * mean(g * xhat))        (means over the C channels)."""
+    xhat, rstd, gamma = cache
+    channels = xhat.shape[-1]
+    dgamma = (dy * xhat).reshape(-1, channels).sum(axis=0)       # (C,)
+    dbeta = dy.reshape(-1, channels).sum(axis=0)                 # (C,)
+    g = dy * gamma                                               # (..., C)
+    dx = rstd * (g - g.mean(axis=-1, keepdims=True) - xhat * (g * xhat).mean(axis=-1, keepdims=True))
+    return dx, dgamma, dbeta

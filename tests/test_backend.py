@@ -1,0 +1,75 @@
+"""The backend: erf accuracy, scatter-add, seeded generators, and the stand-in's refusals."""
+
+import math
+
+import numpy as np
+import pytest
+
+from minroberta import backend
+from minroberta.device_standin import HostConversionError
+from minroberta.errors import MinRobertaError
+
+GRID = np.concatenate([np.linspace(-9, 9, 200_001), [0.0, 1e-30, -1e-30, 1e-8, 40.0, -40.0]])
+ERF_REFERENCE = np.array([math.erf(v) for v in GRID])
+
+
+def test_erf_float64_agrees_with_math_erf(xp):
+    got = backend.to_host(backend.erf(xp.asarray(GRID)))
+    assert np.max(np.abs(got - ERF_REFERENCE)) <= 2e-15
+    nonzero = ERF_REFERENCE != 0
+    assert np.max(np.abs(got - ERF_REFERENCE)[nonzero] / np.abs(ERF_REFERENCE[nonzero])) <= 2e-15
+
+
+def test_erf_float32_error_is_within_documented_bound(xp):
+    grid32 = GRID.astype(np.float32)
+    reference = np.array([math.erf(float(v)) for v in grid32])
+    got = backend.to_host(backend.erf(xp.asarray(grid32)))
+    assert got.dtype == np.float32
+    assert np.max(np.abs(got.astype(np.float64) - reference)) <= 1.2e-7
+
+
+def test_scatter_add_accumulates_repeated_indices(xp):
+    target = xp.zeros((4, 2))
+    backend.scatter_add(target, xp.asarray([1, 1, 3]), xp.asarray([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]))
+    np.testing.assert_array_equal(backend.to_host(target), [[0, 0], [4, 6], [0, 0], [5, 6]])
+
+
+def test_generator_is_determined_by_its_key(xp):
+    a = backend.to_host(backend.generator(3, 1, 4).random((5,)))
+    b = backend.to_host(backend.generator(3, 1, 4).random((5,)))
+    c = backend.to_host(backend.generator(3, 1, 5).random((5,)))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_unknown_backend_is_a_clear_error():
+    with pytest.raises(MinRobertaError, match="unknown backend 'tpu'"):
+        backend.use("tpu")
+
+
+def test_standin_refuses_every_implicit_host_conversion():
+    previous = backend.name()
+    xp = backend.use("standin")
+    try:
+        a = xp.ones((2, 3))
+        for sneaky in (lambda: np.asarray(a), lambda: float(a.sum()), lambda: int(a[0, 0]),
+                       lambda: a.sum().item(), lambda: a.tolist(), lambda: bool(a.any()),
+                       lambda: np.exp(a), lambda: a + np.ones(3), lambda: list(a)):
+            with pytest.raises((HostConversionError, TypeError)):
+                sneaky()
+        assert backend.to_host(a * 2 + 1).sum() == 18   # the explicit way off the device still works
+    finally:
+        backend.use(previous)
+
+
+def test_standin_catches_a_hidden_round_trip_inside_an_op():
+    """An op that reads a value back to the host in the middle of the math fails on the stand-in."""
+    def leaky_scale(x):
+        return x / float(x.max())
+    previous = backend.name()
+    xp = backend.use("standin")
+    try:
+        with pytest.raises(HostConversionError):
+            leaky_scale(xp.ones(3))
+    finally:
+        backend.use(previous)

@@ -1,0 +1,164 @@
+"""Every op's backward against float64 central differences, on shapes and values drawn by hypothesis."""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from minroberta import backend, ops
+from tests.gradcheck import check_gradients
+
+EXAMPLES = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+dims = st.integers(1, 4)
+seeds = st.integers(0, 2**32 - 1)
+
+
+def values(seed, *shape, scale=1.0):
+    return np.random.default_rng(seed).standard_normal(shape) * scale
+
+
+@EXAMPLES
+@given(batch=dims, seq=dims, out=dims, inp=dims, seed=seeds, with_bias=st.booleans())
+def test_linear(xp, batch, seq, out, inp, seed, with_bias):
+    inputs = {"x": values(seed, batch, seq, inp), "weight": values(seed + 1, out, inp),
+              "bias": values(seed + 2, out) if with_bias else None}
+
+    def backward(dy, cache):
+        dx, dweight, dbias = ops.linear_backward(dy, cache)
+        return {"x": dx, "weight": dweight, "bias": dbias}
+    check_gradients(ops.linear_forward, backward, inputs, ["x", "weight"] + (["bias"] if with_bias else []))
+
+
+@EXAMPLES
+@given(rows=dims, channels=st.integers(1, 6), seed=seeds, shift=st.floats(-3, 3), spread=st.floats(0.1, 3))
+def test_layernorm(xp, rows, channels, seed, shift, spread):
+    inputs = {"x": values(seed, rows, 2, channels, scale=spread) + shift,
+              "gamma": values(seed + 1, channels), "beta": values(seed + 2, channels), "eps": 1e-5}
+
+    def backward(dy, cache):
+        dx, dgamma, dbeta = ops.layernorm_backward(dy, cache)
+        return {"x": dx, "gamma": dgamma, "beta": dbeta}
+    check_gradients(ops.layernorm_forward, backward, inputs, ["x", "gamma", "beta"])
+
+
+@EXAMPLES
+@given(rows=dims, cols=dims, seed=seeds, scale=st.floats(0.1, 6))
+def test_gelu(xp, rows, cols, seed, scale):
+    check_gradients(ops.gelu_forward, lambda d, c: {"x": ops.gelu_backward(d, c)},
+                    {"x": values(seed, rows, cols, scale=scale)}, ["x"])
+
+
+@EXAMPLES
+@given(rows=dims, cols=dims, seed=seeds, scale=st.floats(0.1, 4))
+def test_tanh(xp, rows, cols, seed, scale):
+    check_gradients(ops.tanh_forward, lambda d, c: {"x": ops.tanh_backward(d, c)},
+                    {"x": values(seed, rows, cols, scale=scale)}, ["x"])
+
+
+@EXAMPLES
+@given(rows=dims, cols=st.integers(1, 6), seed=seeds, scale=st.floats(0.1, 5))
+def test_softmax(xp, rows, cols, seed, scale):
+    check_gradients(lambda x: ops.softmax_forward(x), lambda d, c: {"x": ops.softmax_backward(d, c)},
+                    {"x": values(seed, rows, 2, cols, scale=scale)}, ["x"])
+
+
+@EXAMPLES
+@given(batch=st.integers(1, 2), seq=st.integers(1, 4), heads=st.sampled_from([1, 2]),
+       head_dim=st.integers(1, 3), seed=seeds, data=st.data())
+def test_attention(xp, batch, seq, heads, head_dim, seed, data):
+    channels = heads * head_dim
+    # padding masks with at least one real key per row; "all padding but one" is drawn often
+    lengths = data.draw(st.lists(st.integers(1, seq), min_size=batch, max_size=batch))
+    key_mask = (np.arange(seq)[None, :] < np.array(lengths)[:, None]).astype(np.int64)
+    inputs = {"q": values(seed, batch, seq, channels), "k": values(seed + 1, batch, seq, channels),
+              "v": values(seed + 2, batch, seq, channels), "key_mask": key_mask, "num_heads": heads}
+
+    def backward(dctx, cache):
+        dq, dk, dv = ops.attention_backward(dctx, cache)
+        return {"q": dq, "k": dk, "v": dv}
+    check_gradients(ops.attention_forward, backward, inputs, ["q", "k", "v"])
+
+
+@EXAMPLES
+@given(seq=st.integers(1, 3), heads=st.sampled_from([1, 2]), seed=seeds, p=st.floats(0.05, 0.9))
+def test_attention_with_dropout(xp, seq, heads, seed, p):
+    """The dropout mask is redrawn identically from the same key at every forward of the check."""
+    channels = 2 * heads
+    inputs = {"q": values(seed, 1, seq, channels), "k": values(seed + 1, 1, seq, channels),
+              "v": values(seed + 2, 1, seq, channels), "key_mask": np.ones((1, seq), dtype=np.int64)}
+
+    def forward(q, k, v, key_mask):
+        return ops.attention_forward(q, k, v, key_mask, heads, dropout_p=p,
+                                     generator=backend.generator(seed), training=True)
+
+    def backward(dctx, cache):
+        dq, dk, dv = ops.attention_backward(dctx, cache)
+        return {"q": dq, "k": dk, "v": dv}
+    check_gradients(forward, backward, inputs, ["q", "k", "v"])
+
+
+@EXAMPLES
+@given(rows=dims, cols=dims, seed=seeds, p=st.floats(0.0, 0.9))
+def test_dropout(xp, rows, cols, seed, p):
+    def forward(x):
+        return ops.dropout_forward(x, p, backend.generator(seed), training=True)
+    check_gradients(forward, lambda d, c: {"x": ops.dropout_backward(d, c)},
+                    {"x": values(seed, rows, cols)}, ["x"])
+
+
+@EXAMPLES
+@given(batch=dims, seq=dims, vocab=st.integers(2, 6), channels=dims, seed=seeds, data=st.data())
+def test_embedding(xp, batch, seq, vocab, channels, seed, data):
+    ids = np.array(data.draw(st.lists(st.integers(0, vocab - 1), min_size=batch * seq, max_size=batch * seq)))
+    padding_idx = data.draw(st.one_of(st.none(), st.integers(0, vocab - 1)))
+    inputs = {"ids": ids.reshape(batch, seq), "weight": values(seed, vocab, channels), "padding_idx": padding_idx}
+    if padding_idx is None:
+        check_gradients(ops.embedding_forward, lambda d, c: {"weight": ops.embedding_backward(d, c)},
+                        inputs, ["weight"])
+    else:
+        # the padding row is held fixed: its gradient is zero, the others are the true derivative
+        out, cache = ops.embedding_forward(**{k: backend.to_device(v) if isinstance(v, np.ndarray) else v
+                                              for k, v in inputs.items()})
+        dweight = backend.to_host(ops.embedding_backward(xp.ones(out.shape), cache))
+        assert np.all(dweight[padding_idx] == 0)
+        counts = np.bincount(ids, minlength=vocab).astype(float)
+        counts[padding_idx] = 0
+        np.testing.assert_array_equal(dweight, np.repeat(counts[:, None], channels, axis=1))
+
+
+@EXAMPLES
+@given(rows=dims, vocab=st.integers(2, 6), seed=seeds, scale=st.floats(0.1, 10), data=st.data())
+def test_cross_entropy(xp, rows, vocab, seed, scale, data):
+    labels = np.array(data.draw(st.lists(st.sampled_from([-100] + list(range(vocab))), min_size=rows, max_size=rows)))
+    if data.draw(st.booleans()):  # all labels ignored but one
+        labels[:] = -100
+        labels[data.draw(st.integers(0, rows - 1))] = data.draw(st.integers(0, vocab - 1))
+    inputs = {"logits": values(seed, rows, vocab, scale=scale), "labels": labels}
+    check_gradients(ops.cross_entropy_forward, lambda d, c: {"logits": ops.cross_entropy_backward(d, c)},
+                    inputs, ["logits"])
+
+
+def test_cross_entropy_all_ignored_is_zero(xp):
+    loss, cache = ops.cross_entropy_forward(xp.ones((3, 4)), xp.asarray(np.full(3, -100)))
+    assert backend.scalar(loss) == 0.0
+    assert np.all(backend.to_host(ops.cross_entropy_backward(1.0, cache)) == 0)
+
+
+def test_checker_catches_a_wrong_backward(numpy_backend):
+    """A layer norm backward missing the mean(g * xhat) term must fail the check."""
+    def wrong_backward(dy, cache):
+        xhat, rstd, gamma = cache
+        g = dy * gamma
+        return {"x": rstd * (g - g.mean(axis=-1, keepdims=True))}
+    inputs = {"x": values(0, 3, 5), "gamma": values(1, 5), "beta": values(2, 5), "eps": 1e-5}
+    with pytest.raises(AssertionError, match="gradient of x"):
+        check_gradients(ops.layernorm_forward, wrong_backward, inputs, ["x"])
+
+
+def test_checker_catches_a_transposed_weight_gradient(numpy_backend):
+    def wrong_backward(dy, cache):
+        x, weight, _ = cache
+        return {"weight": x.reshape(-1, x.shape[-1]).T @ dy.reshape(-1, dy.shape[-1])}   # (I, O), not (O, I)
+    inputs = {"x": values(5, 2, 3), "weight": values(1, 3, 3), "bias": None}
+    with pytest.raises(AssertionError, match="gradient of weight"):
+        check_gradients(ops.linear_forward, wrong_backward, inputs, ["weight"])

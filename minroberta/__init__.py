@@ -1,6 +1,9 @@
 """minroberta: a complete RoBERTa in plain NumPy (or CuPy), every forward and backward pass written by hand."""
 
+from .checkpoint import load_pretrained, save_pretrained
+from .config import Config
 from .errors import MinRobertaError
+from .model import ModelOutput, Roberta
 
-__all__ = ["MinRobertaError"]
+__all__ = ["Config", "MinRobertaError", "ModelOutput", "Roberta", "load_pretrained", "save_pretrained"]
 __version__ = "0.1.0"

@@ -1,0 +1,46 @@
+"""Atomic file writes: a temporary file in the same directory, flushed to disk, then renamed over the target.
+
+A reader (or a resumed run after a crash) sees either the old file or the new one, never half of one.
+"""
+
+import json
+import os
+import tempfile
+
+
+def write_bytes(path, data):
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix="-" + os.path.basename(path))
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+    sync_directory(directory)
+
+
+def write_text(path, text):
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path, value):
+    write_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
+
+
+def sync_directory(directory):
+    """Make a rename durable: fsync the directory entry too (a no-op where the OS does not allow it)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

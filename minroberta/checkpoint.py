@@ -1,0 +1,134 @@
+"""HF-layout checkpoint directories: `config.json` + `model.safetensors` (+ tokenizer files), in and out.
+
+Loading validates everything against the config: every tensor present, none unexpected, shapes and dtypes
+right, values finite, each failure a one-line error naming the file and key. Saving is atomic. Pickles are
+never read: a directory holding only `pytorch_model.bin` gets an error that says how to convert it.
+"""
+
+import os
+
+import numpy as np
+
+from . import atomic, backend
+from .config import Config
+from .errors import MinRobertaError
+from .model import DTYPES, Roberta, encoder_shapes, lm_head_shapes, pooler_shapes
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
+PICKLE_FILES = ("pytorch_model.bin", "model.pt", "checkpoint.pt")
+FILE_DTYPES = {"F32": np.float32, "F64": np.float64, "F16": np.float16}
+IGNORED_SUFFIXES = ("embeddings.position_ids",)   # a stale buffer some exports carry
+TIED_COPIES = {"lm_head.decoder.weight": "embeddings.word_embeddings.weight", "lm_head.decoder.bias": "lm_head.bias"}
+
+
+def read_safetensors(path):
+    """All tensors of a safetensors file as host numpy arrays; damage is a one-line error naming the file.
+    The header is checked against the file's size by the safetensors library before anything is read."""
+    from safetensors import safe_open
+    tensors = {}
+    try:
+        with safe_open(path, framework="numpy") as handle:
+            for key in handle.keys():
+                tensors[key] = handle.get_tensor(key)
+    except FileNotFoundError:
+        raise MinRobertaError(f"{path}: no such file") from None
+    except Exception as exc:   # SafetensorError, or an unsupported dtype (bf16) refused by numpy
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise MinRobertaError(f"{path}: not a readable safetensors file ({message})") from None
+    return tensors
+
+
+def _expected_shapes(config, tensors, path):
+    """Work out the name prefix and which optional parts (MLM head, pooler) the file holds."""
+    suffix = "embeddings.word_embeddings.weight"
+    matches = [k for k in tensors if k.endswith(suffix) and not k.startswith("lm_head.")]
+    if len(matches) != 1:
+        raise MinRobertaError(f"{path}: missing tensor {config.model_type}.{suffix} (found {len(matches)} "
+                              f"word-embedding tables)")
+    prefix = matches[0][: -len(suffix)]
+    shapes = encoder_shapes(config, prefix)
+    has_lm_head = any(k.startswith("lm_head.") for k in tensors) and config.model_type == "roberta"
+    has_pooler = f"{prefix}pooler.dense.weight" in tensors
+    if has_lm_head:
+        shapes.update(lm_head_shapes(config))
+    if has_pooler:
+        shapes.update(pooler_shapes(config, prefix))
+    return prefix, shapes, has_lm_head, has_pooler
+
+
+def load_pretrained(path, dtype=None):
+    """An HF-layout directory -> Roberta. dtype "float32"/"float64", or None to keep the file's float type."""
+    if not os.path.isdir(path):
+        raise MinRobertaError(f"{path}: not a directory (expected config.json and model.safetensors inside)")
+    weights = os.path.join(path, WEIGHTS)
+    if not os.path.exists(weights):
+        pickles = [name for name in PICKLE_FILES if os.path.exists(os.path.join(path, name))]
+        if pickles:
+            raise MinRobertaError(
+                f"{os.path.join(path, pickles[0])}: pickled weights are never loaded; convert them once with "
+                "`python scripts/convert_fairseq.py` (fairseq) or save them as safetensors with transformers")
+        raise MinRobertaError(f"{weights}: no such file")
+    config = Config.load(os.path.join(path, CONFIG))
+    tensors = read_safetensors(weights)
+    prefix, shapes, has_lm_head, has_pooler = _expected_shapes(config, tensors, weights)
+
+    for copy, original in TIED_COPIES.items():   # an explicit copy of a tied tensor must equal the original
+        if copy in tensors:
+            source = original if original.startswith("lm_head.") else prefix + original
+            if source in tensors and tensors[copy].shape == tensors[source].shape and \
+                    np.array_equal(tensors[copy], tensors[source]):
+                del tensors[copy]
+            else:
+                raise MinRobertaError(f"{weights}: {copy} differs from {source}; only a tied decoder is supported")
+    for key in list(tensors):
+        if key.endswith(IGNORED_SUFFIXES):
+            del tensors[key]
+    for key in sorted(tensors):
+        if key not in shapes:
+            raise MinRobertaError(f"{weights}: unexpected tensor {key} {tuple(tensors[key].shape)}")
+    target = None if dtype is None else DTYPES.get(dtype)
+    if dtype is not None and target is None:
+        raise MinRobertaError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    params = {}
+    for key, shape in shapes.items():
+        if key not in tensors:
+            raise MinRobertaError(f"{weights}: missing tensor {key} (expected shape {shape})")
+        value = tensors[key]
+        if tuple(value.shape) != shape:
+            raise MinRobertaError(f"{weights}: tensor {key} has shape {tuple(value.shape)}, config says {shape}")
+        if value.dtype not in FILE_DTYPES.values():
+            raise MinRobertaError(f"{weights}: tensor {key} has dtype {value.dtype}; expected a float type")
+        if not np.all(np.isfinite(value)):
+            raise MinRobertaError(f"{weights}: tensor {key} holds NaN or infinite values")
+        params[key] = value.astype(target or (np.float32 if value.dtype == np.float16 else value.dtype))
+    dtype_name = {np.dtype(v): k for k, v in DTYPES.items()}[params[prefix + "embeddings.LayerNorm.weight"].dtype]
+    params = {k: backend.to_device(v) for k, v in params.items()}
+    model = Roberta(config, dtype=dtype_name, params=params, prefix=prefix, lm_head=has_lm_head, pooler=has_pooler)
+    model.source_dir = path
+    return model
+
+
+def save_pretrained(model, path, tokenizer=None):
+    """Write config.json, model.safetensors (and tokenizer files) into `path`, each file atomically.
+    The tied decoder is not written: transformers re-ties it on load, as it does for its own saves."""
+    from safetensors.numpy import save as safetensors_bytes
+    os.makedirs(path, exist_ok=True)
+    host = {k: np.ascontiguousarray(backend.to_host(v)) for k, v in model.params.items()}
+    architecture = {("roberta", True): "RobertaForMaskedLM", ("roberta", False): "RobertaModel",
+                    ("bert", False): "BertModel"}
+    config = model.config.replace(extra={**model.config.extra,
+                                         "architectures": [architecture[model.config.model_type, model.has_lm_head]]})
+    config.extra.pop("_name_or_path", None)
+    atomic.write_bytes(os.path.join(path, WEIGHTS), safetensors_bytes(host, metadata={"format": "pt"}))
+    config.save(os.path.join(path, CONFIG))
+    if tokenizer is not None:
+        tokenizer.save(path)
+    elif model.source_dir and os.path.abspath(model.source_dir) != os.path.abspath(path):
+        for name in TOKENIZER_FILES:
+            source = os.path.join(model.source_dir, name)
+            if os.path.exists(source):
+                with open(source, "rb") as handle:
+                    atomic.write_bytes(os.path.join(path, name), handle.read())
+

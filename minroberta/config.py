@@ -1,0 +1,136 @@
+"""The model configuration: the fields of a HuggingFace `config.json`, validated, read and written."""
+
+import dataclasses
+import json
+import os
+
+from . import atomic
+from .errors import MinRobertaError
+
+REQUIRED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+            "max_position_embeddings")
+MODEL_TYPES = ("roberta", "bert")
+ACTIVATIONS = ("gelu",)  # the exact erf form; tanh approximations would silently change the numbers
+SIZE_LIMIT = 1 << 20     # no size field of a sane model reaches this; larger is a damaged file, not a model
+
+
+@dataclasses.dataclass
+class Config:
+    vocab_size: int = 50265
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    max_position_embeddings: int = 514
+    type_vocab_size: int = 1
+    layer_norm_eps: float = 1e-5
+    pad_token_id: int = 1
+    bos_token_id: int = 0
+    eos_token_id: int = 2
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    initializer_range: float = 0.02
+    model_type: str = "roberta"
+    extra: dict = dataclasses.field(default_factory=dict)   # other config.json keys, kept for the round trip
+
+    def __post_init__(self):
+        self.validate()
+
+    @property
+    def head_dim(self):
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def max_sequence_length(self):
+        """Longest input the position table allows: RoBERTa positions start at pad + 1."""
+        offset = self.pad_token_id + 1 if self.model_type == "roberta" else 0
+        return self.max_position_embeddings - offset
+
+    def validate(self, source="config"):
+        def fail(message):
+            raise MinRobertaError(f"{source}: {message}")
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.type is int and (isinstance(value, bool) or not isinstance(value, int)):
+                fail(f"{field.name} must be an integer, got {value!r}")
+            if field.type is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                fail(f"{field.name} must be a number, got {value!r}")
+            if field.type is str and not isinstance(value, str):
+                fail(f"{field.name} must be a string, got {value!r}")
+        for name in REQUIRED + ("type_vocab_size",):
+            if not 1 <= getattr(self, name) <= SIZE_LIMIT:
+                fail(f"{name} = {getattr(self, name)} is outside [1, {SIZE_LIMIT}]")
+        if self.hidden_size % self.num_attention_heads:
+            fail(f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}")
+        if self.model_type not in MODEL_TYPES:
+            fail(f"model_type {self.model_type!r} is not supported (supported: {', '.join(MODEL_TYPES)})")
+        if self.hidden_act not in ACTIVATIONS:
+            fail(f"hidden_act {self.hidden_act!r} is not supported (supported: {', '.join(ACTIVATIONS)})")
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            if not 0 <= getattr(self, name) < self.vocab_size:
+                fail(f"{name} = {getattr(self, name)} is outside the vocabulary [0, {self.vocab_size})")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                fail(f"{name} = {getattr(self, name)} must lie in [0, 1)")
+        if not 0.0 < self.layer_norm_eps < 1.0:
+            fail(f"layer_norm_eps = {self.layer_norm_eps} must lie in (0, 1)")
+        if self.max_sequence_length < 1:
+            fail(f"max_position_embeddings {self.max_position_embeddings} leaves no room for a token")
+
+    # --- config.json
+    @classmethod
+    def from_dict(cls, values, source="config"):
+        if not isinstance(values, dict):
+            raise MinRobertaError(f"{source}: expected a JSON object, got {type(values).__name__}")
+        missing = [name for name in REQUIRED + ("model_type",) if name not in values]
+        if missing:
+            raise MinRobertaError(f"{source}: missing field {missing[0]!r}")
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        config = cls.__new__(cls)
+        for field in dataclasses.fields(cls):
+            if field.name != "extra":
+                default = field.default
+                setattr(config, field.name, values.get(field.name, default))
+        if config.model_type == "bert" and "type_vocab_size" not in values:
+            config.type_vocab_size = 2
+        config.extra = {k: v for k, v in values.items() if k not in known}
+        config.validate(source)
+        return config
+
+    def to_dict(self):
+        values = dict(self.extra)
+        values.update({f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"})
+        return values
+
+    @classmethod
+    def load(cls, path):
+        try:
+            with open(path, encoding="utf-8") as handle:
+                values = json.load(handle)
+        except FileNotFoundError:
+            raise MinRobertaError(f"{path}: no such file") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise MinRobertaError(f"{path}: not valid JSON ({str(exc).splitlines()[0]})") from None
+        except OSError as exc:
+            raise MinRobertaError(f"{path}: cannot read ({exc.strerror})") from None
+        return cls.from_dict(values, source=path)
+
+    def save(self, path):
+        atomic.write_json(path, self.to_dict())
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+
+def preset(name):
+    """Model sizes by name, for `minroberta pretrain --preset` and the benchmark."""
+    presets = {
+        # learns visibly in minutes on two CPU cores
+        "tiny": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024),
+        "small": dict(hidden_size=512, num_hidden_layers=6, num_attention_heads=8, intermediate_size=2048),
+        "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+    }
+    if name not in presets:
+        raise MinRobertaError(f"unknown preset {name!r}; choose one of {', '.join(presets)}")
+    return presets[name]

@@ -1,0 +1,337 @@
+"""The RoBERTa encoder and its masked-LM head: parameters by checkpoint name, forward, and full backward.
+
+Read top to bottom: embeddings -> N post-LN encoder layers -> MLM head. Each stage is a forward that returns
+(out, cache) and a backward that adds its parameters' gradients to a dict keyed like the parameters. The same
+code serves BERT-family checkpoints (positions 0..T-1, token types), selected by `config.model_type`.
+"""
+
+import dataclasses
+
+import numpy as np
+
+from . import backend
+from .config import Config
+from .errors import MinRobertaError
+from .ops import (attention_backward, attention_forward, cross_entropy_backward, cross_entropy_forward,
+                  dropout_backward, dropout_forward, embedding_backward, embedding_forward, gelu_backward,
+                  gelu_forward, layernorm_backward, layernorm_forward, linear_backward, linear_forward)
+
+DTYPES = {"float32": np.float32, "float64": np.float64}
+
+
+# --- parameter names and shapes ------------------------------------------------------------------------
+
+def encoder_shapes(config, prefix):
+    """Checkpoint name -> shape for the embeddings and encoder layers, under `prefix` ("roberta.", "bert.", "")."""
+    C, F = config.hidden_size, config.intermediate_size
+    shapes = {
+        f"{prefix}embeddings.word_embeddings.weight": (config.vocab_size, C),
+        f"{prefix}embeddings.position_embeddings.weight": (config.max_position_embeddings, C),
+        f"{prefix}embeddings.token_type_embeddings.weight": (config.type_vocab_size, C),
+        f"{prefix}embeddings.LayerNorm.weight": (C,),
+        f"{prefix}embeddings.LayerNorm.bias": (C,),
+    }
+    for i in range(config.num_hidden_layers):
+        layer = f"{prefix}encoder.layer.{i}."
+        for name, (out_size, in_size) in {"attention.self.query": (C, C), "attention.self.key": (C, C),
+                                          "attention.self.value": (C, C), "attention.output.dense": (C, C),
+                                          "intermediate.dense": (F, C), "output.dense": (C, F)}.items():
+            shapes[layer + name + ".weight"] = (out_size, in_size)
+            shapes[layer + name + ".bias"] = (out_size,)
+        for norm in ("attention.output.LayerNorm", "output.LayerNorm"):
+            shapes[layer + norm + ".weight"] = (C,)
+            shapes[layer + norm + ".bias"] = (C,)
+    return shapes
+
+
+def lm_head_shapes(config):
+    """The masked-LM head; its decoder matrix is the word-embedding table (tied), so only its bias is here."""
+    C = config.hidden_size
+    return {"lm_head.dense.weight": (C, C), "lm_head.dense.bias": (C,), "lm_head.layer_norm.weight": (C,),
+            "lm_head.layer_norm.bias": (C,), "lm_head.bias": (config.vocab_size,)}
+
+
+def pooler_shapes(config, prefix):
+    """BERT's pooler (dense + tanh over token 0): loaded and saved for BERT checkpoints, unused by RoBERTa."""
+    C = config.hidden_size
+    return {f"{prefix}pooler.dense.weight": (C, C), f"{prefix}pooler.dense.bias": (C,)}
+
+
+def init_params(shapes, config, seed, dtype):
+    """As the reference initialises: weights and embeddings ~ N(0, initializer_range), biases zero,
+    LayerNorm weight one, the padding rows of the word (and RoBERTa position) tables zero."""
+    generator = np.random.default_rng(seed)
+    params = {}
+    for name, shape in shapes.items():
+        if "LayerNorm" in name or "layer_norm" in name:
+            value = np.ones(shape) if name.endswith(".weight") else np.zeros(shape)
+        elif name.endswith(".bias"):
+            value = np.zeros(shape)
+        else:
+            value = generator.normal(0.0, config.initializer_range, size=shape)
+        if name.endswith("word_embeddings.weight") or (
+                name.endswith("position_embeddings.weight") and config.model_type == "roberta"):
+            value[config.pad_token_id] = 0.0
+        params[name] = backend.to_device(value.astype(dtype))
+    return params
+
+
+@dataclasses.dataclass
+class ModelOutput:
+    hidden_states: object          # (B, T, C) last layer
+    logits: object = None          # (B, T, V) when the model has an MLM head
+
+
+# --- inputs -------------------------------------------------------------------------------------------
+
+def as_id_array(name, values, expected_shape=None):
+    """Lists, host arrays or device arrays of integer ids -> a (B, T) int64 device array, or a clear error."""
+    xp = backend.xp()
+    if isinstance(values, xp.ndarray) and not isinstance(values, np.ndarray):
+        array = values
+    else:
+        host = np.asarray(values)
+        if host.dtype == object or (host.size and host.dtype.kind not in "iub"):
+            raise MinRobertaError(f"{name} must hold integers, got dtype {host.dtype}")
+        array = backend.to_device(host.astype(np.int64))
+    if array.ndim != 2:
+        raise MinRobertaError(f"{name} must have shape (batch, sequence), got shape {tuple(array.shape)}")
+    if expected_shape is not None and tuple(array.shape) != tuple(expected_shape):
+        raise MinRobertaError(f"{name} has shape {tuple(array.shape)}, input_ids has {tuple(expected_shape)}")
+    return array.astype(xp.int64)
+
+
+class Dropout:
+    """The dropout switch for one forward: probabilities from the config and one generator drawn in order.
+    `None` in place of a Dropout means evaluation mode (no dropout, no draws)."""
+
+    def __init__(self, config, generator):
+        self.hidden_p = config.hidden_dropout_prob
+        self.attention_p = config.attention_probs_dropout_prob
+        self.generator = generator
+
+    def hidden(self, x):
+        return dropout_forward(x, self.hidden_p, self.generator)
+
+
+def _hidden_dropout(dropout, x):
+    return (x, None) if dropout is None else dropout.hidden(x)
+
+
+# --- embeddings ---------------------------------------------------------------------------------------
+
+def position_ids_for(config, input_ids):
+    """RoBERTa: pad + cumsum(ids != pad) on real tokens, pad on padding (real tokens start at pad + 1).
+    BERT: 0..T-1."""
+    xp = backend.xp()
+    batch, seq = input_ids.shape
+    if config.model_type == "roberta":
+        is_token = (input_ids != config.pad_token_id).astype(xp.int64)
+        return xp.cumsum(is_token, axis=1) * is_token + config.pad_token_id
+    return xp.broadcast_to(xp.arange(seq, dtype=xp.int64)[None, :], (batch, seq))
+
+
+def embeddings_forward(params, config, prefix, input_ids, token_type_ids, dropout):
+    """word + position + token type, then LayerNorm and dropout. (B, T) ids -> (B, T, C)."""
+    p = prefix + "embeddings."
+    roberta = config.model_type == "roberta"
+    words, c_words = embedding_forward(input_ids, params[p + "word_embeddings.weight"], config.pad_token_id)
+    positions, c_pos = embedding_forward(position_ids_for(config, input_ids), params[p + "position_embeddings.weight"],
+                                         config.pad_token_id if roberta else None)
+    types, c_types = embedding_forward(token_type_ids, params[p + "token_type_embeddings.weight"])
+    x, c_norm = layernorm_forward(words + positions + types, params[p + "LayerNorm.weight"],
+                                  params[p + "LayerNorm.bias"], config.layer_norm_eps)
+    x, c_drop = _hidden_dropout(dropout, x)
+    return x, (c_words, c_pos, c_types, c_norm, c_drop)
+
+
+def embeddings_backward(dx, cache, prefix, grads):
+    """The three lookups are summed, so each table receives the same upstream gradient, scattered to its rows."""
+    c_words, c_pos, c_types, c_norm, c_drop = cache
+    p = prefix + "embeddings."
+    dsum, grads[p + "LayerNorm.weight"], grads[p + "LayerNorm.bias"] = layernorm_backward(
+        dropout_backward(dx, c_drop), c_norm)
+    word_grad = embedding_backward(dsum, c_words)
+    key = p + "word_embeddings.weight"
+    grads[key] = grads[key] + word_grad if key in grads else word_grad   # the tied decoder may be there first
+    grads[p + "position_embeddings.weight"] = embedding_backward(dsum, c_pos)
+    grads[p + "token_type_embeddings.weight"] = embedding_backward(dsum, c_types)
+
+
+# --- one post-LN encoder layer ------------------------------------------------------------------------
+
+def layer_forward(params, config, layer, x, key_mask, dropout):
+    """h = LN(x + drop(dense(attention(x))));  y = LN(h + drop(dense2(gelu(dense1(h))))).  (B, T, C) -> (B, T, C)."""
+    P = lambda name: params[layer + name]
+    q, c_q = linear_forward(x, P("attention.self.query.weight"), P("attention.self.query.bias"))    # (B, T, C)
+    k, c_k = linear_forward(x, P("attention.self.key.weight"), P("attention.self.key.bias"))
+    v, c_v = linear_forward(x, P("attention.self.value.weight"), P("attention.self.value.bias"))
+    training = dropout is not None
+    ctx, c_attn = attention_forward(q, k, v, key_mask, config.num_attention_heads,
+                                    dropout.attention_p if training else 0.0,
+                                    dropout.generator if training else None, training)            # (B, T, C)
+    a, c_a = linear_forward(ctx, P("attention.output.dense.weight"), P("attention.output.dense.bias"))
+    a, c_a_drop = _hidden_dropout(dropout, a)
+    h, c_h = layernorm_forward(a + x, P("attention.output.LayerNorm.weight"), P("attention.output.LayerNorm.bias"),
+                               config.layer_norm_eps)                                              # (B, T, C)
+    i, c_i = linear_forward(h, P("intermediate.dense.weight"), P("intermediate.dense.bias"))       # (B, T, F)
+    g, c_g = gelu_forward(i)
+    o, c_o = linear_forward(g, P("output.dense.weight"), P("output.dense.bias"))                   # (B, T, C)
+    o, c_o_drop = _hidden_dropout(dropout, o)
+    y, c_y = layernorm_forward(o + h, P("output.LayerNorm.weight"), P("output.LayerNorm.bias"), config.layer_norm_eps)
+    return y, (c_q, c_k, c_v, c_attn, c_a, c_a_drop, c_h, c_i, c_g, c_o, c_o_drop, c_y)
+
+
+def layer_backward(dy, cache, layer, grads):
+    """The forward in reverse. Each residual sum sends its gradient down both branches, so the gradient
+    of h is the FFN branch's plus the skip's, and that of x is the three projections' plus the skip's."""
+    c_q, c_k, c_v, c_attn, c_a, c_a_drop, c_h, c_i, c_g, c_o, c_o_drop, c_y = cache
+
+    def put(name, dweight, dbias):
+        grads[layer + name + ".weight"], grads[layer + name + ".bias"] = dweight, dbias
+
+    do_plus_dh, *norm2 = layernorm_backward(dy, c_y)                       # d(o + h)
+    put("output.LayerNorm", *norm2)
+    dg, *dense2 = linear_backward(dropout_backward(do_plus_dh, c_o_drop), c_o)
+    put("output.dense", *dense2)
+    dh_ffn, *dense1 = linear_backward(gelu_backward(dg, c_g), c_i)
+    put("intermediate.dense", *dense1)
+    da_plus_dx, *norm1 = layernorm_backward(do_plus_dh + dh_ffn, c_h)      # d(a + x)
+    put("attention.output.LayerNorm", *norm1)
+    dctx, *dense_out = linear_backward(dropout_backward(da_plus_dx, c_a_drop), c_a)
+    put("attention.output.dense", *dense_out)
+    dq, dk, dv = attention_backward(dctx, c_attn)
+    dx = da_plus_dx
+    for name, dproj, c_proj in (("query", dq, c_q), ("key", dk, c_k), ("value", dv, c_v)):
+        dx_proj, *proj = linear_backward(dproj, c_proj)
+        put("attention.self." + name, *proj)
+        dx = dx + dx_proj
+    return dx
+
+
+# --- masked-LM head -----------------------------------------------------------------------------------
+
+def lm_head_forward(params, config, prefix, rows):
+    """rows (N, C) -> logits (N, V) = LN(gelu(dense(rows))) @ word_embeddings.T + lm_head.bias."""
+    d, c_d = linear_forward(rows, params["lm_head.dense.weight"], params["lm_head.dense.bias"])
+    g, c_g = gelu_forward(d)
+    n, c_n = layernorm_forward(g, params["lm_head.layer_norm.weight"], params["lm_head.layer_norm.bias"],
+                               config.layer_norm_eps)
+    logits, c_dec = linear_forward(n, params[prefix + "embeddings.word_embeddings.weight"], params["lm_head.bias"])
+    return logits, (c_d, c_g, c_n, c_dec)
+
+
+def lm_head_backward(dlogits, cache, prefix, grads):
+    """The decoder's weight is the word-embedding table, so its gradient lands under that name (the lookup's
+    gradient is added to it in the embeddings backward)."""
+    c_d, c_g, c_n, c_dec = cache
+    dn, grads[prefix + "embeddings.word_embeddings.weight"], grads["lm_head.bias"] = linear_backward(dlogits, c_dec)
+    dg, grads["lm_head.layer_norm.weight"], grads["lm_head.layer_norm.bias"] = layernorm_backward(dn, c_n)
+    drows, grads["lm_head.dense.weight"], grads["lm_head.dense.bias"] = linear_backward(gelu_backward(dg, c_g), c_d)
+    return drows
+
+
+# --- the model ----------------------------------------------------------------------------------------
+
+class Roberta:
+    """A RoBERTa (or BERT-family) encoder with an optional masked-LM head.
+
+    model = Roberta(config, seed=0)                    a fresh model, initialised as the reference does
+    out = model(input_ids, attention_mask, token_type_ids)     out.hidden_states (B,T,C), out.logits (B,T,V)
+    loss, grads = model.loss_and_grads(input_ids, attention_mask, labels)
+    """
+
+    def __init__(self, config, seed=0, dtype="float32", params=None, prefix=None, lm_head=None, pooler=None):
+        if dtype not in DTYPES:
+            raise MinRobertaError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        if lm_head is None:
+            lm_head = config.model_type == "roberta"
+        if lm_head and config.model_type != "roberta":
+            raise MinRobertaError("the masked-LM head (lm_head.*) is RoBERTa's; BERT checkpoints load as encoders")
+        self.config = config
+        self.dtype = dtype
+        self.prefix = prefix if prefix is not None else f"{config.model_type}."
+        self.has_lm_head = lm_head
+        shapes = self.param_shapes(pooler=config.model_type == "bert" if pooler is None else pooler)
+        self.params = params if params is not None else init_params(shapes, config, seed, DTYPES[dtype])
+        self.source_dir = None   # where it was loaded from: tokenizer files there travel with save_pretrained
+
+    def param_shapes(self, pooler=False):
+        shapes = encoder_shapes(self.config, self.prefix)
+        if pooler:
+            shapes.update(pooler_shapes(self.config, self.prefix))
+        if self.has_lm_head:
+            shapes.update(lm_head_shapes(self.config))
+        return shapes
+
+    # --- forward pieces
+    def _inputs(self, input_ids, attention_mask, token_type_ids):
+        xp = backend.xp()
+        ids = as_id_array("input_ids", input_ids)
+        batch, seq = ids.shape
+        if seq > self.config.max_sequence_length:
+            raise MinRobertaError(f"sequence length {seq} exceeds the model's {self.config.max_sequence_length} "
+                                  f"positions (max_position_embeddings {self.config.max_position_embeddings})")
+        mask = xp.ones((batch, seq), dtype=xp.int64) if attention_mask is None else \
+            as_id_array("attention_mask", attention_mask, ids.shape)
+        types = xp.zeros((batch, seq), dtype=xp.int64) if token_type_ids is None else \
+            as_id_array("token_type_ids", token_type_ids, ids.shape)
+        return ids, mask, types
+
+    def encode(self, input_ids, attention_mask=None, token_type_ids=None, dropout=None):
+        """Embeddings and encoder layers: -> hidden (B, T, C), cache for `encode_backward`."""
+        ids, mask, types = self._inputs(input_ids, attention_mask, token_type_ids)
+        x, c_emb = embeddings_forward(self.params, self.config, self.prefix, ids, types, dropout)
+        layer_caches = []
+        for i in range(self.config.num_hidden_layers):
+            x, c_layer = layer_forward(self.params, self.config, f"{self.prefix}encoder.layer.{i}.", x, mask, dropout)
+            layer_caches.append(c_layer)
+        return x, (c_emb, layer_caches)
+
+    def encode_backward(self, dhidden, cache, grads):
+        c_emb, layer_caches = cache
+        for i in reversed(range(self.config.num_hidden_layers)):
+            dhidden = layer_backward(dhidden, layer_caches[i], f"{self.prefix}encoder.layer.{i}.", grads)
+        embeddings_backward(dhidden, c_emb, self.prefix, grads)
+        return grads
+
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None):
+        hidden, _ = self.encode(input_ids, attention_mask, token_type_ids)
+        logits = None
+        if self.has_lm_head:
+            batch, seq, channels = hidden.shape
+            logits, _ = lm_head_forward(self.params, self.config, self.prefix, hidden.reshape(-1, channels))
+            logits = logits.reshape(batch, seq, -1)
+        return ModelOutput(hidden_states=hidden, logits=logits)
+
+    def loss_and_grads(self, input_ids, attention_mask=None, labels=None, token_type_ids=None, dropout_key=None):
+        """Masked-LM loss (mean cross-entropy over positions whose label is not -100) and the gradient of
+        every parameter, keyed like `params`. The head runs only on the labelled positions (the fairseq
+        trick: the same loss for a fraction of the head's work). `dropout_key`, a tuple of ints such as
+        (seed, step, micro_batch), switches dropout on with a generator drawn from it; None means no dropout."""
+        if not self.has_lm_head:
+            raise MinRobertaError("this model has no masked-LM head (lm_head.*), so it has no MLM loss")
+        if labels is None:
+            raise MinRobertaError("loss_and_grads needs labels (-100 where no prediction is scored)")
+        xp = backend.xp()
+        dropout = None if dropout_key is None else Dropout(self.config, backend.generator(*dropout_key))
+        hidden, enc_cache = self.encode(input_ids, attention_mask, token_type_ids, dropout)
+        batch, seq, channels = hidden.shape
+        labels = as_id_array("labels", labels, (batch, seq)).reshape(-1)                  # (B*T,)
+        scored = xp.nonzero(labels != -100)[0]                                            # (N,) flat positions
+        rows = hidden.reshape(-1, channels)[scored]                                       # (N, C)
+        logits, head_cache = lm_head_forward(self.params, self.config, self.prefix, rows)  # (N, V)
+        loss, ce_cache = cross_entropy_forward(logits, labels[scored])
+        grads = {}
+        drows = lm_head_backward(cross_entropy_backward(1.0, ce_cache), head_cache, self.prefix, grads)
+        dhidden = xp.zeros((batch * seq, channels), dtype=hidden.dtype)
+        dhidden[scored] = drows                                                           # positions are distinct
+        self.encode_backward(dhidden.reshape(batch, seq, channels), enc_cache, grads)
+        for name in self.params:          # parameters outside the MLM path (BERT's pooler) get zero gradient
+            if name not in grads:
+                grads[name] = xp.zeros_like(self.params[name])
+        return loss, grads
+
+    def save_pretrained(self, path, tokenizer=None):
+        from .checkpoint import save_pretrained
+        save_pretrained(self, path, tokenizer=tokenizer)

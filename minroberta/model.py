@@ -304,27 +304,39 @@ class Roberta:
             logits = logits.reshape(batch, seq, -1)
         return ModelOutput(hidden_states=hidden, logits=logits)
 
-    def loss_and_grads(self, input_ids, attention_mask=None, labels=None, token_type_ids=None, dropout_key=None):
-        """Masked-LM loss (mean cross-entropy over positions whose label is not -100) and the gradient of
-        every parameter, keyed like `params`. The head runs only on the labelled positions (the fairseq
-        trick: the same loss for a fraction of the head's work). `dropout_key`, a tuple of ints such as
-        (seed, step, micro_batch), switches dropout on with a generator drawn from it; None means no dropout."""
+    def _scored_head(self, input_ids, attention_mask, labels, token_type_ids, dropout):
+        """Encoder on the whole batch, MLM head on the labelled rows only (the fairseq trick: the same loss
+        for a fraction of the head's work) -> logits (N, V), targets (N,), cache for the backward."""
         if not self.has_lm_head:
             raise MinRobertaError("this model has no masked-LM head (lm_head.*), so it has no MLM loss")
         if labels is None:
-            raise MinRobertaError("loss_and_grads needs labels (-100 where no prediction is scored)")
+            raise MinRobertaError("the MLM loss needs labels (-100 where no prediction is scored)")
         xp = backend.xp()
-        dropout = None if dropout_key is None else Dropout(self.config, backend.generator(*dropout_key))
         hidden, enc_cache = self.encode(input_ids, attention_mask, token_type_ids, dropout)
         batch, seq, channels = hidden.shape
         labels = as_id_array("labels", labels, (batch, seq)).reshape(-1)                  # (B*T,)
         scored = xp.nonzero(labels != -100)[0]                                            # (N,) flat positions
         rows = hidden.reshape(-1, channels)[scored]                                       # (N, C)
         logits, head_cache = lm_head_forward(self.params, self.config, self.prefix, rows)  # (N, V)
-        loss, ce_cache = cross_entropy_forward(logits, labels[scored])
+        return logits, labels[scored], (enc_cache, head_cache, scored, hidden.shape)
+
+    def mlm_logits(self, input_ids, attention_mask=None, labels=None, token_type_ids=None):
+        """Logits (N, V) at the N positions whose label is not -100, and those labels (N,); no dropout."""
+        logits, targets, _ = self._scored_head(input_ids, attention_mask, labels, token_type_ids, None)
+        return logits, targets
+
+    def loss_and_grads(self, input_ids, attention_mask=None, labels=None, token_type_ids=None, dropout_key=None):
+        """Masked-LM loss (mean cross-entropy over positions whose label is not -100) and the gradient of
+        every parameter, keyed like `params`. `dropout_key`, a tuple of ints such as (seed, step, micro_batch),
+        switches dropout on with a generator drawn from it; None means no dropout (evaluation numerics)."""
+        xp = backend.xp()
+        dropout = None if dropout_key is None else Dropout(self.config, backend.generator(*dropout_key))
+        logits, targets, (enc_cache, head_cache, scored, (batch, seq, channels)) = self._scored_head(
+            input_ids, attention_mask, labels, token_type_ids, dropout)
+        loss, ce_cache = cross_entropy_forward(logits, targets)
         grads = {}
         drows = lm_head_backward(cross_entropy_backward(1.0, ce_cache), head_cache, self.prefix, grads)
-        dhidden = xp.zeros((batch * seq, channels), dtype=hidden.dtype)
+        dhidden = xp.zeros((batch * seq, channels), dtype=drows.dtype)
         dhidden[scored] = drows                                                           # positions are distinct
         self.encode_backward(dhidden.reshape(batch, seq, channels), enc_cache, grads)
         for name in self.params:          # parameters outside the MLM path (BERT's pooler) get zero gradient

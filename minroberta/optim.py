@@ -1,0 +1,80 @@
+"""AdamW with bias correction and decoupled weight decay, the warmup-then-linear-decay schedule, and clipping.
+
+RoBERTa's defaults: betas (0.9, 0.98), eps 1e-6, weight decay 0.01 on matrices only (never on biases or
+LayerNorm weights, which are the 1-D parameters). The update follows torch.optim.AdamW operation for operation,
+so the two agree to rounding.
+"""
+
+import math
+
+from . import backend
+
+
+def linear_schedule(update, peak_lr, warmup, total):
+    """Learning rate of update number `update` (0-based): linear warmup to peak over `warmup` updates,
+    then linear decay that would reach zero at update `total` (so the last update still moves)."""
+    if update < warmup:
+        return peak_lr * (update + 1) / warmup
+    return peak_lr * max(0.0, (total - update) / max(1, total - warmup))
+
+
+def global_norm(grads):
+    """sqrt of the sum of squares of every gradient, as a 0-d device array (no host round-trip)."""
+    xp = backend.xp()
+    return xp.sqrt(sum((g * g).sum() for g in grads.values()))
+
+
+def clip_by_global_norm(grads, max_norm):
+    """Scale all gradients by min(1, max_norm / (norm + 1e-6)), as torch's clip_grad_norm_. Returns the norm."""
+    xp = backend.xp()
+    norm = global_norm(grads)
+    scale = xp.minimum(1.0, max_norm / (norm + 1e-6)).astype(next(iter(grads.values())).dtype)
+    for g in grads.values():
+        g *= scale
+    return norm
+
+
+class AdamW:
+    """m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;  p <- p (1 - lr wd) - lr/(1 - b1^t) * m / (sqrt(v)/sqrt(1 - b2^t) + eps)."""
+
+    def __init__(self, params, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01):
+        xp = backend.xp()
+        self.beta1, self.beta2 = betas
+        self.eps = eps
+        self.weight_decay = weight_decay
+        self.step_count = 0
+        self.exp_avg = {name: xp.zeros_like(p) for name, p in params.items()}
+        self.exp_avg_sq = {name: xp.zeros_like(p) for name, p in params.items()}
+        self.decays = {name: p.ndim >= 2 for name, p in params.items()}
+
+    def step(self, params, grads, lr):
+        """One update of every parameter, in place."""
+        xp = backend.xp()
+        self.step_count += 1
+        step_size = lr / (1.0 - self.beta1 ** self.step_count)
+        bias_correction2_sqrt = math.sqrt(1.0 - self.beta2 ** self.step_count)
+        for name, p in params.items():
+            g = grads[name]
+            m, v = self.exp_avg[name], self.exp_avg_sq[name]
+            if self.decays[name] and self.weight_decay:
+                p *= 1.0 - lr * self.weight_decay
+            m *= self.beta1
+            m += (1.0 - self.beta1) * g
+            v *= self.beta2
+            v += (1.0 - self.beta2) * (g * g)
+            denom = xp.sqrt(v)
+            denom /= bias_correction2_sqrt
+            denom += self.eps
+            p -= step_size * (m / denom)
+
+    # --- checkpointing: the moments as named arrays, the rest as plain numbers
+    def state_arrays(self):
+        arrays = {f"exp_avg.{k}": v for k, v in self.exp_avg.items()}
+        arrays.update({f"exp_avg_sq.{k}": v for k, v in self.exp_avg_sq.items()})
+        return arrays
+
+    def load_state_arrays(self, arrays, step_count):
+        for name in self.exp_avg:
+            self.exp_avg[name] = backend.to_device(arrays[f"exp_avg.{name}"])
+            self.exp_avg_sq[name] = backend.to_device(arrays[f"exp_avg_sq.{name}"])
+        self.step_count = step_count

@@ -1,0 +1,204 @@
+"""The `minroberta` command: pretrain, fill-mask.
+
+Every user error ends as one line on stderr and exit status 2; no traceback.
+"""
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+
+import numpy as np
+
+from . import backend
+from .errors import MinRobertaError
+
+DEFAULT_OUT = os.path.join("runs", "pretrain")
+VOCAB_SIZES = {"tiny": 8192, "small": 16384, "base": 32768}
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="minroberta", description="A RoBERTa in plain NumPy: pretrain and use it.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    pre = commands.add_parser("pretrain", help="pretrain a masked LM (default: tiny model on the stdlib docstrings)",
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    pre.add_argument("--preset", default="tiny", choices=["tiny", "small", "base"],
+                     help="model size: tiny (256 x 4 layers) learns in minutes on a CPU; base is roberta-base")
+    pre.add_argument("--corpus", nargs="+", metavar="PATH",
+                     help="text files, directories or globs (blank lines separate documents); "
+                          "default: the docstrings of this Python's standard library")
+    pre.add_argument("--out", default=DEFAULT_OUT, help="run directory: checkpoints, metrics.jsonl, final model")
+    pre.add_argument("--steps", type=int, default=600, help="optimizer updates")
+    pre.add_argument("--batch-size", type=int, default=16, help="sequences per micro-batch")
+    pre.add_argument("--accumulate", type=int, default=1,
+                     help="micro-batches per update (effective batch = batch-size x accumulate)")
+    pre.add_argument("--lr", type=float, default=5e-4, help="peak learning rate")
+    pre.add_argument("--warmup", type=int, default=-1, help="warmup updates (-1: 6%% of --steps)")
+    pre.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (matrices only)")
+    pre.add_argument("--clip-norm", type=float, default=1.0, help="global gradient-norm clip (0: off)")
+    pre.add_argument("--seq-len", type=int, default=128, help="block length of the packed sequences, in tokens")
+    pre.add_argument("--vocab-size", type=int, default=None, help="BPE vocabulary size (default by preset)")
+    pre.add_argument("--tokenizer", metavar="DIR", help="use this tokenizer (tokenizer.json or vocab.json + "
+                                                         "merges.txt) instead of training one")
+    pre.add_argument("--no-dropout", action="store_true", help="train without dropout")
+    pre.add_argument("--eval-every", type=int, default=100, help="updates between validation runs")
+    pre.add_argument("--eval-batches", type=int, default=16, help="validation batches per evaluation (0: all)")
+    pre.add_argument("--save-every", type=int, default=200, help="updates between checkpoints")
+    pre.add_argument("--log-every", type=int, default=10, help="updates between metric records")
+    pre.add_argument("--seed", type=int, default=0, help="seed of the weights, data order, masks and dropout")
+    pre.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    pre.add_argument("--backend", choices=backend.BACKENDS, default=None,
+                     help="array module (default: $MINROBERTA_BACKEND or numpy)")
+    pre.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="parameter precision")
+
+    fill = commands.add_parser("fill-mask", help="predict the <mask> tokens of a text",
+                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    fill.add_argument("--model", required=True, metavar="DIR", help="a model directory (with tokenizer files)")
+    fill.add_argument("--top-k", type=int, default=5, help="predictions shown per <mask>")
+    fill.add_argument("--backend", choices=backend.BACKENDS, default=None, help="array module")
+    fill.add_argument("text", nargs="+", help='texts containing <mask>, e.g. "Return the <mask> of x."')
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        if getattr(args, "backend", None):
+            backend.use(args.backend)
+        return {"pretrain": run_pretrain, "fill-mask": run_fill_mask}[args.command](args)
+    except MinRobertaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; the last checkpoint is intact (resume with --resume)", file=sys.stderr)
+        return 130
+    except OSError as exc:   # disk full, permission denied, ...: name the file, no traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+
+
+# --- fill-mask -----------------------------------------------------------------------------------------
+
+def fill_mask(model, tokenizer, text, top_k=5):
+    """For each <mask> in `text`: [(token, probability), ...] best first."""
+    encoding = tokenizer.encode(text)
+    ids = np.array([encoding.ids])
+    if ids.shape[1] > model.config.max_sequence_length:
+        raise MinRobertaError(f"text is {ids.shape[1]} tokens, the model takes at most "
+                              f"{model.config.max_sequence_length}")
+    positions = [i for i, token in enumerate(encoding.ids) if token == tokenizer.mask_id]
+    if not positions:
+        raise MinRobertaError(f"no <mask> token in {text!r}")
+    logits = backend.to_host(model(ids).logits)[0, positions].astype(np.float64)     # (M, V)
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    results = []
+    for row in probs:
+        best = np.argsort(-row)[:top_k]
+        results.append([(tokenizer.decode([int(i)], skip_special_tokens=False), float(row[i])) for i in best])
+    return results
+
+
+def run_fill_mask(args):
+    from .checkpoint import load_pretrained
+    from .tokenizer import Tokenizer
+    model = load_pretrained(args.model)
+    tokenizer = Tokenizer.from_dir(args.model)
+    for text in args.text:
+        print(text)
+        for n, predictions in enumerate(fill_mask(model, tokenizer, text, args.top_k)):
+            shown = "  ".join(f"{token.strip() or repr(token)} {p:.3f}" for token, p in predictions)
+            print(f"  <mask> {n + 1}: {shown}")
+    return 0
+
+
+# --- pretrain ------------------------------------------------------------------------------------------
+
+FILL_MASK_EXAMPLES = ("Return the <mask> of the list.", "If the file does not <mask>, an error is raised.",
+                      "This module provides <mask> for working with dates and times.")
+
+
+def run_pretrain(args):
+    from . import corpus
+    from .config import Config, preset
+    from .data import PretrainingData
+    from .model import Roberta
+    from .tokenizer import Tokenizer, train_tokenizer
+    from .train import TrainSettings, Trainer, latest_good_checkpoint, list_checkpoints
+
+    settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, accumulate=args.accumulate, lr=args.lr,
+                             warmup=args.warmup, weight_decay=args.weight_decay, clip_norm=args.clip_norm,
+                             dropout=not args.no_dropout, eval_every=args.eval_every, eval_batches=args.eval_batches,
+                             save_every=args.save_every, log_every=args.log_every, seed=args.seed)
+    settings.validate()
+    if args.seq_len < 8:
+        raise MinRobertaError(f"--seq-len must be at least 8, got {args.seq_len}")
+    started = time.time()
+    say = lambda text: print(text, file=sys.stderr, flush=True)
+
+    checkpoint = None
+    if args.resume:
+        checkpoint = latest_good_checkpoint(args.out, report=say)
+        if checkpoint is None:
+            raise MinRobertaError(f"{args.out}: no checkpoint to resume from")
+    elif list_checkpoints(args.out):
+        raise MinRobertaError(f"{args.out} already holds a run; pass --resume to continue it or choose another --out")
+
+    source = "the standard library's docstrings" if not args.corpus else ", ".join(args.corpus)
+    say(f"reading {source}")
+    documents = list(corpus.stdlib_documents()) if not args.corpus else list(corpus.read_documents(args.corpus))
+    corpus.require_nonempty(documents, source)
+    train_docs, valid_docs = corpus.train_valid_split(documents)
+
+    if checkpoint is not None:
+        tokenizer = Tokenizer.from_dir(checkpoint)
+    elif args.tokenizer:
+        tokenizer = Tokenizer.from_dir(args.tokenizer)
+    else:
+        vocab_size = args.vocab_size or VOCAB_SIZES[args.preset]
+        say(f"training a byte-level BPE tokenizer, vocabulary {vocab_size}")
+        tokenizer = train_tokenizer(train_docs, vocab_size=vocab_size)
+
+    config = Config(vocab_size=tokenizer.vocab_size, max_position_embeddings=args.seq_len + 2,
+                    pad_token_id=tokenizer.pad_id, bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id,
+                    **preset(args.preset))
+    if args.no_dropout:
+        config = config.replace(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    if checkpoint is not None:
+        saved = Config.load(os.path.join(checkpoint, "config.json"))
+        for field in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                      "max_position_embeddings"):
+            if getattr(saved, field) != getattr(config, field):
+                raise MinRobertaError(f"{checkpoint} was trained with {field} = {getattr(saved, field)}, this run "
+                                      f"asks for {getattr(config, field)}; use the same --preset/--seq-len, or "
+                                      "another --out")
+    say("packing FULL-SENTENCES blocks")
+    data = PretrainingData.build(tokenizer, train_docs, valid_docs, block_size=args.seq_len, seed=args.seed)
+    say(f"{data.num_train:,} training and {data.num_valid:,} validation sequences of at most {args.seq_len} tokens")
+
+    os.makedirs(args.out, exist_ok=True)
+    model = Roberta(config, seed=args.seed, dtype=args.dtype)
+    trainer = Trainer(model, data, tokenizer, settings, args.out)
+    if checkpoint is not None:
+        trainer.restore(checkpoint)
+        say(f"resumed from {checkpoint} at step {trainer.step}")
+    parameters = sum(int(np.prod(p.shape)) for p in model.params.values())
+    say(f"model: {args.preset}, {parameters / 1e6:.1f}M parameters, backend {backend.name()}, {args.dtype}; "
+        f"{settings.steps} updates of {settings.batch_size * settings.accumulate} sequences")
+    result = trainer.run()
+
+    minutes = (time.time() - started) / 60
+    print(f"done in {minutes:.1f} min: validation loss {result['valid_loss']:.4f}, perplexity "
+          f"{result['valid_ppl']:.2f}, masked-token accuracy {result['valid_accuracy']:.3f}")
+    print(f"model saved to {args.out} (HF layout: transformers.RobertaForMaskedLM.from_pretrained opens it)")
+    for text in FILL_MASK_EXAMPLES:
+        predictions = fill_mask(trainer.model, tokenizer, text, top_k=3)[0]
+        print(f"  {text}  ->  " + ", ".join(f"{t.strip()} ({p:.2f})" for t, p in predictions))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

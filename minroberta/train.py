@@ -1,0 +1,284 @@
+"""The training loop: accumulation, AdamW updates, evaluation, metrics, atomic checkpoints and exact resume.
+
+Everything a step does is a pure function of (seed, step): the batches it reads, their masks and its dropout.
+So a checkpoint needs only the parameters, the optimizer moments and the step, and a resumed run retraces the
+uninterrupted one bit for bit.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import time
+
+import numpy as np
+
+from . import atomic, backend
+from .checkpoint import load_pretrained, read_safetensors, save_pretrained
+from .errors import MinRobertaError
+from .ops import cross_entropy_forward
+from .optim import AdamW, clip_by_global_norm, linear_schedule
+
+CHECKPOINTS = "checkpoints"
+STATE = "trainer_state.json"
+OPTIMIZER = "optimizer.safetensors"
+METRICS = "metrics.jsonl"
+
+
+@dataclasses.dataclass
+class TrainSettings:
+    steps: int = 600              # optimizer updates
+    batch_size: int = 16          # sequences per micro-batch
+    accumulate: int = 1           # micro-batches per update: effective batch = batch_size * accumulate
+    lr: float = 5e-4              # peak learning rate
+    warmup: int = -1              # warmup updates; -1 means 6% of steps (RoBERTa's ratio)
+    weight_decay: float = 0.01
+    betas: tuple = (0.9, 0.98)
+    eps: float = 1e-6
+    clip_norm: float = 1.0        # 0 turns clipping off
+    dropout: bool = True          # the config's dropout probabilities during training
+    eval_every: int = 100
+    eval_batches: int = 16        # validation micro-batches per evaluation (0 = all)
+    save_every: int = 200
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    seed: int = 0
+
+    @property
+    def warmup_steps(self):
+        return self.warmup if self.warmup >= 0 else max(1, round(0.06 * self.steps))
+
+    def validate(self):
+        for name in ("steps", "batch_size", "accumulate", "log_every", "eval_every", "save_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise MinRobertaError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise MinRobertaError(f"--lr must be positive, got {self.lr}")
+
+
+class Progress:
+    """One status line: step, loss, tokens/s and ETA; rewritten in place on a terminal, printed every
+    `log_every` steps otherwise (logs, CI)."""
+
+    def __init__(self, total, stream=sys.stderr):
+        self.total, self.stream = total, stream
+        self.interactive = stream.isatty()
+
+    def update(self, step, loss, tokens_per_s, seconds_per_step, force=False):
+        eta = (self.total - step) * seconds_per_step
+        line = (f"step {step}/{self.total} | loss {loss:.4f} | {tokens_per_s:,.0f} tok/s | "
+                f"ETA {int(eta // 60)}m{int(eta % 60):02d}s")
+        if self.interactive:
+            self.stream.write("\r" + line.ljust(80) + ("\n" if step == self.total else ""))
+        elif force:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def message(self, text):
+        if self.interactive:
+            self.stream.write("\r" + " " * 80 + "\r")
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+class Trainer:
+    """Pretrains `model` on `data` (a PretrainingData), writing everything under `out_dir`."""
+
+    def __init__(self, model, data, tokenizer, settings, out_dir, progress=None):
+        settings.validate()
+        self.model, self.data, self.tokenizer, self.settings, self.out_dir = model, data, tokenizer, settings, out_dir
+        self.optimizer = AdamW(model.params, betas=settings.betas, eps=settings.eps,
+                               weight_decay=settings.weight_decay)
+        self.step = 0
+        self.progress = progress or Progress(settings.steps)
+        self.last_eval = None
+
+    # --- one update
+    def micro_batches(self, step):
+        """The micro-batches of update `step`: global micro-batch g = step * accumulate + i, read in order."""
+        per_epoch = self.data.batches_per_epoch(self.settings.batch_size)
+        for i in range(self.settings.accumulate):
+            g = step * self.settings.accumulate + i
+            yield i, self.data.train_batch(g // per_epoch, g % per_epoch, self.settings.batch_size)
+
+    def train_step(self):
+        """Accumulate gradients over the micro-batches (each weighted by its share of the scored tokens, so
+        the update is that of one large batch), clip, and apply one AdamW update. Returns (loss, tokens)."""
+        settings, model = self.settings, self.model
+        batches = list(self.micro_batches(self.step))
+        scored = [int(np.sum(b["labels"] != -100)) for _, b in batches]
+        total_scored = max(1, sum(scored))
+        grads, loss, tokens = None, 0.0, 0
+        for (i, batch), count in zip(batches, scored):
+            key = (settings.seed, self.step, i) if settings.dropout else None
+            micro_loss, micro_grads = model.loss_and_grads(batch["input_ids"], batch["attention_mask"],
+                                                           batch["labels"], dropout_key=key)
+            weight = count / total_scored
+            if grads is None:
+                grads = {k: g * weight for k, g in micro_grads.items()} if weight != 1.0 else micro_grads
+            else:
+                for k, g in micro_grads.items():
+                    grads[k] += g * weight
+            loss += weight * backend.scalar(micro_loss)
+            tokens += int(np.sum(batch["attention_mask"]))
+        if not math.isfinite(loss):
+            raise MinRobertaError(f"non-finite loss ({loss}) at step {self.step + 1}; stopping. The last good "
+                                  f"checkpoint is left untouched under {os.path.join(self.out_dir, CHECKPOINTS)}")
+        if settings.clip_norm > 0:
+            norm = backend.scalar(clip_by_global_norm(grads, settings.clip_norm))
+            if not math.isfinite(norm):
+                raise MinRobertaError(f"non-finite gradient norm at step {self.step + 1}; stopping, last good "
+                                      "checkpoint untouched")
+        lr = linear_schedule(self.step, settings.lr, settings.warmup_steps, settings.steps)
+        self.optimizer.step(model.params, grads, lr)
+        self.step += 1
+        return loss, tokens, lr
+
+    # --- evaluation
+    def evaluate(self):
+        """Validation loss (weighted by scored tokens), perplexity and masked-token accuracy."""
+        xp = backend.xp()
+        total_loss, total_correct, total_count = 0.0, 0, 0
+        for n, batch in enumerate(self.data.valid_batches(self.settings.batch_size)):
+            if self.settings.eval_batches and n >= self.settings.eval_batches:
+                break
+            logits, targets = self.model.mlm_logits(batch["input_ids"], batch["attention_mask"], batch["labels"])
+            count = int(targets.shape[0])
+            if count == 0:
+                continue
+            loss, _ = cross_entropy_forward(logits, targets)
+            total_loss += backend.scalar(loss) * count
+            total_correct += int(backend.to_host((logits.argmax(axis=1) == targets).sum()))
+            total_count += count
+        if total_count == 0:
+            raise MinRobertaError("the validation split has no masked tokens to score; use a larger corpus")
+        loss = total_loss / total_count
+        return {"step": self.step, "valid_loss": loss, "valid_ppl": math.exp(min(loss, 700.0)),
+                "valid_accuracy": total_correct / total_count}
+
+    # --- the loop
+    def run(self):
+        settings = self.settings
+        started, tokens_seen, steps_timed = time.time(), 0, 0
+        while self.step < settings.steps:
+            loss, tokens, lr = self.train_step()
+            tokens_seen += tokens
+            steps_timed += 1
+            elapsed = time.time() - started
+            seconds_per_step = elapsed / steps_timed
+            log_now = self.step % settings.log_every == 0 or self.step == settings.steps
+            self.progress.update(self.step, loss, tokens_seen / max(elapsed, 1e-9), seconds_per_step, force=log_now)
+            if log_now:
+                self.log({"step": self.step, "loss": loss, "lr": lr, "tokens_per_s": tokens_seen / max(elapsed, 1e-9)})
+            if self.step % settings.eval_every == 0 or self.step == settings.steps:
+                self.last_eval = self.evaluate()
+                self.log(self.last_eval)
+                self.progress.message(f"eval at step {self.step}: loss {self.last_eval['valid_loss']:.4f} | "
+                                      f"ppl {self.last_eval['valid_ppl']:.2f} | "
+                                      f"accuracy {self.last_eval['valid_accuracy']:.3f}")
+            if self.step % settings.save_every == 0 or self.step == settings.steps:
+                self.save_checkpoint()
+        save_pretrained(self.model, self.out_dir, tokenizer=self.tokenizer)
+        return self.last_eval
+
+    def log(self, record):
+        with open(os.path.join(self.out_dir, METRICS), "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    # --- checkpoints
+    def save_checkpoint(self):
+        """Write checkpoints/step-N as a whole: into a hidden directory first, then one rename. A kill at any
+        moment leaves the previous checkpoint as it was."""
+        from safetensors.numpy import save
+        root = os.path.join(self.out_dir, CHECKPOINTS)
+        os.makedirs(root, exist_ok=True)
+        final = os.path.join(root, f"step-{self.step:08d}")
+        partial = os.path.join(root, f".partial-step-{self.step:08d}")
+        shutil.rmtree(partial, ignore_errors=True)
+        os.makedirs(partial)
+        save_pretrained(self.model, partial, tokenizer=self.tokenizer)
+        moments = {k: np.ascontiguousarray(backend.to_host(v)) for k, v in self.optimizer.state_arrays().items()}
+        atomic.write_bytes(os.path.join(partial, OPTIMIZER), save(moments))
+        state = {"step": self.step, "optimizer_steps": self.optimizer.step_count,
+                 "settings": dataclasses.asdict(self.settings), "backend": backend.name(),
+                 "last_eval": self.last_eval}
+        atomic.write_json(os.path.join(partial, STATE), state)
+        if os.path.exists(final):
+            shutil.rmtree(final)
+        os.replace(partial, final)
+        atomic.sync_directory(root)
+        for old in list_checkpoints(self.out_dir)[:-self.settings.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def restore(self, checkpoint):
+        """Load parameters, optimizer moments and step from a checkpoint directory (already validated)."""
+        model = load_pretrained(checkpoint)
+        if set(model.params) != set(self.model.params):
+            raise MinRobertaError(f"{checkpoint}: its tensors do not match this model")
+        for name, value in model.params.items():
+            if tuple(value.shape) != tuple(self.model.params[name].shape):
+                raise MinRobertaError(f"{checkpoint}: tensor {name} has shape {tuple(value.shape)}, this run's "
+                                      f"model has {tuple(self.model.params[name].shape)}")
+        self.model.params = model.params
+        state = read_state(checkpoint)
+        self.optimizer = AdamW(self.model.params, betas=self.settings.betas, eps=self.settings.eps,
+                               weight_decay=self.settings.weight_decay)
+        self.optimizer.load_state_arrays(read_safetensors(os.path.join(checkpoint, OPTIMIZER)),
+                                         state["optimizer_steps"])
+        self.step = state["step"]
+        self.last_eval = state.get("last_eval")
+        self.trim_metrics()
+
+    def trim_metrics(self):
+        """After a resume, drop metric records from beyond the checkpoint (the steps about to be redone)."""
+        path = os.path.join(self.out_dir, METRICS)
+        if not os.path.exists(path):
+            return
+        kept = []
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue   # a line torn by a kill
+                if record.get("step", 0) <= self.step:
+                    kept.append(json.dumps(record) + "\n")
+        atomic.write_text(path, "".join(kept))
+
+
+def list_checkpoints(out_dir):
+    """Complete checkpoint directories under out_dir, oldest first."""
+    root = os.path.join(out_dir, CHECKPOINTS)
+    if not os.path.isdir(root):
+        return []
+    names = sorted(n for n in os.listdir(root) if n.startswith("step-"))
+    return [os.path.join(root, n) for n in names]
+
+
+def read_state(checkpoint):
+    path = os.path.join(checkpoint, STATE)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            state = json.load(handle)
+        int(state["step"]), int(state["optimizer_steps"])
+        return state
+    except FileNotFoundError:
+        raise MinRobertaError(f"{path}: no such file") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise MinRobertaError(f"{path}: not a trainer state ({type(exc).__name__}: {exc})") from None
+
+
+def latest_good_checkpoint(out_dir, report=print):
+    """The newest checkpoint that loads, falling back (and saying so) past damaged ones; None when none."""
+    for checkpoint in reversed(list_checkpoints(out_dir)):
+        try:
+            load_pretrained(checkpoint)
+            read_safetensors(os.path.join(checkpoint, OPTIMIZER))
+            read_state(checkpoint)
+            return checkpoint
+        except MinRobertaError as exc:
+            report(f"warning: checkpoint {checkpoint} is unusable ({exc}); falling back to an earlier one")
+    return None

@@ -73,3 +73,15 @@ def test_standin_catches_a_hidden_round_trip_inside_an_op():
             leaky_scale(xp.ones(3))
     finally:
         backend.use(previous)
+
+
+def test_normal_cdf_matches_erfc_reference(xp):
+    grid = np.linspace(-12, 12, 100_001)
+    reference = np.array([0.5 * math.erfc(-v / math.sqrt(2)) for v in grid])
+    exact = backend.to_host(backend.normal_cdf(xp.asarray(grid)))
+    assert np.max(np.abs(exact - reference)) <= 1e-15
+    grid32 = grid.astype(np.float32)
+    reference32 = np.array([0.5 * math.erfc(-float(v) / math.sqrt(2)) for v in grid32])
+    fast = backend.to_host(backend.normal_cdf(xp.asarray(grid32)))
+    assert fast.dtype == np.float32
+    assert np.max(np.abs(fast.astype(np.float64) - reference32)) <= 3e-7

@@ -4,13 +4,12 @@ import math
 
 from .. import backend
 
-_INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
 def gelu_forward(x):
     """x (...) -> x * Phi(x), Phi(x) = (1 + erf(x / sqrt 2)) / 2."""
-    cdf = 0.5 * (1.0 + backend.erf(x * _INV_SQRT2))     # (...)
+    cdf = backend.normal_cdf(x)                         # (...)
     return x * cdf, (x, cdf)                            # Phi is kept: the backward needs it and erf is dear
 
 

@@ -15,7 +15,7 @@ from . import backend
 from .errors import MinRobertaError
 
 DEFAULT_OUT = os.path.join("runs", "pretrain")
-VOCAB_SIZES = {"tiny": 8192, "small": 16384, "base": 32768}
+VOCAB_SIZES = {"micro": 2048, "tiny": 8192, "small": 16384, "base": 32768}
 
 
 def build_parser():
@@ -24,8 +24,9 @@ def build_parser():
 
     pre = commands.add_parser("pretrain", help="pretrain a masked LM (default: tiny model on the stdlib docstrings)",
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    pre.add_argument("--preset", default="tiny", choices=["tiny", "small", "base"],
-                     help="model size: tiny (256 x 4 layers) learns in minutes on a CPU; base is roberta-base")
+    pre.add_argument("--preset", default="tiny", choices=list(VOCAB_SIZES),
+                     help="model size: tiny (256 x 4 layers) learns in minutes on a CPU; base is roberta-base's "
+                          "shape; micro is for smoke tests")
     pre.add_argument("--corpus", nargs="+", metavar="PATH",
                      help="text files, directories or globs (blank lines separate documents); "
                           "default: the docstrings of this Python's standard library")
@@ -49,6 +50,9 @@ def build_parser():
     pre.add_argument("--log-every", type=int, default=10, help="updates between metric records")
     pre.add_argument("--seed", type=int, default=0, help="seed of the weights, data order, masks and dropout")
     pre.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    pre.add_argument("--stop-at-step", type=int, default=None, metavar="N",
+                     help="checkpoint and stop after update N (resume later with --resume); the schedule still "
+                          "runs to --steps")
     pre.add_argument("--backend", choices=backend.BACKENDS, default=None,
                      help="array module (default: $MINROBERTA_BACKEND or numpy)")
     pre.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="parameter precision")
@@ -188,7 +192,10 @@ def run_pretrain(args):
     parameters = sum(int(np.prod(p.shape)) for p in model.params.values())
     say(f"model: {args.preset}, {parameters / 1e6:.1f}M parameters, backend {backend.name()}, {args.dtype}; "
         f"{settings.steps} updates of {settings.batch_size * settings.accumulate} sequences")
-    result = trainer.run()
+    result = trainer.run(stop_at=args.stop_at_step)
+    if trainer.step < settings.steps:
+        print(f"stopped at step {trainer.step} of {settings.steps}; continue with --resume --out {args.out}")
+        return 0
 
     minutes = (time.time() - started) / 60
     print(f"done in {minutes:.1f} min: validation loss {result['valid_loss']:.4f}, perplexity "

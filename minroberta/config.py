@@ -126,6 +126,8 @@ class Config:
 def preset(name):
     """Model sizes by name, for `minroberta pretrain --preset` and the benchmark."""
     presets = {
+        # for tests and smoke runs: seconds per hundred steps
+        "micro": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256),
         # learns visibly in minutes on two CPU cores
         "tiny": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024),
         "small": dict(hidden_size=512, num_hidden_layers=6, num_attention_heads=8, intermediate_size=2048),

@@ -159,10 +159,15 @@ class Trainer:
                 "valid_accuracy": total_correct / total_count}
 
     # --- the loop
-    def run(self):
+    def run(self, stop_at=None):
+        """Train to `settings.steps` (or checkpoint and return early after update `stop_at`)."""
         settings = self.settings
         started, tokens_seen, steps_timed = time.time(), 0, 0
         while self.step < settings.steps:
+            if stop_at is not None and self.step >= stop_at:
+                if self.step % settings.save_every:    # else the loop has just saved this step
+                    self.save_checkpoint()
+                return self.last_eval
             loss, tokens, lr = self.train_step()
             tokens_seen += tokens
             steps_timed += 1

@@ -1,0 +1,187 @@
+"""The pretraining job end to end: loss falls, resume is bit-exact, kills lose nothing, bad input is one line."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import minroberta
+from minroberta import backend
+from minroberta.checkpoint import read_safetensors
+from minroberta.cli import main
+from minroberta.train import TrainSettings, Trainer, list_checkpoints
+
+SMALL_RUN = ["--preset", "micro", "--seq-len", "64", "--batch-size", "8", "--log-every", "2", "--eval-batches", "4"]
+
+
+@pytest.fixture(scope="module")
+def corpus_file(tmp_path_factory):
+    """A few hundred sentences of real prose (stdlib docstrings), as a user's text file."""
+    from minroberta.corpus import stdlib_documents
+    path = tmp_path_factory.mktemp("corpus") / "docs.txt"
+    documents = []
+    for document in stdlib_documents():
+        documents.append(document)
+        if len(documents) == 400:
+            break
+    path.write_text("\n\n".join(documents), encoding="utf-8")
+    return str(path)
+
+
+def run_cli(*args):
+    return main([str(a) for a in args])
+
+
+def final_params(out_dir):
+    return read_safetensors(os.path.join(out_dir, "model.safetensors"))
+
+
+def test_resume_is_bit_identical(tmp_path, corpus_file):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    common = ["pretrain", *SMALL_RUN, "--corpus", corpus_file, "--steps", 8, "--save-every", 3, "--eval-every", 4]
+    assert run_cli(*common, "--out", straight) == 0
+    assert run_cli(*common, "--out", resumed, "--stop-at-step", 4) == 0
+    assert not os.path.exists(resumed / "model.safetensors")
+    assert run_cli(*common, "--out", resumed, "--resume") == 0
+    a, b = final_params(straight), final_params(resumed)
+    assert set(a) == set(b)
+    for key in a:
+        assert np.array_equal(a[key], b[key]), key
+    steps = [json.loads(line)["step"] for line in open(resumed / "metrics.jsonl") if '"loss"' in line]
+    assert steps == sorted(set(steps)), "metrics of the redone steps were not trimmed"
+
+
+def test_loss_falls_on_the_builtin_corpus(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli("pretrain", *SMALL_RUN, "--steps", 80, "--lr", "3e-3", "--eval-every", 40, "--out", out) == 0
+    evals = [json.loads(line) for line in open(out / "metrics.jsonl") if "valid_loss" in line]
+    losses = [json.loads(line)["loss"] for line in open(out / "metrics.jsonl") if '"loss"' in line]
+    assert losses[-1] < losses[0] - 1.0, losses
+    assert evals[-1]["valid_loss"] < evals[0]["valid_loss"]
+    printed = capsys.readouterr().out
+    assert "perplexity" in printed and "<mask>" in printed
+    # the run directory is an HF-layout model directory
+    model = minroberta.load_pretrained(str(out))
+    assert model.config.vocab_size == 2048
+
+
+def test_a_tiny_model_overfits_one_batch(numpy_backend):
+    config = minroberta.Config(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                               intermediate_size=64, max_position_embeddings=34, hidden_dropout_prob=0.0,
+                               attention_probs_dropout_prob=0.0)
+    model = minroberta.Roberta(config, seed=0)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(5, 50, size=(4, 32))
+    labels = np.where(rng.random(ids.shape) < 0.3, ids, -100)
+    inputs = np.where(labels != -100, 4, ids)
+    batch = {"input_ids": inputs, "attention_mask": np.ones_like(ids), "labels": labels}
+
+    class OneBatch:
+        def batches_per_epoch(self, batch_size):
+            return 1
+
+        def train_batch(self, epoch, index, batch_size):
+            return batch
+
+    trainer = Trainer(model, OneBatch(), None, TrainSettings(steps=150, lr=3e-3, warmup=10, dropout=False), None)
+    for _ in range(150):
+        loss, _, _ = trainer.train_step()
+    assert loss < 0.1
+
+
+def test_the_whole_training_step_runs_on_the_device_standin(tmp_path, corpus_file):
+    """Data, model, loss, backward, clipping and AdamW with no hidden host round-trip."""
+    previous = backend.name()
+    try:
+        assert run_cli("pretrain", *SMALL_RUN, "--corpus", corpus_file, "--steps", 2, "--eval-every", 2,
+                       "--backend", "standin", "--out", tmp_path / "standin") == 0
+    finally:
+        backend.use(previous)
+
+
+KILL_DURING_SAVE = """
+import os, signal, sys
+from minroberta import atomic, cli
+real = atomic.write_bytes
+def dying_write(path, data):
+    if "step-00000004" in path and path.endswith("optimizer.safetensors"):
+        real(path + ".half", data[: len(data) // 2])
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(path, data)
+atomic.write_bytes = dying_write
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_a_kill_while_writing_a_checkpoint_leaves_the_previous_one_loadable(tmp_path, corpus_file):
+    out = tmp_path / "killed"
+    args = ["pretrain", *SMALL_RUN, "--corpus", corpus_file, "--steps", 6, "--save-every", 2, "--eval-every", 6,
+            "--out", str(out)]
+    result = subprocess.run([sys.executable, "-c", KILL_DURING_SAVE, *map(str, args)], capture_output=True, text=True)
+    assert result.returncode == -signal.SIGKILL
+    checkpoints = list_checkpoints(out)
+    assert [os.path.basename(c) for c in checkpoints] == ["step-00000002"]
+    minroberta.load_pretrained(checkpoints[-1])
+    # and the run resumes from it to the end
+    assert run_cli(*args, "--resume") == 0
+    assert os.path.basename(list_checkpoints(out)[-1]) == "step-00000006"
+
+
+@pytest.mark.parametrize("problem", ["empty", "invalid_utf8", "no_text_dir", "binary"])
+def test_bad_corpora_are_one_line_errors(tmp_path, capsys, problem):
+    target = tmp_path / "corpus"
+    if problem == "empty":
+        target = tmp_path / "empty.txt"
+        target.write_text("\n\n  \n")
+    elif problem == "invalid_utf8":
+        target = tmp_path / "bad.txt"
+        target.write_bytes(b"fine text\n\xff\xfe broken")
+    elif problem == "no_text_dir":
+        target.mkdir()
+        (target / "image.png").write_bytes(b"\x89PNG")
+    else:
+        target = tmp_path / "data.txt"
+        target.write_bytes(b"text\x00\x01\x02")
+    out = tmp_path / "out"
+    assert run_cli("pretrain", *SMALL_RUN, "--corpus", target, "--steps", 2, "--out", out) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("error: ") and str(target) in error
+    assert not os.path.exists(out / "checkpoints")
+
+
+def test_other_bad_input_is_a_one_line_error_and_overwrites_nothing(tmp_path, capsys, corpus_file):
+    bad_tokenizer = tmp_path / "tok"
+    bad_tokenizer.mkdir()
+    (bad_tokenizer / "tokenizer.json").write_text("{not a tokenizer")
+    assert run_cli("pretrain", *SMALL_RUN, "--corpus", corpus_file, "--tokenizer", bad_tokenizer, "--out",
+                   tmp_path / "a") == 2
+    assert "tokenizer.json: not a tokenizer file" in capsys.readouterr().err
+
+
+    run = tmp_path / "run"
+    assert run_cli("pretrain", *SMALL_RUN, "--corpus", corpus_file, "--steps", 2, "--out", run) == 0
+    before = open(run / "model.safetensors", "rb").read()
+    capsys.readouterr()
+    assert run_cli("pretrain", *SMALL_RUN, "--corpus", corpus_file, "--steps", 2, "--out", run) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert run_cli("pretrain", *SMALL_RUN[:2], "--seq-len", 32, "--corpus", corpus_file, "--steps", 4, "--out", run,
+                   "--resume") == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "max_position_embeddings = 66" in err and "asks for 34" in err
+    assert open(run / "model.safetensors", "rb").read() == before
+
+
+def test_fill_mask_rejects_too_long_text_and_missing_mask(tmp_path, capsys, corpus_file):
+    run = tmp_path / "run"
+    assert run_cli("pretrain", *SMALL_RUN, "--corpus", corpus_file, "--steps", 2, "--out", run) == 0
+    capsys.readouterr()
+    assert run_cli("fill-mask", "--model", run, "The <mask> of it.") == 0
+    assert "<mask> 1:" in capsys.readouterr().out
+    assert run_cli("fill-mask", "--model", run, "no mask here") == 2
+    assert "no <mask> token" in capsys.readouterr().err
+    assert run_cli("fill-mask", "--model", run, "word " * 200 + "<mask>") == 2
+    assert "the model takes at most 64" in capsys.readouterr().err

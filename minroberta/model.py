@@ -161,11 +161,17 @@ def embeddings_backward(dx, cache, prefix, grads):
 # --- one post-LN encoder layer ------------------------------------------------------------------------
 
 def layer_forward(params, config, layer, x, key_mask, dropout):
-    """h = LN(x + drop(dense(attention(x))));  y = LN(h + drop(dense2(gelu(dense1(h))))).  (B, T, C) -> (B, T, C)."""
+    """h = LN(x + drop(dense(attention(x))));  y = LN(h + drop(dense2(gelu(dense1(h))))).  (B, T, C) -> (B, T, C).
+    The query, key and value projections run as one (B*T, C) x (C, 3C) product: the same numbers as three
+    linears, one pass over x and one large matrix multiply instead of three smaller ones."""
+    xp = backend.xp()
     P = lambda name: params[layer + name]
-    q, c_q = linear_forward(x, P("attention.self.query.weight"), P("attention.self.query.bias"))    # (B, T, C)
-    k, c_k = linear_forward(x, P("attention.self.key.weight"), P("attention.self.key.bias"))
-    v, c_v = linear_forward(x, P("attention.self.value.weight"), P("attention.self.value.bias"))
+    C = config.hidden_size
+    projections = ("attention.self.query", "attention.self.key", "attention.self.value")
+    qkv_weight = xp.concatenate([P(name + ".weight") for name in projections])                     # (3C, C)
+    qkv_bias = xp.concatenate([P(name + ".bias") for name in projections])                         # (3C,)
+    qkv, c_qkv = linear_forward(x, qkv_weight, qkv_bias)                                           # (B, T, 3C)
+    q, k, v = qkv[..., :C], qkv[..., C:2 * C], qkv[..., 2 * C:]
     training = dropout is not None
     ctx, c_attn = attention_forward(q, k, v, key_mask, config.num_attention_heads,
                                     dropout.attention_p if training else 0.0,
@@ -179,13 +185,15 @@ def layer_forward(params, config, layer, x, key_mask, dropout):
     o, c_o = linear_forward(g, P("output.dense.weight"), P("output.dense.bias"))                   # (B, T, C)
     o, c_o_drop = _hidden_dropout(dropout, o)
     y, c_y = layernorm_forward(o + h, P("output.LayerNorm.weight"), P("output.LayerNorm.bias"), config.layer_norm_eps)
-    return y, (c_q, c_k, c_v, c_attn, c_a, c_a_drop, c_h, c_i, c_g, c_o, c_o_drop, c_y)
+    return y, (c_qkv, c_attn, c_a, c_a_drop, c_h, c_i, c_g, c_o, c_o_drop, c_y)
 
 
 def layer_backward(dy, cache, layer, grads):
     """The forward in reverse. Each residual sum sends its gradient down both branches, so the gradient
-    of h is the FFN branch's plus the skip's, and that of x is the three projections' plus the skip's."""
-    c_q, c_k, c_v, c_attn, c_a, c_a_drop, c_h, c_i, c_g, c_o, c_o_drop, c_y = cache
+    of h is the FFN branch's plus the skip's, and that of x is the fused projection's plus the skip's.
+    The fused projection's weight gradient (3C, C) is cut back into the query, key and value gradients."""
+    xp = backend.xp()
+    c_qkv, c_attn, c_a, c_a_drop, c_h, c_i, c_g, c_o, c_o_drop, c_y = cache
 
     def put(name, dweight, dbias):
         grads[layer + name + ".weight"], grads[layer + name + ".bias"] = dweight, dbias
@@ -200,13 +208,12 @@ def layer_backward(dy, cache, layer, grads):
     put("attention.output.LayerNorm", *norm1)
     dctx, *dense_out = linear_backward(dropout_backward(da_plus_dx, c_a_drop), c_a)
     put("attention.output.dense", *dense_out)
-    dq, dk, dv = attention_backward(dctx, c_attn)
-    dx = da_plus_dx
-    for name, dproj, c_proj in (("query", dq, c_q), ("key", dk, c_k), ("value", dv, c_v)):
-        dx_proj, *proj = linear_backward(dproj, c_proj)
-        put("attention.self." + name, *proj)
-        dx = dx + dx_proj
-    return dx
+    dqkv = xp.concatenate(attention_backward(dctx, c_attn), axis=-1)      # (B, T, 3C)
+    dx_proj, dqkv_weight, dqkv_bias = linear_backward(dqkv, c_qkv)
+    C = dctx.shape[-1]
+    for n, name in enumerate(("query", "key", "value")):
+        put("attention.self." + name, dqkv_weight[n * C:(n + 1) * C], dqkv_bias[n * C:(n + 1) * C])
+    return da_plus_dx + dx_proj
 
 
 # --- masked-LM head -----------------------------------------------------------------------------------

@@ -29,7 +29,6 @@ def use(name):
         raise MinRobertaError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
     if name == "numpy":
         module = np
-        _keep_freed_memory()
     elif name == "cupy":
         try:
             import cupy
@@ -43,22 +42,6 @@ def use(name):
         module = device_standin.module
     _name, _xp = name, module
     return module
-
-
-def _keep_freed_memory():
-    """Ask glibc to keep freed large blocks in the heap rather than hand them back to the OS. NumPy's big
-    temporaries (a (16, 128, 1024) float32 is 8 MiB) are otherwise mapped, page-faulted and unmapped anew each
-    time; measured, that was a quarter of a tiny-model training step. A no-op where glibc is absent."""
-    import ctypes
-    import ctypes.util
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    mallopt(M_MMAP_THRESHOLD, 1 << 30)     # blocks below 1 GiB come from the heap
-    mallopt(M_TRIM_THRESHOLD, 1 << 62)     # and the heap is never trimmed
 
 
 def xp():

@@ -139,21 +139,24 @@ def normal_cdf(x):
         return 0.5 * (1.0 + _erf_float64(x * (1.0 / math.sqrt(2.0)), module))
     half_erfc = _erfc_abs_float32(x * x.dtype.type(1.0 / math.sqrt(2.0)), module)
     half_erfc *= x.dtype.type(0.5)                      # Phi(-|x|) = erfc(|x| / sqrt 2) / 2
-    return module.where(x >= 0, x.dtype.type(1.0) - half_erfc, half_erfc)
+    upper = x.dtype.type(1.0) - half_erfc               # Phi(|x|) = 1 - Phi(-|x|)
+    module.copyto(half_erfc, upper, where=x >= 0)       # in place: where(x >= 0, upper, half_erfc)
+    return half_erfc
 
 
 def _erfc_abs_float32(z, module):
     """erfc(|z|) = t exp(-z^2 + P(t)), t = 1/(1 + |z|/2), relative error about 3e-8. In place on fresh
     buffers: on the CPU each avoided temporary is a pass over memory saved."""
     dtype = z.dtype.type
-    a = module.abs(z)
+    a = module.abs(z, out=z)                            # z is a fresh temporary of the caller's
     t = a * dtype(0.5)
     t += dtype(1.0)
     module.reciprocal(t, out=t)
-    poly = module.full_like(z, _ERFC_LOG_POLY[-1])
-    for c in _ERFC_LOG_POLY[-2::-1]:
-        poly *= t
+    poly = t * dtype(_ERFC_LOG_POLY[-1])
+    for c in _ERFC_LOG_POLY[-2:0:-1]:
         poly += dtype(c)
+        poly *= t
+    poly += dtype(_ERFC_LOG_POLY[0])
     a *= a
     poly -= a
     module.exp(poly, out=poly)
@@ -190,5 +193,5 @@ def _erf_float32(x, module):
     for n in range(_ERF32_TAYLOR_TERMS, -1, -1):
         taylor = taylor * y + dtype.type((-1) ** n / (math.factorial(n) * (2 * n + 1)))
     erf_small = dtype.type(_TWO_OVER_SQRT_PI) * a * taylor
-    erf_large = dtype.type(1.0) - _erfc_abs_float32(x, module)
+    erf_large = dtype.type(1.0) - _erfc_abs_float32(a.copy(), module)
     return module.sign(x) * module.where(a < _ERF32_SPLIT, erf_small, erf_large)

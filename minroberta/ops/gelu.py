@@ -14,8 +14,15 @@ def gelu_forward(x):
 
 
 def gelu_backward(dout, cache):
-    """d/dx [x Phi(x)] = Phi(x) + x phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi) the normal density."""
+    """d/dx [x Phi(x)] = Phi(x) + x phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi) the normal density.
+    Plainly: dx = dout * (cdf + x * exp(-x*x/2) / sqrt(2 pi)); computed in one buffer, in place."""
     x, cdf = cache
     xp = backend.xp()
-    pdf = _INV_SQRT_2PI * xp.exp(-0.5 * x * x)
-    return dout * (cdf + x * pdf)
+    dx = x * x
+    dx *= -0.5
+    xp.exp(dx, out=dx)
+    dx *= x
+    dx *= _INV_SQRT_2PI
+    dx += cdf
+    dx *= dout
+    return dx

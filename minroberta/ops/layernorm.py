@@ -7,11 +7,12 @@ def layernorm_forward(x, gamma, beta, eps):
     """x (..., C), gamma (C,), beta (C,) -> y = gamma * (x - mean) * rstd + beta, rstd = 1/sqrt(var + eps)."""
     require_last_dim("x", x, gamma.shape[0], f"layer norm size, gamma shape {tuple(gamma.shape)}")
     mean = x.mean(axis=-1, keepdims=True)               # (..., 1)
-    centered = x - mean                                 # (..., C)
-    var = (centered * centered).mean(axis=-1, keepdims=True)
+    xhat = x - mean                                     # (..., C) centred, normalised in place below
+    var = (xhat * xhat).mean(axis=-1, keepdims=True)
     rstd = 1.0 / (var + eps) ** 0.5                     # (..., 1)
-    xhat = centered * rstd                              # (..., C)
-    y = xhat * gamma + beta
+    xhat *= rstd
+    y = xhat * gamma
+    y += beta
     return y, (xhat, rstd, gamma)
 
 
@@ -26,5 +27,8 @@ def layernorm_backward(dy, cache):
     dgamma = (dy * xhat).reshape(-1, channels).sum(axis=0)       # (C,)
     dbeta = dy.reshape(-1, channels).sum(axis=0)                 # (C,)
     g = dy * gamma                                               # (..., C)
-    dx = rstd * (g - g.mean(axis=-1, keepdims=True) - xhat * (g * xhat).mean(axis=-1, keepdims=True))
+    g_xhat_mean = (g * xhat).mean(axis=-1, keepdims=True)        # (..., 1)
+    dx = g - g.mean(axis=-1, keepdims=True)
+    dx -= xhat * g_xhat_mean
+    dx *= rstd
     return dx, dgamma, dbeta

@@ -75,13 +75,17 @@ def test_standin_catches_a_hidden_round_trip_inside_an_op():
         backend.use(previous)
 
 
-def test_normal_cdf_matches_erfc_reference(xp):
+def test_normal_cdf_and_pdf_match_references(xp):
     grid = np.linspace(-12, 12, 100_001)
-    reference = np.array([0.5 * math.erfc(-v / math.sqrt(2)) for v in grid])
-    exact = backend.to_host(backend.normal_cdf(xp.asarray(grid)))
-    assert np.max(np.abs(exact - reference)) <= 1e-15
+    reference_cdf = np.array([0.5 * math.erfc(-v / math.sqrt(2)) for v in grid])
+    reference_pdf = np.exp(-grid * grid / 2) / math.sqrt(2 * math.pi)
+    cdf, pdf = (backend.to_host(a) for a in backend.normal_cdf_and_pdf(xp.asarray(grid)))
+    assert np.max(np.abs(cdf - reference_cdf)) <= 1e-15
+    assert np.max(np.abs(pdf - reference_pdf)) <= 1e-16
     grid32 = grid.astype(np.float32)
     reference32 = np.array([0.5 * math.erfc(-float(v) / math.sqrt(2)) for v in grid32])
-    fast = backend.to_host(backend.normal_cdf(xp.asarray(grid32)))
-    assert fast.dtype == np.float32
-    assert np.max(np.abs(fast.astype(np.float64) - reference32)) <= 3e-7
+    cdf32, pdf32 = (backend.to_host(a) for a in backend.normal_cdf_and_pdf(xp.asarray(grid32)))
+    assert cdf32.dtype == np.float32 and pdf32.dtype == np.float32
+    assert np.max(np.abs(cdf32.astype(np.float64) - reference32)) <= 2e-7
+    grid32_64 = grid32.astype(np.float64)
+    assert np.max(np.abs(pdf32 - np.exp(-grid32_64 * grid32_64 / 2) / math.sqrt(2 * math.pi))) <= 1e-7

@@ -1,28 +1,21 @@
 """GELU in its exact form, x * Phi(x) with Phi the standard normal CDF (the erf form, not the tanh one)."""
 
-import math
-
 from .. import backend
-
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
 def gelu_forward(x):
-    """x (...) -> x * Phi(x), Phi(x) = (1 + erf(x / sqrt 2)) / 2."""
-    cdf = backend.normal_cdf(x)                         # (...)
-    return x * cdf, (x, cdf)                            # Phi is kept: the backward needs it and erf is dear
+    """x (...) -> x * Phi(x), Phi(x) = (1 + erf(x / sqrt 2)) / 2.
+    The cache keeps Phi and the normal density phi as well as x: the backward needs both, and on the
+    float32 path phi falls out of computing Phi, so keeping it saves recomputing an exp."""
+    cdf, pdf = backend.normal_cdf_and_pdf(x)            # (...), (...)
+    return x * cdf, (x, cdf, pdf)
 
 
 def gelu_backward(dout, cache):
     """d/dx [x Phi(x)] = Phi(x) + x phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi) the normal density.
-    Plainly: dx = dout * (cdf + x * exp(-x*x/2) / sqrt(2 pi)); computed in one buffer, in place."""
-    x, cdf = cache
-    xp = backend.xp()
-    dx = x * x
-    dx *= -0.5
-    xp.exp(dx, out=dx)
-    dx *= x
-    dx *= _INV_SQRT_2PI
+    Plainly: dx = dout * (cdf + x * pdf); computed in one buffer, in place."""
+    x, cdf, pdf = cache
+    dx = x * pdf
     dx += cdf
     dx *= dout
     return dx

@@ -1,0 +1,241 @@
+"""Side-by-side benchmark: minroberta against HuggingFace RobertaForMaskedLM on PyTorch, same machine, same run.
+
+Each measurement is one workload in a fresh process (so peak memory is that workload's own), and the two
+implementations alternate, several repetitions each: the machine's noise falls on both alike. Both get the same
+config, weights seed, inputs and masks, float32, dropout 0, the same thread count.
+
+    python scripts/bench.py                       # tiny preset, train and infer, 3 repetitions
+    python scripts/bench.py --preset base --mode train --repeats 5 --json out.json
+
+Columns: tokens/s of each (median over repetitions), their ratio (median and range), peak RSS, the time split
+(forward / backward / optimizer, train mode), the achieved GFLOP/s of the matrix work (counted analytically:
+every GEMM of the model) and the GEMM peak this process measures for a large float32 product.
+Needs torch and transformers (the `parity` extra) for the reference column.
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+PRESETS = {
+    "tiny": dict(vocab_size=8192, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+                 intermediate_size=1024, batch=16, seq=128),
+    "base": dict(vocab_size=50265, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                 intermediate_size=3072, batch=8, seq=128),
+}
+MASK_RATE = 0.15
+
+
+def matrix_flops(p, mode, masked_rows):
+    """Multiply-adds x 2 of every matrix product in one forward (x3 for forward + backward)."""
+    C, F, L, V, B, T = (p["hidden_size"], p["intermediate_size"], p["num_hidden_layers"], p["vocab_size"],
+                        p["batch"], p["seq"])
+    tokens = B * T
+    per_layer = 2 * tokens * (4 * C * C + 2 * C * F) + 2 * 2 * B * T * T * C   # projections, FFN, QK^T and PV
+    head_rows = masked_rows if mode == "train" else tokens
+    head = 2 * head_rows * (C * C + C * V)
+    forward = L * per_layer + head
+    return forward * (3 if mode == "train" else 1)
+
+
+def gemm_peak(numpy):
+    a = numpy.random.rand(2048, 2048).astype(numpy.float32)
+    b = numpy.random.rand(2048, 2048).astype(numpy.float32)
+    a @ b
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * 2048 ** 3 / min(times) / 1e9
+
+
+def inputs(p, numpy):
+    rng = numpy.random.default_rng(0)
+    ids = rng.integers(5, p["vocab_size"], size=(p["batch"], p["seq"]))
+    ids[:, 0] = 0
+    ids[:, -1] = 2
+    labels = numpy.where(rng.random(ids.shape) < MASK_RATE, ids, -100)
+    masked_input = numpy.where(labels != -100, p["vocab_size"] - 1, ids)
+    return masked_input, numpy.ones_like(ids), labels
+
+
+def worker_minroberta(p, mode, steps, warmup):
+    import numpy as np
+
+    import minroberta
+    from minroberta import backend
+    from minroberta.ops import cross_entropy_forward
+    from minroberta.optim import AdamW
+    config = minroberta.Config(vocab_size=p["vocab_size"], hidden_size=p["hidden_size"],
+                               num_hidden_layers=p["num_hidden_layers"], num_attention_heads=p["num_attention_heads"],
+                               intermediate_size=p["intermediate_size"], max_position_embeddings=p["seq"] + 2,
+                               hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = minroberta.Roberta(config, seed=0)
+    ids, mask, labels = inputs(p, np)
+    ids_d, mask_d, labels_d = (backend.to_device(a) for a in (ids, mask, labels))
+    optimizer = AdamW(model.params)
+    split = {"forward": [], "backward": [], "optimizer": []}
+    totals = []
+
+    def sync():
+        if backend.name() == "cupy":
+            import cupy
+            cupy.cuda.Device().synchronize()
+
+    for step in range(warmup + steps):
+        start = time.perf_counter()
+        if mode == "infer":
+            model(ids_d, mask_d).logits
+            sync()
+        else:
+            logits, targets = model.mlm_logits(ids_d, mask_d, labels_d)
+            cross_entropy_forward(logits, targets)
+            sync()
+            forward_done = time.perf_counter()
+            _, grads = model.loss_and_grads(ids_d, mask_d, labels_d)
+            sync()
+            backward_done = time.perf_counter()
+            optimizer.step(model.params, grads, 1e-4)
+            sync()
+            if step >= warmup:
+                split["forward"].append(forward_done - start)
+                # loss_and_grads repeats the forward: its backward share is its time less a forward
+                split["backward"].append(backward_done - forward_done - (forward_done - start))
+                split["optimizer"].append(time.perf_counter() - backward_done)
+        if step >= warmup:
+            totals.append(time.perf_counter() - start - (split["forward"][-1] if mode == "train" else 0.0))
+    return totals, split, int((labels != -100).sum()), gemm_peak(np)
+
+
+def worker_reference(p, mode, steps, warmup, threads):
+    import numpy as np
+    import torch
+    import transformers
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    config = transformers.RobertaConfig(vocab_size=p["vocab_size"], hidden_size=p["hidden_size"],
+                                        num_hidden_layers=p["num_hidden_layers"],
+                                        num_attention_heads=p["num_attention_heads"],
+                                        intermediate_size=p["intermediate_size"],
+                                        max_position_embeddings=p["seq"] + 2, hidden_dropout_prob=0.0,
+                                        attention_probs_dropout_prob=0.0, attn_implementation="eager")
+    model = transformers.RobertaForMaskedLM(config)
+    ids, mask, labels = (torch.tensor(a) for a in inputs(p, np))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01)
+    split = {"forward": [], "backward": [], "optimizer": []}
+    totals = []
+    for step in range(warmup + steps):
+        start = time.perf_counter()
+        if mode == "infer":
+            model.eval()
+            with torch.no_grad():
+                model(input_ids=ids, attention_mask=mask).logits
+        else:
+            model.train()
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            forward_done = time.perf_counter()
+            loss.backward()
+            backward_done = time.perf_counter()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if step >= warmup:
+                split["forward"].append(forward_done - start)
+                split["backward"].append(backward_done - forward_done)
+                split["optimizer"].append(time.perf_counter() - backward_done)
+        if step >= warmup:
+            totals.append(time.perf_counter() - start)
+    return totals, split, int((labels != -100).sum()), gemm_peak(np)
+
+
+def run_worker(args):
+    p = PRESETS[args.preset]
+    if args.impl == "minroberta":
+        if args.backend:
+            from minroberta import backend
+            backend.use(args.backend)
+        totals, split, masked, peak = worker_minroberta(p, args.mode, args.steps, args.warmup)
+    else:
+        totals, split, masked, peak = worker_reference(p, args.mode, args.steps, args.warmup, args.threads)
+    seconds = statistics.median(totals)
+    tokens = p["batch"] * p["seq"]
+    result = {"impl": args.impl, "preset": args.preset, "mode": args.mode, "seconds_per_step": seconds,
+              "tokens_per_s": tokens / seconds, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+              "split": {k: statistics.median(v) for k, v in split.items() if v},
+              "matrix_gflops": matrix_flops(p, args.mode, masked) / seconds / 1e9, "gemm_peak_gflops": peak}
+    print(json.dumps(result))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--preset", choices=list(PRESETS), nargs="+", default=["tiny"])
+    parser.add_argument("--mode", choices=["train", "infer"], nargs="+", default=["train", "infer"])
+    parser.add_argument("--repeats", type=int, default=3, help="processes per implementation and workload")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per process (median taken)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    parser.add_argument("--threads", type=int, default=2, help="BLAS / torch threads")
+    parser.add_argument("--backend", choices=["numpy", "cupy"], default=None, help="minroberta's array module")
+    parser.add_argument("--json", metavar="FILE", help="also write every measurement here")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--impl", choices=["minroberta", "reference"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        args.preset, args.mode = args.preset[0], args.mode[0]
+        return run_worker(args)
+
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), OPENBLAS_NUM_THREADS=str(args.threads),
+               MKL_NUM_THREADS=str(args.threads))
+    measurements = []
+    for preset in args.preset:
+        for mode in args.mode:
+            for repeat in range(args.repeats):
+                for impl in ("minroberta", "reference"):
+                    command = [sys.executable, __file__, "--worker", "--impl", impl, "--preset", preset, "--mode", mode,
+                               "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads)]
+                    if args.backend:
+                        command += ["--backend", args.backend]
+                    done = subprocess.run(command, env=env, capture_output=True, text=True)
+                    if done.returncode != 0:
+                        print(f"{impl} {preset} {mode} failed:\n{done.stderr[-2000:]}", file=sys.stderr)
+                        return 1
+                    measurements.append(json.loads(done.stdout.strip().splitlines()[-1]))
+                    print(f"  {preset} {mode} {impl} #{repeat + 1}: {measurements[-1]['tokens_per_s']:,.0f} tok/s",
+                          file=sys.stderr)
+    print_table(measurements)
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(measurements, handle, indent=2)
+    return 0
+
+
+def print_table(measurements):
+    print("| workload | minroberta tok/s | HF PyTorch tok/s | ratio (median, range) | peak RSS MiB (ours / HF) "
+          "| split fwd/bwd/opt ms (ours; HF) | matrix GFLOP/s (ours / HF) | GEMM peak GFLOP/s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    workloads = sorted({(m["preset"], m["mode"]) for m in measurements}, key=lambda w: (w[0] != "tiny", w[1]))
+    for preset, mode in workloads:
+        ours = [m for m in measurements if (m["preset"], m["mode"], m["impl"]) == (preset, mode, "minroberta")]
+        ref = [m for m in measurements if (m["preset"], m["mode"], m["impl"]) == (preset, mode, "reference")]
+        ratios = [a["tokens_per_s"] / b["tokens_per_s"] for a, b in zip(ours, ref)]
+        med = lambda rows, key: statistics.median(r[key] for r in rows)
+
+        def split(rows):
+            if not rows[0]["split"]:
+                return "-"
+            return "/".join(f"{statistics.median(r['split'][k] for r in rows) * 1e3:.0f}"
+                            for k in ("forward", "backward", "optimizer"))
+        print(f"| {preset} {mode} | {med(ours, 'tokens_per_s'):,.0f} | {med(ref, 'tokens_per_s'):,.0f} | "
+              f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) | "
+              f"{med(ours, 'peak_rss_mib'):,.0f} / {med(ref, 'peak_rss_mib'):,.0f} | {split(ours)}; {split(ref)} | "
+              f"{med(ours, 'matrix_gflops'):.0f} / {med(ref, 'matrix_gflops'):.0f} | "
+              f"{med(ours + ref, 'gemm_peak_gflops'):.0f} |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -12,6 +12,7 @@ import numpy as np
 from . import atomic, backend
 from .config import Config
 from .errors import MinRobertaError
+from .heads import classifier_shapes, qa_shapes
 from .model import DTYPES, Roberta, encoder_shapes, lm_head_shapes, pooler_shapes
 
 WEIGHTS = "model.safetensors"
@@ -41,7 +42,7 @@ def read_safetensors(path):
 
 
 def _expected_shapes(config, tensors, path):
-    """Work out the name prefix and which optional parts (MLM head, pooler) the file holds."""
+    """Work out the name prefix and which optional parts (a head, the pooler) the file holds."""
     suffix = "embeddings.word_embeddings.weight"
     matches = [k for k in tensors if k.endswith(suffix) and not k.startswith("lm_head.")]
     if len(matches) != 1:
@@ -49,13 +50,19 @@ def _expected_shapes(config, tensors, path):
                               f"word-embedding tables)")
     prefix = matches[0][: -len(suffix)]
     shapes = encoder_shapes(config, prefix)
-    has_lm_head = any(k.startswith("lm_head.") for k in tensors) and config.model_type == "roberta"
+    head = None
+    if config.model_type == "roberta":
+        for name, marker, head_shapes in (("mlm", "lm_head.", lm_head_shapes(config)),
+                                          ("classification", "classifier.", classifier_shapes(config, config.num_labels)),
+                                          ("qa", "qa_outputs.", qa_shapes(config))):
+            if any(k.startswith(marker) for k in tensors):
+                head = name
+                shapes.update(head_shapes)
+                break
     has_pooler = f"{prefix}pooler.dense.weight" in tensors
-    if has_lm_head:
-        shapes.update(lm_head_shapes(config))
     if has_pooler:
         shapes.update(pooler_shapes(config, prefix))
-    return prefix, shapes, has_lm_head, has_pooler
+    return prefix, shapes, head, has_pooler
 
 
 def load_pretrained(path, dtype=None):
@@ -72,7 +79,7 @@ def load_pretrained(path, dtype=None):
         raise MinRobertaError(f"{weights}: no such file")
     config = Config.load(os.path.join(path, CONFIG))
     tensors = read_safetensors(weights)
-    prefix, shapes, has_lm_head, has_pooler = _expected_shapes(config, tensors, weights)
+    prefix, shapes, head, has_pooler = _expected_shapes(config, tensors, weights)
 
     for copy, original in TIED_COPIES.items():   # an explicit copy of a tied tensor must equal the original
         if copy in tensors:
@@ -105,7 +112,7 @@ def load_pretrained(path, dtype=None):
         params[key] = value.astype(target or (np.float32 if value.dtype == np.float16 else value.dtype))
     dtype_name = {np.dtype(v): k for k, v in DTYPES.items()}[params[prefix + "embeddings.LayerNorm.weight"].dtype]
     params = {k: backend.to_device(v) for k, v in params.items()}
-    model = Roberta(config, dtype=dtype_name, params=params, prefix=prefix, lm_head=has_lm_head, pooler=has_pooler)
+    model = Roberta(config, dtype=dtype_name, params=params, prefix=prefix, head=head, pooler=has_pooler)
     model.source_dir = path
     return model
 
@@ -116,10 +123,11 @@ def save_pretrained(model, path, tokenizer=None):
     from safetensors.numpy import save as safetensors_bytes
     os.makedirs(path, exist_ok=True)
     host = {k: np.ascontiguousarray(backend.to_host(v)) for k, v in model.params.items()}
-    architecture = {("roberta", True): "RobertaForMaskedLM", ("roberta", False): "RobertaModel",
-                    ("bert", False): "BertModel"}
+    architecture = {("roberta", "mlm"): "RobertaForMaskedLM", ("roberta", "classification"):
+                    "RobertaForSequenceClassification", ("roberta", "qa"): "RobertaForQuestionAnswering",
+                    ("roberta", None): "RobertaModel", ("bert", None): "BertModel"}
     config = model.config.replace(extra={**model.config.extra,
-                                         "architectures": [architecture[model.config.model_type, model.has_lm_head]]})
+                                         "architectures": [architecture[model.config.model_type, model.head]]})
     config.extra.pop("_name_or_path", None)
     atomic.write_bytes(os.path.join(path, WEIGHTS), safetensors_bytes(host, metadata={"format": "pt"}))
     config.save(os.path.join(path, CONFIG))

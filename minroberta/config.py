@@ -42,6 +42,13 @@ class Config:
         return self.hidden_size // self.num_attention_heads
 
     @property
+    def num_labels(self):
+        """Outputs of a classification head: from id2label as transformers writes it, else num_labels, else 2."""
+        if isinstance(self.extra.get("id2label"), dict):
+            return len(self.extra["id2label"])
+        return int(self.extra.get("num_labels", 2))
+
+    @property
     def max_sequence_length(self):
         """Longest input the position table allows: RoBERTa positions start at pad + 1."""
         offset = self.pad_token_id + 1 if self.model_type == "roberta" else 0

@@ -12,11 +12,14 @@ import numpy as np
 from . import backend
 from .config import Config
 from .errors import MinRobertaError
+from .heads import classifier_backward, classifier_forward, classifier_shapes, qa_backward, qa_forward, qa_shapes
 from .ops import (attention_backward, attention_forward, cross_entropy_backward, cross_entropy_forward,
                   dropout_backward, dropout_forward, embedding_backward, embedding_forward, gelu_backward,
-                  gelu_forward, layernorm_backward, layernorm_forward, linear_backward, linear_forward)
+                  gelu_forward, layernorm_backward, layernorm_forward, linear_backward, linear_forward,
+                  mse_backward, mse_forward)
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
+HEADS = ("mlm", "classification", "qa")   # or None: the bare encoder
 
 
 # --- parameter names and shapes ------------------------------------------------------------------------
@@ -79,13 +82,16 @@ def init_params(shapes, config, seed, dtype):
 @dataclasses.dataclass
 class ModelOutput:
     hidden_states: object          # (B, T, C) last layer
-    logits: object = None          # (B, T, V) when the model has an MLM head
+    logits: object = None          # (B, T, V) with the MLM head; (B, num_labels) with the classifier
+    start_logits: object = None    # (B, T) with the QA head
+    end_logits: object = None      # (B, T) with the QA head
 
 
 # --- inputs -------------------------------------------------------------------------------------------
 
-def as_id_array(name, values, expected_shape=None):
-    """Lists, host arrays or device arrays of integer ids -> a (B, T) int64 device array, or a clear error."""
+def as_id_array(name, values, expected_shape=None, ndim=2):
+    """Lists, host arrays or device arrays of integer ids -> an int64 device array of `ndim` dimensions
+    ((batch, sequence) by default), or a clear error."""
     xp = backend.xp()
     if isinstance(values, xp.ndarray) and not isinstance(values, np.ndarray):
         array = values
@@ -94,11 +100,22 @@ def as_id_array(name, values, expected_shape=None):
         if host.dtype == object or (host.size and host.dtype.kind not in "iub"):
             raise MinRobertaError(f"{name} must hold integers, got dtype {host.dtype}")
         array = backend.to_device(host.astype(np.int64))
-    if array.ndim != 2:
-        raise MinRobertaError(f"{name} must have shape (batch, sequence), got shape {tuple(array.shape)}")
+    if array.ndim != ndim:
+        expected = "(batch, sequence)" if ndim == 2 else "(batch,)"
+        raise MinRobertaError(f"{name} must have shape {expected}, got shape {tuple(array.shape)}")
     if expected_shape is not None and tuple(array.shape) != tuple(expected_shape):
-        raise MinRobertaError(f"{name} has shape {tuple(array.shape)}, input_ids has {tuple(expected_shape)}")
+        raise MinRobertaError(f"{name} has shape {tuple(array.shape)}, expected {tuple(expected_shape)}")
     return array.astype(xp.int64)
+
+
+def as_value_array(name, values, expected_shape, dtype):
+    """Regression targets: numbers -> a float device array of the model's dtype."""
+    xp = backend.xp()
+    array = values if isinstance(values, xp.ndarray) and not isinstance(values, np.ndarray) else \
+        backend.to_device(np.asarray(values, dtype=np.float64))
+    if tuple(array.shape) != tuple(expected_shape):
+        raise MinRobertaError(f"{name} has shape {tuple(array.shape)}, expected {tuple(expected_shape)}")
+    return array.astype(dtype)
 
 
 class Dropout:
@@ -248,28 +265,48 @@ class Roberta:
     loss, grads = model.loss_and_grads(input_ids, attention_mask, labels)
     """
 
-    def __init__(self, config, seed=0, dtype="float32", params=None, prefix=None, lm_head=None, pooler=None):
+    def __init__(self, config, seed=0, dtype="float32", params=None, prefix=None, head="default", pooler=None):
         if dtype not in DTYPES:
             raise MinRobertaError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-        if lm_head is None:
-            lm_head = config.model_type == "roberta"
-        if lm_head and config.model_type != "roberta":
-            raise MinRobertaError("the masked-LM head (lm_head.*) is RoBERTa's; BERT checkpoints load as encoders")
+        if head == "default":
+            head = "mlm" if config.model_type == "roberta" else None
+        if head is not None and head not in HEADS:
+            raise MinRobertaError(f"head must be one of {', '.join(HEADS)} or None, got {head!r}")
+        if head is not None and config.model_type != "roberta":
+            raise MinRobertaError(f"the {head} head is RoBERTa's; BERT checkpoints load as encoders")
         self.config = config
         self.dtype = dtype
         self.prefix = prefix if prefix is not None else f"{config.model_type}."
-        self.has_lm_head = lm_head
+        self.head = head
         shapes = self.param_shapes(pooler=config.model_type == "bert" if pooler is None else pooler)
         self.params = params if params is not None else init_params(shapes, config, seed, DTYPES[dtype])
         self.source_dir = None   # where it was loaded from: tokenizer files there travel with save_pretrained
+
+    @property
+    def has_lm_head(self):
+        return self.head == "mlm"
 
     def param_shapes(self, pooler=False):
         shapes = encoder_shapes(self.config, self.prefix)
         if pooler:
             shapes.update(pooler_shapes(self.config, self.prefix))
-        if self.has_lm_head:
+        if self.head == "mlm":
             shapes.update(lm_head_shapes(self.config))
+        elif self.head == "classification":
+            shapes.update(classifier_shapes(self.config, self.config.num_labels))
+        elif self.head == "qa":
+            shapes.update(qa_shapes(self.config))
         return shapes
+
+    def with_head(self, head, seed=0, **config_changes):
+        """This encoder under a new head (fresh weights for the head, as the reference initialises them):
+        how a pretrained masked LM becomes a classifier or a QA model."""
+        config = self.config.replace(**config_changes) if config_changes else self.config
+        fresh = Roberta(config, seed=seed, dtype=self.dtype, prefix=self.prefix, head=head, pooler=False)
+        for name in encoder_shapes(config, self.prefix):
+            fresh.params[name] = self.params[name]
+        fresh.source_dir = self.source_dir
+        return fresh
 
     # --- forward pieces
     def _inputs(self, input_ids, attention_mask, token_type_ids):
@@ -304,18 +341,83 @@ class Roberta:
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None):
         hidden, _ = self.encode(input_ids, attention_mask, token_type_ids)
-        logits = None
-        if self.has_lm_head:
+        out = ModelOutput(hidden_states=hidden)
+        if self.head == "mlm":
             batch, seq, channels = hidden.shape
             logits, _ = lm_head_forward(self.params, self.config, self.prefix, hidden.reshape(-1, channels))
-            logits = logits.reshape(batch, seq, -1)
-        return ModelOutput(hidden_states=hidden, logits=logits)
+            out.logits = logits.reshape(batch, seq, -1)
+        elif self.head == "classification":
+            out.logits, _ = classifier_forward(self.params, hidden, None)
+        elif self.head == "qa":
+            out.start_logits, out.end_logits, _ = qa_forward(self.params, hidden)
+        return out
+
+    def _require_head(self, head):
+        if self.head != head:
+            raise MinRobertaError(f"this model has {'no' if self.head is None else 'a ' + self.head} head; "
+                                  f"the loss asked for needs the {head} head")
+
+    def _dropout(self, dropout_key):
+        return None if dropout_key is None else Dropout(self.config, backend.generator(*dropout_key))
+
+    def _complete(self, grads):
+        """Parameters off the loss's path (BERT's pooler) get an explicit zero gradient."""
+        xp = backend.xp()
+        for name in self.params:
+            if name not in grads:
+                grads[name] = xp.zeros_like(self.params[name])
+        return grads
+
+    def classification_loss_and_grads(self, input_ids, attention_mask=None, labels=None, token_type_ids=None,
+                                      dropout_key=None):
+        """Cross-entropy over classes (labels (B,) ints) or, with one output, mean squared error (labels (B,)
+        floats); and every parameter's gradient."""
+        self._require_head("classification")
+        if labels is None:
+            raise MinRobertaError("the classification loss needs labels")
+        dropout = self._dropout(dropout_key)
+        hidden, enc_cache = self.encode(input_ids, attention_mask, token_type_ids, dropout)
+        logits, head_cache = classifier_forward(self.params, hidden, dropout)                 # (B, L)
+        batch = (logits.shape[0],)
+        if self.config.num_labels == 1:
+            targets = as_value_array("labels", labels, batch, logits.dtype)
+            loss, loss_cache = mse_forward(logits[:, 0], targets)
+            dlogits = mse_backward(1.0, loss_cache)[:, None]
+        else:
+            targets = as_id_array("labels", labels, batch, ndim=1)
+            loss, loss_cache = cross_entropy_forward(logits, targets)
+            dlogits = cross_entropy_backward(1.0, loss_cache)
+        grads = {}
+        self.encode_backward(classifier_backward(dlogits, head_cache, grads), enc_cache, grads)
+        return loss, self._complete(grads)
+
+    def qa_loss_and_grads(self, input_ids, attention_mask=None, start_positions=None, end_positions=None,
+                          token_type_ids=None, dropout_key=None):
+        """Mean of the start and end cross-entropies over token positions (positions at or past the sequence
+        end are ignored, as in the reference); and every parameter's gradient."""
+        self._require_head("qa")
+        if start_positions is None or end_positions is None:
+            raise MinRobertaError("the QA loss needs start_positions and end_positions")
+        xp = backend.xp()
+        hidden, enc_cache = self.encode(input_ids, attention_mask, token_type_ids, self._dropout(dropout_key))
+        seq = hidden.shape[1]
+        start_logits, end_logits, head_cache = qa_forward(self.params, hidden)               # (B, T) each
+        dstart_end = []
+        loss = 0.0
+        for logits, positions in ((start_logits, start_positions), (end_logits, end_positions)):
+            positions = as_id_array("positions", positions, (hidden.shape[0],), ndim=1)
+            positions = xp.where((positions < 0) | (positions >= seq), -100, positions)
+            part, cache = cross_entropy_forward(logits, positions)
+            loss = loss + 0.5 * part
+            dstart_end.append(cross_entropy_backward(0.5, cache))
+        grads = {}
+        self.encode_backward(qa_backward(*dstart_end, head_cache, grads), enc_cache, grads)
+        return loss, self._complete(grads)
 
     def _scored_head(self, input_ids, attention_mask, labels, token_type_ids, dropout):
         """Encoder on the whole batch, MLM head on the labelled rows only (the fairseq trick: the same loss
         for a fraction of the head's work) -> logits (N, V), targets (N,), cache for the backward."""
-        if not self.has_lm_head:
-            raise MinRobertaError("this model has no masked-LM head (lm_head.*), so it has no MLM loss")
+        self._require_head("mlm")
         if labels is None:
             raise MinRobertaError("the MLM loss needs labels (-100 where no prediction is scored)")
         xp = backend.xp()
@@ -337,7 +439,7 @@ class Roberta:
         every parameter, keyed like `params`. `dropout_key`, a tuple of ints such as (seed, step, micro_batch),
         switches dropout on with a generator drawn from it; None means no dropout (evaluation numerics)."""
         xp = backend.xp()
-        dropout = None if dropout_key is None else Dropout(self.config, backend.generator(*dropout_key))
+        dropout = self._dropout(dropout_key)
         logits, targets, (enc_cache, head_cache, scored, (batch, seq, channels)) = self._scored_head(
             input_ids, attention_mask, labels, token_type_ids, dropout)
         loss, ce_cache = cross_entropy_forward(logits, targets)
@@ -346,10 +448,7 @@ class Roberta:
         dhidden = xp.zeros((batch * seq, channels), dtype=drows.dtype)
         dhidden[scored] = drows                                                           # positions are distinct
         self.encode_backward(dhidden.reshape(batch, seq, channels), enc_cache, grads)
-        for name in self.params:          # parameters outside the MLM path (BERT's pooler) get zero gradient
-            if name not in grads:
-                grads[name] = xp.zeros_like(self.params[name])
-        return loss, grads
+        return loss, self._complete(grads)
 
     def save_pretrained(self, path, tokenizer=None):
         from .checkpoint import save_pretrained

@@ -75,7 +75,7 @@ def test_encoder_backward_matches_autograd(xp, model_type, dtype):
     settings = BERT if model_type == "bert" else CONFIGS["token_types"]
     config = minroberta.Config(**{"max_position_embeddings": 20, "hidden_dropout_prob": 0.0,
                                   "attention_probs_dropout_prob": 0.0, **settings})
-    model = minroberta.Roberta(config, seed=7, dtype=dtype, prefix="", lm_head=False, pooler=False)
+    model = minroberta.Roberta(config, seed=7, dtype=dtype, prefix="", head=None, pooler=False)
     reference = reference_mlm(model)
     ids, mask, _, types = make_batch(config, seed=9, heavy_padding=True)
     output_tol, grad_tol = TOLERANCES[dtype]
@@ -146,5 +146,5 @@ def test_bad_inputs_are_clear_errors(xp):
         model([[0, 40, 2]])
     with pytest.raises(minroberta.MinRobertaError, match="must hold integers"):
         model([[0.5, 1.0]])
-    with pytest.raises(minroberta.MinRobertaError, match=r"attention_mask has shape \(1, 2\), input_ids has \(1, 3\)"):
+    with pytest.raises(minroberta.MinRobertaError, match=r"attention_mask has shape \(1, 2\), expected \(1, 3\)"):
         model([[0, 5, 2]], attention_mask=[[1, 1]])

@@ -7,4 +7,5 @@ from .embedding import embedding_backward, embedding_forward
 from .gelu import gelu_backward, gelu_forward
 from .layernorm import layernorm_backward, layernorm_forward
 from .linear import linear_backward, linear_forward
+from .mse import mse_backward, mse_forward
 from .tanh import tanh_backward, tanh_forward

@@ -1,4 +1,4 @@
-"""The `minroberta` command: pretrain, fill-mask.
+"""The `minroberta` command: pretrain, fill-mask, finetune, predict, embed.
 
 Every user error ends as one line on stderr and exit status 2; no traceback.
 """
@@ -63,6 +63,50 @@ def build_parser():
     fill.add_argument("--top-k", type=int, default=5, help="predictions shown per <mask>")
     fill.add_argument("--backend", choices=backend.BACKENDS, default=None, help="array module")
     fill.add_argument("text", nargs="+", help='texts containing <mask>, e.g. "Return the <mask> of x."')
+
+    tune = commands.add_parser("finetune", help="fine-tune a pretrained model to classify texts or pairs, or "
+                                                "to answer questions", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    tune.add_argument("--model", required=True, metavar="DIR", help="pretrained model directory (with tokenizer)")
+    tune.add_argument("--task", required=True, choices=["classify", "pair", "regress", "qa"],
+                      help="classify: text,label; pair: text_a,text_b,label; regress: text,label (numbers); "
+                           "qa: JSON lines with context, question, answers")
+    tune.add_argument("--train", required=True, metavar="FILE", help="training examples (.csv or .jsonl)")
+    tune.add_argument("--eval", required=True, metavar="FILE", help="evaluation examples (.csv or .jsonl)")
+    tune.add_argument("--out", default=os.path.join("runs", "finetune"), help="run directory; the best model lands here")
+    tune.add_argument("--epochs", type=float, default=3.0, help="passes over the training examples")
+    tune.add_argument("--batch-size", type=int, default=16)
+    tune.add_argument("--accumulate", type=int, default=1, help="micro-batches per update")
+    tune.add_argument("--lr", type=float, default=1e-4, help="peak learning rate")
+    tune.add_argument("--warmup", type=int, default=-1, help="warmup updates (-1: 6%% of the updates)")
+    tune.add_argument("--weight-decay", type=float, default=0.01)
+    tune.add_argument("--max-length", type=int, default=None, help="tokens per example (default: the model's limit); "
+                                                                   "longer texts are truncated with a warning")
+    tune.add_argument("--eval-every", type=int, default=50, help="updates between evaluations (and best-model checks)")
+    tune.add_argument("--save-every", type=int, default=100, help="updates between checkpoints")
+    tune.add_argument("--log-every", type=int, default=10)
+    tune.add_argument("--seed", type=int, default=0, help="seed of the new head, the order and dropout")
+    tune.add_argument("--resume", action="store_true", help="continue the run in --out")
+    tune.add_argument("--backend", choices=backend.BACKENDS, default=None, help="array module")
+
+    predict = commands.add_parser("predict", help="apply a fine-tuned model to texts, pairs or questions",
+                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    predict.add_argument("--model", required=True, metavar="DIR", help="a fine-tuned model directory")
+    predict.add_argument("--pair", metavar="TEXT_B", help="second text of a pair (pair classifiers)")
+    predict.add_argument("--context", metavar="TEXT", help="the passage to answer from (QA models); the texts are "
+                                                           "the questions")
+    predict.add_argument("--backend", choices=backend.BACKENDS, default=None, help="array module")
+    predict.add_argument("text", nargs="+", help="texts to classify, or questions")
+
+    embed = commands.add_parser("embed", help="contextual vectors of texts",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    embed.add_argument("--model", required=True, metavar="DIR", help="a model directory (with tokenizer)")
+    embed.add_argument("--pooling", choices=["cls", "mean", "tokens"], default="mean",
+                       help="one vector per text (cls or mean), or one per token with its character offsets")
+    embed.add_argument("--normalize", action="store_true", help="scale pooled vectors to unit length")
+    embed.add_argument("--file", metavar="FILE", help="read texts from this file, one per line")
+    embed.add_argument("--output", metavar="FILE.npy", help="save the vectors (.npy; .npz for --pooling tokens)")
+    embed.add_argument("--backend", choices=backend.BACKENDS, default=None, help="array module")
+    embed.add_argument("text", nargs="*", help="texts to embed")
     return parser
 
 
@@ -71,7 +115,9 @@ def main(argv=None):
     try:
         if getattr(args, "backend", None):
             backend.use(args.backend)
-        return {"pretrain": run_pretrain, "fill-mask": run_fill_mask}[args.command](args)
+        commands = {"pretrain": run_pretrain, "fill-mask": run_fill_mask, "finetune": run_finetune,
+                    "predict": run_predict, "embed": run_embed}
+        return commands[args.command](args)
     except MinRobertaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -205,6 +251,150 @@ def run_pretrain(args):
         predictions = fill_mask(trainer.model, tokenizer, text, top_k=3)[0]
         print(f"  {text}  ->  " + ", ".join(f"{t.strip()} ({p:.2f})" for t, p in predictions))
     return 0
+
+
+
+# --- finetune, predict, embed --------------------------------------------------------------------------
+
+def run_finetune(args):
+    import math
+
+    from . import finetune
+    from .checkpoint import load_pretrained
+    from .tokenizer import Tokenizer
+    from .train import TrainSettings, Trainer, latest_good_checkpoint, list_checkpoints
+    say = lambda text: print(text, file=sys.stderr, flush=True)
+    checkpoint = None
+    if args.resume:
+        checkpoint = latest_good_checkpoint(args.out, report=say)
+        if checkpoint is None:
+            raise MinRobertaError(f"{args.out}: no checkpoint to resume from")
+    elif list_checkpoints(args.out):
+        raise MinRobertaError(f"{args.out} already holds a run; pass --resume to continue it or choose another --out")
+    pretrained = load_pretrained(args.model)
+    tokenizer = Tokenizer.from_dir(args.model)
+    max_length = args.max_length or pretrained.config.max_sequence_length
+    if max_length > pretrained.config.max_sequence_length:
+        raise MinRobertaError(f"--max-length {max_length} exceeds the model's {pretrained.config.max_sequence_length} "
+                              "positions")
+    train = finetune.encode_examples(args.train, args.task, tokenizer, max_length, warn=say)
+    if args.task in ("classify", "pair"):
+        labels = finetune.label_vocabulary(train)
+        valid = finetune.encode_examples(args.eval, args.task, tokenizer, max_length, labels=labels, warn=say)
+        config_changes = {"extra": {**pretrained.config.extra, "id2label": {str(i): name for name, i in labels.items()},
+                                    "label2id": labels}}
+        task, head = finetune.Classification(), "classification"
+    elif args.task == "regress":
+        valid = finetune.encode_examples(args.eval, args.task, tokenizer, max_length, warn=say)
+        config_changes = {"extra": {**pretrained.config.extra, "num_labels": 1, "problem_type": "regression"}}
+        config_changes["extra"].pop("id2label", None)
+        task, head = finetune.Regression(), "classification"
+    else:
+        valid = finetune.encode_examples(args.eval, args.task, tokenizer, max_length, warn=say)
+        config_changes, task, head = {}, finetune.QuestionAnswering(valid), "qa"
+    model = pretrained.with_head(head, seed=args.seed, **config_changes)
+    data = finetune.FinetuneData(train, valid, tokenizer.pad_id, args.seed)
+    steps = max(1, math.ceil(args.epochs * data.batches_per_epoch(args.batch_size) / args.accumulate))
+    settings = TrainSettings(steps=steps, batch_size=args.batch_size, accumulate=args.accumulate, lr=args.lr,
+                             warmup=args.warmup, weight_decay=args.weight_decay, eval_every=args.eval_every,
+                             eval_batches=0, save_every=args.save_every, log_every=args.log_every, seed=args.seed)
+    os.makedirs(args.out, exist_ok=True)
+    trainer = Trainer(model, data, tokenizer, settings, args.out, task=task)
+    if checkpoint is not None:
+        trainer.restore(checkpoint)
+        say(f"resumed from {checkpoint} at step {trainer.step}")
+    say(f"fine-tuning for {args.task}: {len(train)} training and {len(valid)} evaluation examples, {steps} updates")
+    trainer.run()
+    print(f"best {task.best_metric}: {trainer.best:.4f}; model saved to {args.out}")
+    return 0
+
+
+def run_predict(args):
+    from . import finetune
+    from .checkpoint import load_pretrained
+    from .tokenizer import Tokenizer
+    model = load_pretrained(args.model)
+    tokenizer = Tokenizer.from_dir(args.model)
+    limit = model.config.max_sequence_length
+    if model.head == "classification":
+        id2label = model.config.extra.get("id2label", {})
+        for text in args.text:
+            ids, mask = tokenizer.encode_batch([text], None if args.pair is None else [args.pair], max_length=limit)
+            logits = backend.to_host(model(ids, mask).logits)[0].astype(np.float64)
+            if model.config.num_labels == 1:
+                print(f"{logits[0]:.4f}\t{text}")
+                continue
+            probs = np.exp(logits - logits.max())
+            probs /= probs.sum()
+            best = int(np.argmax(probs))
+            print(f"{id2label.get(str(best), best)}\t{probs[best]:.3f}\t{text}")
+    elif model.head == "qa":
+        if args.context is None:
+            raise MinRobertaError("a QA model needs --context (the passage); the texts are the questions")
+        qa = finetune.QuestionAnswering(None)
+        for question in args.text:
+            encoding = tokenizer.encode(question, args.context, max_length=limit)
+            out = model(np.array([encoding.ids]))
+            offsets = [o if s == 1 else None for o, s in zip(encoding.offsets, encoding.sequence_ids)]
+            answer = qa.answer(backend.to_host(out.start_logits)[0], backend.to_host(out.end_logits)[0], offsets,
+                               args.context)
+            print(f"{answer}\t{question}")
+    else:
+        raise MinRobertaError(f"{args.model} has no classification or QA head; fine-tune it first "
+                              "(minroberta finetune), or use fill-mask / embed")
+    return 0
+
+
+def run_embed(args):
+    from . import embed
+    from .checkpoint import load_pretrained
+    from .tokenizer import Tokenizer
+    texts = list(args.text)
+    if args.file:
+        try:
+            with open(args.file, encoding="utf-8") as handle:
+                texts += [line.rstrip("\n") for line in handle if line.strip()]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise MinRobertaError(f"{args.file}: cannot read ({exc})") from None
+    if not texts:
+        raise MinRobertaError("no texts to embed (give them as arguments or with --file)")
+    model = load_pretrained(args.model)
+    tokenizer = Tokenizer.from_dir(args.model)
+    if args.pooling == "tokens":
+        per_text = [embed.token_embeddings(model, tokenizer, text) for text in texts]
+        if args.output:
+            arrays = {}
+            for n, rows in enumerate(per_text):
+                arrays[f"vectors_{n}"] = np.stack([v for _, _, v in rows])
+                arrays[f"offsets_{n}"] = np.array([o for _, o, _ in rows])
+                arrays[f"tokens_{n}"] = np.array([t for t, _, _ in rows])
+            _save_numpy(args.output, arrays)
+        for text, rows in zip(texts, per_text):
+            print(text)
+            for token, (start, end), vector in rows:
+                print(f"  {token!r:>16} [{start:>3}, {end:>3}) |v| = {np.linalg.norm(vector):.3f}")
+        return 0
+    vectors = embed.sentence_embeddings(model, tokenizer, texts, pooling=args.pooling, normalize=args.normalize)
+    if args.output:
+        _save_numpy(args.output, vectors)
+        print(f"saved {vectors.shape[0]} vectors of {vectors.shape[1]} dimensions to {args.output}")
+    else:
+        for text, vector in zip(texts, vectors):
+            print(f"{text}\t" + " ".join(f"{v:.4f}" for v in vector))
+    return 0
+
+
+def _save_numpy(path, value):
+    """.npy for an array, .npz for named arrays; written atomically, never pickled."""
+    import io
+
+    from . import atomic
+    buffer = io.BytesIO()
+    if isinstance(value, dict):
+        np.savez(buffer, **value)
+    else:
+        np.save(buffer, value, allow_pickle=False)
+    atomic.write_bytes(path, buffer.getvalue())
 
 
 if __name__ == "__main__":

@@ -23,6 +23,12 @@ VALID_ONE_IN = 20   # about 5% of documents go to validation
 def stdlib_documents():
     """Every module, class and function docstring of this Python's standard library (test folders excluded),
     cleaned of indentation, in sorted file order: real English prose present wherever Python is."""
+    for _, text in stdlib_docstrings():
+        yield text
+
+
+def stdlib_docstrings():
+    """(path relative to the standard library, docstring) pairs, in the order of stdlib_documents."""
     root = sysconfig.get_paths()["stdlib"]
     paths = []
     for directory, subdirs, files in os.walk(root):
@@ -38,7 +44,7 @@ def stdlib_documents():
             if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
                 text = ast.get_docstring(node, clean=True)
                 if text and len(text) >= MIN_DOCSTRING_CHARS:
-                    yield text
+                    yield os.path.relpath(path, root), text
 
 
 def _expand(source):

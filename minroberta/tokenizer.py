@@ -18,7 +18,7 @@ from .errors import MinRobertaError
 SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
 MASK = "<mask>"
 
-Encoding = namedtuple("Encoding", "ids tokens offsets")
+Encoding = namedtuple("Encoding", "ids tokens offsets sequence_ids")   # sequence_ids: 0, 1 or None (special)
 
 
 def _roberta_pipeline(tokenizer):
@@ -95,7 +95,7 @@ class Tokenizer:
         finally:
             if max_length is not None:
                 self.raw.no_truncation()
-        return Encoding(encoding.ids, encoding.tokens, encoding.offsets)
+        return Encoding(encoding.ids, encoding.tokens, encoding.offsets, encoding.sequence_ids)
 
     def encode_plain(self, texts):
         """Token ids of each text with no special tokens (the pieces of pretraining sequences)."""

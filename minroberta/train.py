@@ -1,11 +1,13 @@
 """The training loop: accumulation, AdamW updates, evaluation, metrics, atomic checkpoints and exact resume.
 
-Everything a step does is a pure function of (seed, step): the batches it reads, their masks and its dropout.
-So a checkpoint needs only the parameters, the optimizer moments and the step, and a resumed run retraces the
-uninterrupted one bit for bit.
+Pretraining and fine-tuning share it; what differs (the loss, how batches are weighted, the evaluation) is a
+task object: `MaskedLM` here, the fine-tuning tasks in finetune.py. Everything a step does is a pure function
+of (seed, step): the batches it reads, their masks and its dropout. So a checkpoint needs only the parameters,
+the optimizer moments and the step, and a resumed run retraces the uninterrupted one bit for bit.
 """
 
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -58,6 +60,40 @@ class TrainSettings:
             raise MinRobertaError(f"--lr must be positive, got {self.lr}")
 
 
+class MaskedLM:
+    """Pretraining's task: the MLM loss; micro-batches weighted by their scored tokens; evaluation reports
+    validation loss, perplexity and masked-token accuracy."""
+
+    best_metric = None   # pretraining keeps the last model, not a best one
+
+    def weight(self, batch):
+        return int(np.sum(batch["labels"] != -100))
+
+    def loss_and_grads(self, model, batch, dropout_key):
+        return model.loss_and_grads(batch["input_ids"], batch["attention_mask"], batch["labels"],
+                                    dropout_key=dropout_key)
+
+    def evaluate(self, model, batches):
+        total_loss, total_correct, total_count = 0.0, 0, 0
+        for batch in batches:
+            logits, targets = model.mlm_logits(batch["input_ids"], batch["attention_mask"], batch["labels"])
+            count = int(targets.shape[0])
+            if count == 0:
+                continue
+            loss, _ = cross_entropy_forward(logits, targets)
+            total_loss += backend.scalar(loss) * count
+            total_correct += int(backend.to_host((logits.argmax(axis=1) == targets).sum()))
+            total_count += count
+        if total_count == 0:
+            raise MinRobertaError("the validation split has no masked tokens to score; use a larger corpus")
+        loss = total_loss / total_count
+        return {"valid_loss": loss, "valid_ppl": math.exp(min(loss, 700.0)), "valid_accuracy": total_correct / total_count}
+
+    def describe(self, metrics):
+        return (f"loss {metrics['valid_loss']:.4f} | ppl {metrics['valid_ppl']:.2f} | "
+                f"accuracy {metrics['valid_accuracy']:.3f}")
+
+
 class Progress:
     """One status line: step, loss, tokens/s and ETA; rewritten in place on a terminal, printed every
     `log_every` steps otherwise (logs, CI)."""
@@ -84,11 +120,14 @@ class Progress:
 
 
 class Trainer:
-    """Pretrains `model` on `data` (a PretrainingData), writing everything under `out_dir`."""
+    """Trains `model` on `data` for `task` (default: masked-LM pretraining), writing everything under `out_dir`.
+    `data` gives train_batch(epoch, index, batch_size), batches_per_epoch(batch_size), valid_batches(batch_size)."""
 
-    def __init__(self, model, data, tokenizer, settings, out_dir, progress=None):
+    def __init__(self, model, data, tokenizer, settings, out_dir, progress=None, task=None):
         settings.validate()
         self.model, self.data, self.tokenizer, self.settings, self.out_dir = model, data, tokenizer, settings, out_dir
+        self.task = task or MaskedLM()
+        self.best = None
         self.optimizer = AdamW(model.params, betas=settings.betas, eps=settings.eps,
                                weight_decay=settings.weight_decay)
         self.step = 0
@@ -108,13 +147,12 @@ class Trainer:
         the update is that of one large batch), clip, and apply one AdamW update. Returns (loss, tokens)."""
         settings, model = self.settings, self.model
         batches = list(self.micro_batches(self.step))
-        scored = [int(np.sum(b["labels"] != -100)) for _, b in batches]
+        scored = [self.task.weight(b) for _, b in batches]
         total_scored = max(1, sum(scored))
         grads, loss, tokens = None, 0.0, 0
         for (i, batch), count in zip(batches, scored):
             key = (settings.seed, self.step, i) if settings.dropout else None
-            micro_loss, micro_grads = model.loss_and_grads(batch["input_ids"], batch["attention_mask"],
-                                                           batch["labels"], dropout_key=key)
+            micro_loss, micro_grads = self.task.loss_and_grads(model, batch, key)
             weight = count / total_scored
             if grads is None:
                 grads = {k: g * weight for k, g in micro_grads.items()} if weight != 1.0 else micro_grads
@@ -138,25 +176,11 @@ class Trainer:
 
     # --- evaluation
     def evaluate(self):
-        """Validation loss (weighted by scored tokens), perplexity and masked-token accuracy."""
-        xp = backend.xp()
-        total_loss, total_correct, total_count = 0.0, 0, 0
-        for n, batch in enumerate(self.data.valid_batches(self.settings.batch_size)):
-            if self.settings.eval_batches and n >= self.settings.eval_batches:
-                break
-            logits, targets = self.model.mlm_logits(batch["input_ids"], batch["attention_mask"], batch["labels"])
-            count = int(targets.shape[0])
-            if count == 0:
-                continue
-            loss, _ = cross_entropy_forward(logits, targets)
-            total_loss += backend.scalar(loss) * count
-            total_correct += int(backend.to_host((logits.argmax(axis=1) == targets).sum()))
-            total_count += count
-        if total_count == 0:
-            raise MinRobertaError("the validation split has no masked tokens to score; use a larger corpus")
-        loss = total_loss / total_count
-        return {"step": self.step, "valid_loss": loss, "valid_ppl": math.exp(min(loss, 700.0)),
-                "valid_accuracy": total_correct / total_count}
+        """The task's validation metrics, over at most `eval_batches` batches."""
+        batches = self.data.valid_batches(self.settings.batch_size)
+        if self.settings.eval_batches:
+            batches = itertools.islice(batches, self.settings.eval_batches)
+        return {"step": self.step, **self.task.evaluate(self.model, batches)}
 
     # --- the loop
     def run(self, stop_at=None):
@@ -180,13 +204,22 @@ class Trainer:
             if self.step % settings.eval_every == 0 or self.step == settings.steps:
                 self.last_eval = self.evaluate()
                 self.log(self.last_eval)
-                self.progress.message(f"eval at step {self.step}: loss {self.last_eval['valid_loss']:.4f} | "
-                                      f"ppl {self.last_eval['valid_ppl']:.2f} | "
-                                      f"accuracy {self.last_eval['valid_accuracy']:.3f}")
+                self.progress.message(f"eval at step {self.step}: {self.task.describe(self.last_eval)}")
+                self.keep_if_best(self.last_eval)
             if self.step % settings.save_every == 0 or self.step == settings.steps:
                 self.save_checkpoint()
-        save_pretrained(self.model, self.out_dir, tokenizer=self.tokenizer)
+        if self.task.best_metric is None:
+            save_pretrained(self.model, self.out_dir, tokenizer=self.tokenizer)
         return self.last_eval
+
+    def keep_if_best(self, metrics):
+        """Tasks that name a best metric (higher is better) keep their best model at the top of out_dir."""
+        metric = self.task.best_metric
+        if metric is None or (self.best is not None and metrics[metric] <= self.best):
+            return
+        self.best = metrics[metric]
+        save_pretrained(self.model, self.out_dir, tokenizer=self.tokenizer)
+        self.progress.message(f"new best {metric} {self.best:.4f}: model saved to {self.out_dir}")
 
     def log(self, record):
         with open(os.path.join(self.out_dir, METRICS), "a", encoding="utf-8") as handle:
@@ -208,7 +241,7 @@ class Trainer:
         atomic.write_bytes(os.path.join(partial, OPTIMIZER), save(moments))
         state = {"step": self.step, "optimizer_steps": self.optimizer.step_count,
                  "settings": dataclasses.asdict(self.settings), "backend": backend.name(),
-                 "last_eval": self.last_eval}
+                 "last_eval": self.last_eval, "best": self.best}
         atomic.write_json(os.path.join(partial, STATE), state)
         if os.path.exists(final):
             shutil.rmtree(final)
@@ -235,6 +268,7 @@ class Trainer:
                                          state["optimizer_steps"])
         self.step = state["step"]
         self.last_eval = state.get("last_eval")
+        self.best = state.get("best")
         self.trim_metrics()
 
     def trim_metrics(self):

@@ -56,6 +56,8 @@ def build_parser():
     pre.add_argument("--backend", choices=backend.BACKENDS, default=None,
                      help="array module (default: $MINROBERTA_BACKEND or numpy)")
     pre.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="parameter precision")
+    pre.add_argument("--mpi-timeout", type=float, default=300.0, metavar="SECONDS",
+                     help="under mpiexec: how long a rank waits for the others before stopping the job")
 
     fill = commands.add_parser("fill-mask", help="predict the <mask> tokens of a text",
                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -172,7 +174,7 @@ FILL_MASK_EXAMPLES = ("Return the <mask> of the list.", "If the file does not <m
 
 
 def run_pretrain(args):
-    from . import corpus
+    from . import corpus, distributed
     from .config import Config, preset
     from .data import PretrainingData
     from .model import Roberta
@@ -187,7 +189,10 @@ def run_pretrain(args):
     if args.seq_len < 8:
         raise MinRobertaError(f"--seq-len must be at least 8, got {args.seq_len}")
     started = time.time()
-    say = lambda text: print(text, file=sys.stderr, flush=True)
+    world = distributed.world(args.mpi_timeout)
+    say = lambda text: print(text, file=sys.stderr, flush=True) if world.is_main else None
+    if world.size > 1:
+        say(f"data parallel over {world.size} MPI ranks: global batch {world.size} x {args.batch_size} sequences")
 
     checkpoint = None
     if args.resume:
@@ -210,7 +215,8 @@ def run_pretrain(args):
     else:
         vocab_size = args.vocab_size or VOCAB_SIZES[args.preset]
         say(f"training a byte-level BPE tokenizer, vocabulary {vocab_size}")
-        tokenizer = train_tokenizer(train_docs, vocab_size=vocab_size)
+        trained = train_tokenizer(train_docs, vocab_size=vocab_size).to_json() if world.is_main else ""
+        tokenizer = Tokenizer.from_json(world.broadcast_bytes(trained.encode("utf-8")).decode("utf-8"))
 
     config = Config(vocab_size=tokenizer.vocab_size, max_position_embeddings=args.seq_len + 2,
                     pad_token_id=tokenizer.pad_id, bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id,
@@ -231,14 +237,16 @@ def run_pretrain(args):
 
     os.makedirs(args.out, exist_ok=True)
     model = Roberta(config, seed=args.seed, dtype=args.dtype)
-    trainer = Trainer(model, data, tokenizer, settings, args.out)
+    trainer = Trainer(model, data, tokenizer, settings, args.out, world=world)
     if checkpoint is not None:
         trainer.restore(checkpoint)
         say(f"resumed from {checkpoint} at step {trainer.step}")
     parameters = sum(int(np.prod(p.shape)) for p in model.params.values())
     say(f"model: {args.preset}, {parameters / 1e6:.1f}M parameters, backend {backend.name()}, {args.dtype}; "
-        f"{settings.steps} updates of {settings.batch_size * settings.accumulate} sequences")
+        f"{settings.steps} updates of {trainer.global_batch * settings.accumulate} sequences")
     result = trainer.run(stop_at=args.stop_at_step)
+    if not world.is_main:
+        return 0
     if trainer.step < settings.steps:
         print(f"stopped at step {trainer.step} of {settings.steps}; continue with --resume --out {args.out}")
         return 0

@@ -16,7 +16,7 @@ import string
 
 import numpy as np
 
-from . import backend
+from . import backend, distributed
 from .errors import MinRobertaError
 from .ops import cross_entropy_forward
 
@@ -190,9 +190,9 @@ class FinetuneData:
             batch["labels"] = np.array(targets)
         return batch
 
-    def train_batch(self, epoch, batch_index, batch_size):
+    def train_batch(self, epoch, batch_index, batch_size, shard=(0, 1)):
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.train))
-        picked = order[batch_index * batch_size:(batch_index + 1) * batch_size]
+        picked = distributed.shard(order[batch_index * batch_size:(batch_index + 1) * batch_size], *shard)
         return self._collate(self.train, picked)
 
     def valid_batches(self, batch_size):

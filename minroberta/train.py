@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from . import atomic, backend
+from . import atomic, backend, distributed
 from .checkpoint import load_pretrained, read_safetensors, save_pretrained
 from .errors import MinRobertaError
 from .ops import cross_entropy_forward
@@ -73,7 +73,8 @@ class MaskedLM:
         return model.loss_and_grads(batch["input_ids"], batch["attention_mask"], batch["labels"],
                                     dropout_key=dropout_key)
 
-    def evaluate(self, model, batches):
+    def evaluate(self, model, batches, world=distributed.Single()):
+        """Over this rank's batches; the sums are added over ranks, so every rank gets the global figures."""
         total_loss, total_correct, total_count = 0.0, 0, 0
         for batch in batches:
             logits, targets = model.mlm_logits(batch["input_ids"], batch["attention_mask"], batch["labels"])
@@ -84,6 +85,7 @@ class MaskedLM:
             total_loss += backend.scalar(loss) * count
             total_correct += int(backend.to_host((logits.argmax(axis=1) == targets).sum()))
             total_count += count
+        total_loss, total_correct, total_count = world.allreduce_scalars([total_loss, total_correct, total_count])
         if total_count == 0:
             raise MinRobertaError("the validation split has no masked tokens to score; use a larger corpus")
         loss = total_loss / total_count
@@ -98,11 +100,13 @@ class Progress:
     """One status line: step, loss, tokens/s and ETA; rewritten in place on a terminal, printed every
     `log_every` steps otherwise (logs, CI)."""
 
-    def __init__(self, total, stream=sys.stderr):
-        self.total, self.stream = total, stream
+    def __init__(self, total, stream=sys.stderr, quiet=False):
+        self.total, self.stream, self.quiet = total, stream, quiet
         self.interactive = stream.isatty()
 
     def update(self, step, loss, tokens_per_s, seconds_per_step, force=False):
+        if self.quiet:
+            return
         eta = (self.total - step) * seconds_per_step
         line = (f"step {step}/{self.total} | loss {loss:.4f} | {tokens_per_s:,.0f} tok/s | "
                 f"ETA {int(eta // 60)}m{int(eta % 60):02d}s")
@@ -113,6 +117,8 @@ class Progress:
         self.stream.flush()
 
     def message(self, text):
+        if self.quiet:
+            return
         if self.interactive:
             self.stream.write("\r" + " " * 80 + "\r")
         self.stream.write(text + "\n")
@@ -121,37 +127,46 @@ class Progress:
 
 class Trainer:
     """Trains `model` on `data` for `task` (default: masked-LM pretraining), writing everything under `out_dir`.
-    `data` gives train_batch(epoch, index, batch_size), batches_per_epoch(batch_size), valid_batches(batch_size)."""
+    `data` gives train_batch(epoch, index, batch_size, shard), batches_per_epoch(batch_size) and
+    valid_batches(batch_size). Under MPI (`world` of several ranks) each rank trains on its shard of every
+    global batch (ranks x batch_size sequences) and rank 0 alone writes checkpoints, metrics and progress."""
 
-    def __init__(self, model, data, tokenizer, settings, out_dir, progress=None, task=None):
+    def __init__(self, model, data, tokenizer, settings, out_dir, progress=None, task=None, world=None):
         settings.validate()
         self.model, self.data, self.tokenizer, self.settings, self.out_dir = model, data, tokenizer, settings, out_dir
         self.task = task or MaskedLM()
+        self.world = world or distributed.Single()
+        if self.world.size > 1 and not isinstance(self.task, MaskedLM):
+            raise MinRobertaError("only pretraining runs on several processes; fine-tune with one")
+        self.global_batch = settings.batch_size * self.world.size
         self.best = None
         self.optimizer = AdamW(model.params, betas=settings.betas, eps=settings.eps,
                                weight_decay=settings.weight_decay)
         self.step = 0
-        self.progress = progress or Progress(settings.steps)
+        self.progress = progress or Progress(settings.steps, quiet=not self.world.is_main)
         self.last_eval = None
 
     # --- one update
     def micro_batches(self, step):
-        """The micro-batches of update `step`: global micro-batch g = step * accumulate + i, read in order."""
-        per_epoch = self.data.batches_per_epoch(self.settings.batch_size)
+        """The micro-batches of update `step`: global micro-batch g = step * accumulate + i, read in order
+        (this rank's shard of each, under MPI)."""
+        per_epoch = self.data.batches_per_epoch(self.global_batch)
         for i in range(self.settings.accumulate):
             g = step * self.settings.accumulate + i
-            yield i, self.data.train_batch(g // per_epoch, g % per_epoch, self.settings.batch_size)
+            yield i, self.data.train_batch(g // per_epoch, g % per_epoch, self.global_batch,
+                                           shard=(self.world.rank, self.world.size))
 
     def train_step(self):
         """Accumulate gradients over the micro-batches (each weighted by its share of the scored tokens, so
-        the update is that of one large batch), clip, and apply one AdamW update. Returns (loss, tokens)."""
-        settings, model = self.settings, self.model
+        the update is that of one large batch, across ranks too), clip, and apply one AdamW update.
+        Returns (loss, tokens, learning rate)."""
+        settings, model, world = self.settings, self.model, self.world
         batches = list(self.micro_batches(self.step))
         scored = [self.task.weight(b) for _, b in batches]
-        total_scored = max(1, sum(scored))
+        total_scored = max(1, world.allreduce_scalars([sum(scored)])[0])
         grads, loss, tokens = None, 0.0, 0
         for (i, batch), count in zip(batches, scored):
-            key = (settings.seed, self.step, i) if settings.dropout else None
+            key = (settings.seed, self.step, i, world.rank) if settings.dropout else None
             micro_loss, micro_grads = self.task.loss_and_grads(model, batch, key)
             weight = count / total_scored
             if grads is None:
@@ -161,6 +176,9 @@ class Trainer:
                     grads[k] += g * weight
             loss += weight * backend.scalar(micro_loss)
             tokens += int(np.sum(batch["attention_mask"]))
+        if world.size > 1:
+            grads = world.allreduce_grads(grads)
+            loss, tokens = world.allreduce_scalars([loss, tokens])
         if not math.isfinite(loss):
             raise MinRobertaError(f"non-finite loss ({loss}) at step {self.step + 1}; stopping. The last good "
                                   f"checkpoint is left untouched under {os.path.join(self.out_dir, CHECKPOINTS)}")
@@ -177,9 +195,12 @@ class Trainer:
     # --- evaluation
     def evaluate(self):
         """The task's validation metrics, over at most `eval_batches` batches."""
-        batches = self.data.valid_batches(self.settings.batch_size)
+        batches = self.data.valid_batches(self.global_batch)
         if self.settings.eval_batches:
             batches = itertools.islice(batches, self.settings.eval_batches)
+        if self.world.size > 1:   # each rank scores every size-th batch; the task adds the sums over ranks
+            mine = (b for n, b in enumerate(batches) if n % self.world.size == self.world.rank)
+            return {"step": self.step, **self.task.evaluate(self.model, mine, self.world)}
         return {"step": self.step, **self.task.evaluate(self.model, batches)}
 
     # --- the loop
@@ -208,7 +229,7 @@ class Trainer:
                 self.keep_if_best(self.last_eval)
             if self.step % settings.save_every == 0 or self.step == settings.steps:
                 self.save_checkpoint()
-        if self.task.best_metric is None:
+        if self.task.best_metric is None and self.world.is_main:
             save_pretrained(self.model, self.out_dir, tokenizer=self.tokenizer)
         return self.last_eval
 
@@ -218,18 +239,24 @@ class Trainer:
         if metric is None or (self.best is not None and metrics[metric] <= self.best):
             return
         self.best = metrics[metric]
+        if not self.world.is_main:
+            return
         save_pretrained(self.model, self.out_dir, tokenizer=self.tokenizer)
         self.progress.message(f"new best {metric} {self.best:.4f}: model saved to {self.out_dir}")
 
     def log(self, record):
+        if not self.world.is_main:
+            return
         with open(os.path.join(self.out_dir, METRICS), "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
 
     # --- checkpoints
     def save_checkpoint(self):
         """Write checkpoints/step-N as a whole: into a hidden directory first, then one rename. A kill at any
-        moment leaves the previous checkpoint as it was."""
+        moment leaves the previous checkpoint as it was. Rank 0 writes; the replicas are identical."""
         from safetensors.numpy import save
+        if not self.world.is_main:
+            return None
         root = os.path.join(self.out_dir, CHECKPOINTS)
         os.makedirs(root, exist_ok=True)
         final = os.path.join(root, f"step-{self.step:08d}")
@@ -241,7 +268,8 @@ class Trainer:
         atomic.write_bytes(os.path.join(partial, OPTIMIZER), save(moments))
         state = {"step": self.step, "optimizer_steps": self.optimizer.step_count,
                  "settings": dataclasses.asdict(self.settings), "backend": backend.name(),
-                 "last_eval": self.last_eval, "best": self.best}
+                 "last_eval": self.last_eval, "best": self.best, "global_batch": self.global_batch,
+                 "ranks": self.world.size}
         atomic.write_json(os.path.join(partial, STATE), state)
         if os.path.exists(final):
             shutil.rmtree(final)
@@ -266,6 +294,13 @@ class Trainer:
                                weight_decay=self.settings.weight_decay)
         self.optimizer.load_state_arrays(read_safetensors(os.path.join(checkpoint, OPTIMIZER)),
                                          state["optimizer_steps"])
+        saved_batch = state.get("global_batch", self.global_batch)
+        if saved_batch != self.global_batch:
+            raise MinRobertaError(
+                f"{checkpoint} was written by a run with a global batch of {saved_batch} sequences "
+                f"({state.get('ranks', 1)} ranks); this run has {self.global_batch} ({self.world.size} ranks x "
+                f"--batch-size {self.settings.batch_size}). Keep ranks x --batch-size the same to resume: the data "
+                "order follows the global batch")
         self.step = state["step"]
         self.last_eval = state.get("last_eval")
         self.best = state.get("best")
@@ -274,7 +309,7 @@ class Trainer:
     def trim_metrics(self):
         """After a resume, drop metric records from beyond the checkpoint (the steps about to be redone)."""
         path = os.path.join(self.out_dir, METRICS)
-        if not os.path.exists(path):
+        if not self.world.is_main or not os.path.exists(path):
             return
         kept = []
         with open(path, encoding="utf-8") as handle:

@@ -69,7 +69,7 @@ def test_ten_steps_match_a_transformers_trainer(numpy_backend, dtype, tolerance)
         def batches_per_epoch(self, batch_size):
             return len(batches)
 
-        def train_batch(self, epoch, index, batch_size):
+        def train_batch(self, epoch, index, batch_size, shard=(0, 1)):
             return batches[index]
 
     settings = TrainSettings(steps=10, batch_size=4, lr=1e-3, warmup=3, weight_decay=0.01, clip_norm=1.0,

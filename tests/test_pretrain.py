@@ -84,7 +84,7 @@ def test_a_tiny_model_overfits_one_batch(numpy_backend):
         def batches_per_epoch(self, batch_size):
             return 1
 
-        def train_batch(self, epoch, index, batch_size):
+        def train_batch(self, epoch, index, batch_size, shard=(0, 1)):
             return batch
 
     trainer = Trainer(model, OneBatch(), None, TrainSettings(steps=150, lr=3e-3, warmup=10, dropout=False), None)

@@ -10,7 +10,8 @@ config, weights seed, inputs and masks, float32, dropout 0, the same thread coun
 Columns: tokens/s of each (median over repetitions), their ratio (median and range), peak RSS, the time split
 (forward / backward / optimizer, train mode), the achieved GFLOP/s of the matrix work (counted analytically:
 every GEMM of the model) and the GEMM peak this process measures for a large float32 product.
-Needs torch and transformers (the `parity` extra) for the reference column.
+Needs torch and transformers (the `parity` extra) for the reference column. With --backend cupy the
+reference runs on the same GPU through PyTorch-CUDA (then the GEMM-peak column is the CPU's, not the GPU's).
 """
 
 import argparse
@@ -113,11 +114,12 @@ def worker_minroberta(p, mode, steps, warmup):
     return totals, split, int((labels != -100).sum()), gemm_peak(np)
 
 
-def worker_reference(p, mode, steps, warmup, threads):
+def worker_reference(p, mode, steps, warmup, threads, device="cpu"):
     import numpy as np
     import torch
     import transformers
     torch.set_num_threads(threads)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     torch.manual_seed(0)
     config = transformers.RobertaConfig(vocab_size=p["vocab_size"], hidden_size=p["hidden_size"],
                                         num_hidden_layers=p["num_hidden_layers"],
@@ -125,8 +127,8 @@ def worker_reference(p, mode, steps, warmup, threads):
                                         intermediate_size=p["intermediate_size"],
                                         max_position_embeddings=p["seq"] + 2, hidden_dropout_prob=0.0,
                                         attention_probs_dropout_prob=0.0, attn_implementation="eager")
-    model = transformers.RobertaForMaskedLM(config)
-    ids, mask, labels = (torch.tensor(a) for a in inputs(p, np))
+    model = transformers.RobertaForMaskedLM(config).to(device)
+    ids, mask, labels = (torch.tensor(a).to(device) for a in inputs(p, np))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01)
     split = {"forward": [], "backward": [], "optimizer": []}
     totals = []
@@ -136,14 +138,18 @@ def worker_reference(p, mode, steps, warmup, threads):
             model.eval()
             with torch.no_grad():
                 model(input_ids=ids, attention_mask=mask).logits
+            sync()
         else:
             model.train()
             loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            sync()
             forward_done = time.perf_counter()
             loss.backward()
+            sync()
             backward_done = time.perf_counter()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            sync()
             if step >= warmup:
                 split["forward"].append(forward_done - start)
                 split["backward"].append(backward_done - forward_done)
@@ -161,7 +167,8 @@ def run_worker(args):
             backend.use(args.backend)
         totals, split, masked, peak = worker_minroberta(p, args.mode, args.steps, args.warmup)
     else:
-        totals, split, masked, peak = worker_reference(p, args.mode, args.steps, args.warmup, args.threads)
+        device = "cuda" if args.backend == "cupy" else "cpu"   # the same accelerator as minroberta's
+        totals, split, masked, peak = worker_reference(p, args.mode, args.steps, args.warmup, args.threads, device)
     seconds = statistics.median(totals)
     tokens = p["batch"] * p["seq"]
     result = {"impl": args.impl, "preset": args.preset, "mode": args.mode, "seconds_per_step": seconds,
@@ -198,7 +205,7 @@ def main():
                 for impl in ("minroberta", "reference"):
                     command = [sys.executable, __file__, "--worker", "--impl", impl, "--preset", preset, "--mode", mode,
                                "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads)]
-                    if args.backend:
+                    if args.backend:   # the reference runs on CUDA when minroberta runs on CuPy
                         command += ["--backend", args.backend]
                     done = subprocess.run(command, env=env, capture_output=True, text=True)
                     if done.returncode != 0:

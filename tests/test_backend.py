@@ -89,3 +89,18 @@ def test_normal_cdf_and_pdf_match_references(xp):
     assert np.max(np.abs(cdf32.astype(np.float64) - reference32)) <= 2e-7
     grid32_64 = grid32.astype(np.float64)
     assert np.max(np.abs(pdf32 - np.exp(-grid32_64 * grid32_64 / 2) / math.sqrt(2 * math.pi))) <= 1e-7
+
+
+def test_cupy_without_a_gpu_is_a_one_line_error():
+    try:
+        import cupy
+        cupy.cuda.runtime.getDeviceCount()
+        pytest.skip("a GPU is present: the refusal cannot be shown here")
+    except ImportError:
+        pass
+    except Exception:
+        pass
+    previous = backend.name()
+    with pytest.raises(MinRobertaError, match="backend 'cupy' is not usable here: "):
+        backend.use("cupy")
+    assert backend.name() == previous

@@ -1,0 +1,100 @@
+"""Data parallelism: shards partition every batch, two MPI ranks reproduce one process, a dead rank ends the job."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+import minroberta
+from minroberta.checkpoint import read_safetensors
+from minroberta.distributed import shard
+from minroberta.train import list_checkpoints
+
+RUN = ["pretrain", "--preset", "micro", "--seq-len", "64", "--steps", "4", "--eval-every", "2", "--save-every", "2",
+       "--log-every", "1", "--no-dropout", "--mpi-timeout", "20"]
+
+
+@given(size=st.integers(0, 200), ranks=st.integers(1, 8))
+def test_shards_partition_a_batch(size, ranks):
+    batch = np.arange(size) * 7 + 3
+    parts = [shard(batch, rank, ranks) for rank in range(ranks)]
+    assert np.array_equal(np.concatenate(parts), batch)             # all of it, in order, nothing twice
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_rank_shards_are_the_global_batch_split_up(numpy_backend):
+    """Masks are keyed by sample index, so each rank's rows are exactly its slice of the global batch."""
+    from minroberta.data import PretrainingData
+    samples = [np.array([0, 5 + i, 6 + i, 2], dtype=np.int32) for i in range(40)]
+    data = PretrainingData(samples, samples[:4], pad_id=1, mask_id=49, special_ids=(0, 1, 2, 3, 49), vocab_size=50,
+                           seed=3)
+    for index in range(data.batches_per_epoch(8)):
+        whole = data.train_batch(0, index, 8)
+        for key in ("input_ids", "labels", "attention_mask"):
+            parts = [data.train_batch(0, index, 8, shard=(rank, 3))[key] for rank in range(3)]
+            assert np.array_equal(np.concatenate(parts), whole[key])
+
+
+def mpiexec_or_skip():
+    pytest.importorskip("mpi4py", reason="MPI tests need mpi4py (pip install -e '.[mpi]')")
+    launcher = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
+    if launcher is None:
+        pytest.skip("MPI tests need an mpiexec (the mpich package provides one)")
+    return launcher
+
+
+def cli(*args):
+    return [sys.executable, "-m", "minroberta.cli", *map(str, args)]
+
+
+@pytest.mark.parametrize("dtype,tolerance", [("float64", 1e-12), ("float32", 1e-6)])
+def test_two_ranks_train_exactly_as_one_process(tmp_path, dtype, tolerance):
+    launcher = mpiexec_or_skip()
+    two, one = tmp_path / "two", tmp_path / "one"
+    done = subprocess.run([launcher, "-n", "2", *cli(*RUN, "--batch-size", 4, "--dtype", dtype, "--out", two)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    done = subprocess.run(cli(*RUN, "--batch-size", 8, "--dtype", dtype, "--out", one), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    a, b = read_safetensors(str(two / "model.safetensors")), read_safetensors(str(one / "model.safetensors"))
+    for key in b:
+        error = np.max(np.abs(a[key] - b[key])) / max(np.max(np.abs(b[key])), 1e-30)
+        assert error <= tolerance, (key, error)
+    evals = [open(d / "metrics.jsonl").read().count("valid_loss") for d in (one, two)]
+    assert evals[0] == evals[1] == 2
+
+
+KILL_RANK_ONE = """
+import os, signal, sys
+from minroberta import train, cli
+original = train.Trainer.train_step
+def dying_step(self):
+    if self.world.rank == 1 and self.step == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original(self)
+train.Trainer.train_step = dying_step
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_a_dead_rank_ends_the_job_with_a_clear_error(tmp_path):
+    launcher = mpiexec_or_skip()
+    out = tmp_path / "run"
+    started = time.monotonic()
+    done = subprocess.run([launcher, "-n", "2", sys.executable, "-c", KILL_RANK_ONE,
+                           *map(str, RUN), "--batch-size", "4", "--out", str(out)],
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode != 0
+    assert time.monotonic() - started < 200
+    messages = done.stdout + done.stderr
+    assert "another rank has probably died" in messages or "BAD TERMINATION" in messages or "killed" in messages.lower()
+    checkpoints = list_checkpoints(str(out))
+    assert checkpoints and os.path.basename(checkpoints[-1]) == "step-00000002"
+    minroberta.load_pretrained(checkpoints[-1])

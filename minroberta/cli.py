@@ -44,6 +44,9 @@ def build_parser():
     pre.add_argument("--tokenizer", metavar="DIR", help="use this tokenizer (tokenizer.json or vocab.json + "
                                                          "merges.txt) instead of training one")
     pre.add_argument("--no-dropout", action="store_true", help="train without dropout")
+    pre.add_argument("--skip-nonfinite", action="store_true",
+                     help="skip an update whose loss or gradient is NaN/inf and go on (default: stop, keeping "
+                          "the last good checkpoint)")
     pre.add_argument("--eval-every", type=int, default=100, help="updates between validation runs")
     pre.add_argument("--eval-batches", type=int, default=16, help="validation batches per evaluation (0: all)")
     pre.add_argument("--save-every", type=int, default=200, help="updates between checkpoints")
@@ -183,7 +186,8 @@ def run_pretrain(args):
 
     settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, accumulate=args.accumulate, lr=args.lr,
                              warmup=args.warmup, weight_decay=args.weight_decay, clip_norm=args.clip_norm,
-                             dropout=not args.no_dropout, eval_every=args.eval_every, eval_batches=args.eval_batches,
+                             dropout=not args.no_dropout, skip_nonfinite=args.skip_nonfinite,
+                             eval_every=args.eval_every, eval_batches=args.eval_batches,
                              save_every=args.save_every, log_every=args.log_every, seed=args.seed)
     settings.validate()
     if args.seq_len < 8:

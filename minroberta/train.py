@@ -21,7 +21,7 @@ from . import atomic, backend, distributed
 from .checkpoint import load_pretrained, read_safetensors, save_pretrained
 from .errors import MinRobertaError
 from .ops import cross_entropy_forward
-from .optim import AdamW, clip_by_global_norm, linear_schedule
+from .optim import AdamW, clip_by_global_norm, global_norm, linear_schedule
 
 CHECKPOINTS = "checkpoints"
 STATE = "trainer_state.json"
@@ -40,6 +40,7 @@ class TrainSettings:
     betas: tuple = (0.9, 0.98)
     eps: float = 1e-6
     clip_norm: float = 1.0        # 0 turns clipping off
+    skip_nonfinite: bool = False  # skip an update whose loss or gradient is not finite (else: stop)
     dropout: bool = True          # the config's dropout probabilities during training
     eval_every: int = 100
     eval_batches: int = 16        # validation micro-batches per evaluation (0 = all)
@@ -140,6 +141,7 @@ class Trainer:
             raise MinRobertaError("only pretraining runs on several processes; fine-tune with one")
         self.global_batch = settings.batch_size * self.world.size
         self.best = None
+        self.skipped = 0   # updates skipped for a non-finite loss or gradient (--skip-nonfinite)
         self.optimizer = AdamW(model.params, betas=settings.betas, eps=settings.eps,
                                weight_decay=settings.weight_decay)
         self.step = 0
@@ -179,15 +181,21 @@ class Trainer:
         if world.size > 1:
             grads = world.allreduce_grads(grads)
             loss, tokens = world.allreduce_scalars([loss, tokens])
-        if not math.isfinite(loss):
-            raise MinRobertaError(f"non-finite loss ({loss}) at step {self.step + 1}; stopping. The last good "
-                                  f"checkpoint is left untouched under {os.path.join(self.out_dir, CHECKPOINTS)}")
+        lr = linear_schedule(self.step, settings.lr, settings.warmup_steps, settings.steps)
         if settings.clip_norm > 0:
             norm = backend.scalar(clip_by_global_norm(grads, settings.clip_norm))
-            if not math.isfinite(norm):
-                raise MinRobertaError(f"non-finite gradient norm at step {self.step + 1}; stopping, last good "
-                                      "checkpoint untouched")
-        lr = linear_schedule(self.step, settings.lr, settings.warmup_steps, settings.steps)
+        else:
+            norm = backend.scalar(global_norm(grads))
+        if not (math.isfinite(loss) and math.isfinite(norm)):
+            what = f"non-finite {'loss' if not math.isfinite(loss) else 'gradient'} at step {self.step + 1}"
+            if not settings.skip_nonfinite:
+                raise MinRobertaError(f"{what}; stopping. The last good checkpoint is left untouched under "
+                                      f"{os.path.join(str(self.out_dir), CHECKPOINTS)} (--skip-nonfinite skips "
+                                      "such updates instead)")
+            self.skipped += 1
+            self.progress.message(f"warning: {what}; update skipped ({self.skipped} so far)")
+            self.step += 1
+            return loss, tokens, lr
         self.optimizer.step(model.params, grads, lr)
         self.step += 1
         return loss, tokens, lr

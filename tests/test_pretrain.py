@@ -13,7 +13,7 @@ import minroberta
 from minroberta import backend
 from minroberta.checkpoint import read_safetensors
 from minroberta.cli import main
-from minroberta.train import TrainSettings, Trainer, list_checkpoints
+from minroberta.train import MaskedLM, TrainSettings, Trainer, list_checkpoints
 
 SMALL_RUN = ["--preset", "micro", "--seq-len", "64", "--batch-size", "8", "--log-every", "2", "--eval-batches", "4"]
 
@@ -185,3 +185,49 @@ def test_fill_mask_rejects_too_long_text_and_missing_mask(tmp_path, capsys, corp
     assert "no <mask> token" in capsys.readouterr().err
     assert run_cli("fill-mask", "--model", run, "word " * 200 + "<mask>") == 2
     assert "the model takes at most 64" in capsys.readouterr().err
+
+
+class PoisonedAt(MaskedLM):
+    """The MLM task, except that the loss of update `step` is NaN (a stand-in for a numerical blow-up)."""
+
+    def __init__(self, step):
+        self.step, self.trainer = step, None
+
+    def loss_and_grads(self, model, batch, key):
+        loss, grads = super().loss_and_grads(model, batch, key)
+        if self.trainer.step == self.step:
+            loss = loss * float("nan")
+        return loss, grads
+
+
+def poisoned_trainer(tmp_path, skip):
+    from minroberta.data import PretrainingData
+    config = minroberta.Config(vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=8, max_position_embeddings=20)
+    samples = [np.array([0] + [5 + (i * j) % 20 for j in range(10)] + [2], dtype=np.int32) for i in range(32)]
+    data = PretrainingData(samples, samples[:8], pad_id=1, mask_id=29, special_ids=(0, 1, 2, 3, 29), vocab_size=30,
+                           seed=0)
+    task = PoisonedAt(step=3)
+    trainer = Trainer(minroberta.Roberta(config, seed=0), data, None,
+                      TrainSettings(steps=6, batch_size=4, save_every=1, eval_every=100, skip_nonfinite=skip),
+                      str(tmp_path), task=task)
+    task.trainer = trainer
+    return trainer
+
+
+def test_a_non_finite_loss_stops_and_leaves_the_last_checkpoint_untouched(tmp_path, numpy_backend):
+    trainer = poisoned_trainer(tmp_path, skip=False)
+    with pytest.raises(minroberta.MinRobertaError, match="non-finite loss at step 4; stopping"):
+        trainer.run()
+    checkpoints = list_checkpoints(str(tmp_path))
+    assert os.path.basename(checkpoints[-1]) == "step-00000003"
+    before = open(os.path.join(checkpoints[-1], "model.safetensors"), "rb").read()
+    minroberta.load_pretrained(checkpoints[-1])
+    assert open(os.path.join(checkpoints[-1], "model.safetensors"), "rb").read() == before
+
+
+def test_skip_nonfinite_skips_the_update_and_goes_on(tmp_path, numpy_backend):
+    trainer = poisoned_trainer(tmp_path, skip=True)
+    trainer.run()
+    assert trainer.step == 6 and trainer.skipped == 1
+    assert all(np.all(np.isfinite(p)) for p in trainer.model.params.values())

@@ -56,16 +56,22 @@ class AdamW:
         for name, p in params.items():
             g = grads[name]
             m, v = self.exp_avg[name], self.exp_avg_sq[name]
+            scratch = xp.empty_like(p)    # the one temporary: every step below writes in place
             if self.decays[name] and self.weight_decay:
                 p *= 1.0 - lr * self.weight_decay
             m *= self.beta1
-            m += (1.0 - self.beta1) * g
+            xp.multiply(g, 1.0 - self.beta1, out=scratch)
+            m += scratch                                     # m = b1 m + (1 - b1) g
             v *= self.beta2
-            v += (1.0 - self.beta2) * (g * g)
-            denom = xp.sqrt(v)
-            denom /= bias_correction2_sqrt
-            denom += self.eps
-            p -= step_size * (m / denom)
+            xp.multiply(g, g, out=scratch)
+            scratch *= 1.0 - self.beta2
+            v += scratch                                     # v = b2 v + (1 - b2) g^2
+            xp.sqrt(v, out=scratch)
+            scratch /= bias_correction2_sqrt
+            scratch += self.eps                              # denom = sqrt(v) / sqrt(1 - b2^t) + eps
+            xp.divide(m, scratch, out=scratch)
+            scratch *= step_size
+            p -= scratch                                     # p -= lr / (1 - b1^t) * m / denom
 
     # --- checkpointing: the moments as named arrays, the rest as plain numbers
     def state_arrays(self):

@@ -17,9 +17,11 @@ def write_bytes(path, data):
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(temporary):
             os.unlink(temporary)
+        if isinstance(exc, OSError) and exc.filename is None:   # disk full: say which file could not be written
+            raise OSError(exc.errno, exc.strerror, path) from None
         raise
     sync_directory(directory)
 
@@ -30,6 +32,17 @@ def write_text(path, text):
 
 def write_json(path, value):
     write_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
+
+
+def remove_tree(path):
+    """Delete a directory so that a kill midway never leaves a half-deleted one under its name: it is first
+    renamed to a hidden sibling, then removed."""
+    import shutil
+    parent, name = os.path.split(os.path.abspath(path))
+    doomed = os.path.join(parent, f".trash-{name}")
+    shutil.rmtree(doomed, ignore_errors=True)
+    os.replace(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def sync_directory(directory):

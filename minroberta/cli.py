@@ -245,6 +245,8 @@ def run_pretrain(args):
     if checkpoint is not None:
         trainer.restore(checkpoint)
         say(f"resumed from {checkpoint} at step {trainer.step}")
+    else:
+        trainer.start_fresh()
     parameters = sum(int(np.prod(p.shape)) for p in model.params.values())
     say(f"model: {args.preset}, {parameters / 1e6:.1f}M parameters, backend {backend.name()}, {args.dtype}; "
         f"{settings.steps} updates of {trainer.global_batch * settings.accumulate} sequences")
@@ -315,6 +317,8 @@ def run_finetune(args):
     if checkpoint is not None:
         trainer.restore(checkpoint)
         say(f"resumed from {checkpoint} at step {trainer.step}")
+    else:
+        trainer.start_fresh()
     say(f"fine-tuning for {args.task}: {len(train)} training and {len(valid)} evaluation examples, {steps} updates")
     trainer.run()
     print(f"best {task.best_metric}: {trainer.best:.4f}; model saved to {args.out}")

@@ -280,11 +280,11 @@ class Trainer:
                  "ranks": self.world.size}
         atomic.write_json(os.path.join(partial, STATE), state)
         if os.path.exists(final):
-            shutil.rmtree(final)
+            atomic.remove_tree(final)
         os.replace(partial, final)
         atomic.sync_directory(root)
         for old in list_checkpoints(self.out_dir)[:-self.settings.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
+            atomic.remove_tree(old)
         return final
 
     def restore(self, checkpoint):
@@ -313,6 +313,12 @@ class Trainer:
         self.last_eval = state.get("last_eval")
         self.best = state.get("best")
         self.trim_metrics()
+
+    def start_fresh(self):
+        """A new run in out_dir: metric records of an earlier attempt that never reached a checkpoint go."""
+        path = os.path.join(self.out_dir, METRICS)
+        if self.world.is_main and os.path.exists(path):
+            atomic.write_text(path, "")
 
     def trim_metrics(self):
         """After a resume, drop metric records from beyond the checkpoint (the steps about to be redone)."""

@@ -182,7 +182,7 @@ def run_pretrain(args):
     from .data import PretrainingData
     from .model import Roberta
     from .tokenizer import Tokenizer, train_tokenizer
-    from .train import TrainSettings, Trainer, latest_good_checkpoint, list_checkpoints
+    from .train import TrainSettings, Trainer, checkpoint_to_resume
 
     settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, accumulate=args.accumulate, lr=args.lr,
                              warmup=args.warmup, weight_decay=args.weight_decay, clip_norm=args.clip_norm,
@@ -198,13 +198,7 @@ def run_pretrain(args):
     if world.size > 1:
         say(f"data parallel over {world.size} MPI ranks: global batch {world.size} x {args.batch_size} sequences")
 
-    checkpoint = None
-    if args.resume:
-        checkpoint = latest_good_checkpoint(args.out, report=say)
-        if checkpoint is None:
-            raise MinRobertaError(f"{args.out}: no checkpoint to resume from")
-    elif list_checkpoints(args.out):
-        raise MinRobertaError(f"{args.out} already holds a run; pass --resume to continue it or choose another --out")
+    checkpoint = checkpoint_to_resume(args.out, args.resume, report=say)
 
     source = "the standard library's docstrings" if not args.corpus else ", ".join(args.corpus)
     say(f"reading {source}")
@@ -242,11 +236,7 @@ def run_pretrain(args):
     os.makedirs(args.out, exist_ok=True)
     model = Roberta(config, seed=args.seed, dtype=args.dtype)
     trainer = Trainer(model, data, tokenizer, settings, args.out, world=world)
-    if checkpoint is not None:
-        trainer.restore(checkpoint)
-        say(f"resumed from {checkpoint} at step {trainer.step}")
-    else:
-        trainer.start_fresh()
+    trainer.begin(checkpoint, report=say)
     parameters = sum(int(np.prod(p.shape)) for p in model.params.values())
     say(f"model: {args.preset}, {parameters / 1e6:.1f}M parameters, backend {backend.name()}, {args.dtype}; "
         f"{settings.steps} updates of {trainer.global_batch * settings.accumulate} sequences")
@@ -276,15 +266,9 @@ def run_finetune(args):
     from . import finetune
     from .checkpoint import load_pretrained
     from .tokenizer import Tokenizer
-    from .train import TrainSettings, Trainer, latest_good_checkpoint, list_checkpoints
+    from .train import TrainSettings, Trainer, checkpoint_to_resume
     say = lambda text: print(text, file=sys.stderr, flush=True)
-    checkpoint = None
-    if args.resume:
-        checkpoint = latest_good_checkpoint(args.out, report=say)
-        if checkpoint is None:
-            raise MinRobertaError(f"{args.out}: no checkpoint to resume from")
-    elif list_checkpoints(args.out):
-        raise MinRobertaError(f"{args.out} already holds a run; pass --resume to continue it or choose another --out")
+    checkpoint = checkpoint_to_resume(args.out, args.resume, report=say)
     pretrained = load_pretrained(args.model)
     tokenizer = Tokenizer.from_dir(args.model)
     max_length = args.max_length or pretrained.config.max_sequence_length
@@ -314,11 +298,7 @@ def run_finetune(args):
                              eval_batches=0, save_every=args.save_every, log_every=args.log_every, seed=args.seed)
     os.makedirs(args.out, exist_ok=True)
     trainer = Trainer(model, data, tokenizer, settings, args.out, task=task)
-    if checkpoint is not None:
-        trainer.restore(checkpoint)
-        say(f"resumed from {checkpoint} at step {trainer.step}")
-    else:
-        trainer.start_fresh()
+    trainer.begin(checkpoint, report=say)
     say(f"fine-tuning for {args.task}: {len(train)} training and {len(valid)} evaluation examples, {steps} updates")
     trainer.run()
     print(f"best {task.best_metric}: {trainer.best:.4f}; model saved to {args.out}")

@@ -314,6 +314,14 @@ class Trainer:
         self.best = state.get("best")
         self.trim_metrics()
 
+    def begin(self, checkpoint, report=print):
+        """Continue from `checkpoint`, or (None) start a new run in out_dir."""
+        if checkpoint is None:
+            self.start_fresh()
+        else:
+            self.restore(checkpoint)
+            report(f"resumed from {checkpoint} at step {self.step}")
+
     def start_fresh(self):
         """A new run in out_dir: metric records of an earlier attempt that never reached a checkpoint go."""
         path = os.path.join(self.out_dir, METRICS)
@@ -335,6 +343,19 @@ class Trainer:
                 if record.get("step", 0) <= self.step:
                     kept.append(json.dumps(record) + "\n")
         atomic.write_text(path, "".join(kept))
+
+
+def checkpoint_to_resume(out_dir, resume, report=print):
+    """With `resume`: the newest good checkpoint in out_dir (an error when there is none). Without: None,
+    and an error when out_dir already holds a run, so that nothing is overwritten."""
+    if resume:
+        checkpoint = latest_good_checkpoint(out_dir, report=report)
+        if checkpoint is None:
+            raise MinRobertaError(f"{out_dir}: no checkpoint to resume from")
+        return checkpoint
+    if list_checkpoints(out_dir):
+        raise MinRobertaError(f"{out_dir} already holds a run; pass --resume to continue it or choose another --out")
+    return None
 
 
 def list_checkpoints(out_dir):

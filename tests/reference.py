@@ -50,3 +50,12 @@ def gradient_floor(reference_grads):
     reference_grads = list(reference_grads)
     largest = max(float(np.max(np.abs(g))) for g in reference_grads)
     return largest * (1e-5 if reference_grads[0].dtype == np.float64 else 1e-2)
+
+
+def assert_gradients_match(grads, reference, tolerance, skip=("pooler.",)):
+    """Every parameter gradient of a transformers model (after .backward()) against minroberta's `grads`."""
+    reference_grads = {k: p.grad.numpy() for k, p in reference.named_parameters()
+                       if not any(part in k for part in skip)}
+    floor = gradient_floor(reference_grads.values())
+    for key, expected in reference_grads.items():
+        assert relative_error(backend.to_host(grads[key]), expected, floor) <= tolerance, key

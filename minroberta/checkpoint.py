@@ -49,6 +49,11 @@ def _expected_shapes(config, tensors, path):
         raise MinRobertaError(f"{path}: missing tensor {config.model_type}.{suffix} (found {len(matches)} "
                               f"word-embedding tables)")
     prefix = matches[0][: -len(suffix)]
+    # a damaged config may claim a million layers: find the first absent one before naming every layer's tensors
+    for i in range(config.num_hidden_layers):
+        query = f"{prefix}encoder.layer.{i}.attention.self.query.weight"
+        if query not in tensors:
+            raise MinRobertaError(f"{path}: missing tensor {query} (config says {config.num_hidden_layers} layers)")
     shapes = encoder_shapes(config, prefix)
     head = None
     if config.model_type == "roberta":

@@ -68,6 +68,12 @@ class Config:
         for name in REQUIRED + ("type_vocab_size",):
             if not 1 <= getattr(self, name) <= SIZE_LIMIT:
                 fail(f"{name} = {getattr(self, name)} is outside [1, {SIZE_LIMIT}]")
+        labels = self.extra.get("num_labels", 2)   # read by every RoBERTa load, so checked here, not at first use
+        if not isinstance(self.extra.get("id2label"), dict) and (isinstance(labels, bool)
+                                                                 or not isinstance(labels, int)):
+            fail(f"num_labels must be an integer, got {labels!r}")
+        if not 1 <= self.num_labels <= SIZE_LIMIT:
+            fail(f"num_labels = {self.num_labels} is outside [1, {SIZE_LIMIT}]")
         if self.hidden_size % self.num_attention_heads:
             fail(f"hidden_size {self.hidden_size} is not divisible by num_attention_heads {self.num_attention_heads}")
         if self.model_type not in MODEL_TYPES:

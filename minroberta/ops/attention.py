@@ -10,15 +10,18 @@ from .checks import require_shape
 def softmax_forward(scores):
     """scores (..., K) -> probs over the last axis, computed after subtracting the row max."""
     xp = backend.xp()
-    exp = xp.exp(scores - scores.max(axis=-1, keepdims=True))
-    probs = exp / exp.sum(axis=-1, keepdims=True)
+    probs = scores - scores.max(axis=-1, keepdims=True)     # one new buffer, then in place
+    xp.exp(probs, out=probs)
+    probs /= probs.sum(axis=-1, keepdims=True)
     return probs, probs
 
 
 def softmax_backward(dprobs, probs):
     """p_i = e^{s_i} / sum_j e^{s_j} gives dp_i/ds_k = p_i ([i = k] - p_k), so
     ds_k = sum_i dp_i p_i ([i = k] - p_k) = p_k (dp_k - sum_i dp_i p_i)."""
-    return probs * (dprobs - (dprobs * probs).sum(axis=-1, keepdims=True))
+    dscores = dprobs - (dprobs * probs).sum(axis=-1, keepdims=True)
+    dscores *= probs
+    return dscores
 
 
 def _split_heads(x, num_heads):
@@ -47,7 +50,8 @@ def attention_forward(q, k, v, key_mask, num_heads, dropout_p=0.0, generator=Non
         raise MinRobertaError(f"hidden size {channels} is not divisible by num_heads {num_heads}")
     head_dim = channels // num_heads
     qh, kh, vh = (_split_heads(t, num_heads) for t in (q, k, v))           # (B, nh, T, hd)
-    scores = (qh @ kh.transpose(0, 1, 3, 2)) * (1.0 / math.sqrt(head_dim))  # (B, nh, T, T)
+    scores = qh @ kh.transpose(0, 1, 3, 2)                                  # (B, nh, T, T)
+    scores *= 1.0 / math.sqrt(head_dim)
     additive = (1.0 - key_mask.astype(q.dtype)) * xp.finfo(q.dtype).min    # (B, T)
     scores += additive[:, None, None, :]
     probs, _ = softmax_forward(scores)                                      # (B, nh, T, T)
@@ -71,7 +75,8 @@ def attention_backward(dctx, cache):
     dprobs = dctx_h @ vh.transpose(0, 1, 3, 2)                              # (B, nh, T, T)
     if drop_scale is not None:
         dprobs = dprobs * drop_scale
-    dscores = softmax_backward(dprobs, probs) * (1.0 / math.sqrt(head_dim))  # (B, nh, T, T)
+    dscores = softmax_backward(dprobs, probs)                               # (B, nh, T, T)
+    dscores *= 1.0 / math.sqrt(head_dim)
     dqh = dscores @ kh
     dkh = dscores.transpose(0, 1, 3, 2) @ qh
     return _merge_heads(dqh), _merge_heads(dkh), _merge_heads(dvh)

@@ -323,15 +323,17 @@ class Roberta:
             as_id_array("token_type_ids", token_type_ids, ids.shape)
         return ids, mask, types
 
-    def encode(self, input_ids, attention_mask=None, token_type_ids=None, dropout=None):
-        """Embeddings and encoder layers: -> hidden (B, T, C), cache for `encode_backward`."""
+    def encode(self, input_ids, attention_mask=None, token_type_ids=None, dropout=None, keep_cache=True):
+        """Embeddings and encoder layers: -> hidden (B, T, C), cache for `encode_backward` (None with
+        keep_cache=False: inference lets each layer's activations go as soon as the next layer has its input)."""
         ids, mask, types = self._inputs(input_ids, attention_mask, token_type_ids)
         x, c_emb = embeddings_forward(self.params, self.config, self.prefix, ids, types, dropout)
         layer_caches = []
         for i in range(self.config.num_hidden_layers):
             x, c_layer = layer_forward(self.params, self.config, f"{self.prefix}encoder.layer.{i}.", x, mask, dropout)
-            layer_caches.append(c_layer)
-        return x, (c_emb, layer_caches)
+            if keep_cache:
+                layer_caches.append(c_layer)
+        return x, (c_emb, layer_caches) if keep_cache else None
 
     def encode_backward(self, dhidden, cache, grads):
         c_emb, layer_caches = cache
@@ -341,7 +343,7 @@ class Roberta:
         return grads
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None):
-        hidden, _ = self.encode(input_ids, attention_mask, token_type_ids)
+        hidden, _ = self.encode(input_ids, attention_mask, token_type_ids, keep_cache=False)
         out = ModelOutput(hidden_states=hidden)
         if self.head == "mlm":
             batch, seq, channels = hidden.shape

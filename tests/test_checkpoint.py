@@ -23,7 +23,10 @@ TINY = dict(vocab_size=20, hidden_size=8, num_hidden_layers=1, num_attention_hea
             max_position_embeddings=12)
 PARITY = dict(TINY, num_hidden_layers=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 PARITY_TOLERANCE = {"float32": 1e-5, "float64": 1e-12}
-EXAMPLES = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# the fuzzing tests below take their example count from MINROBERTA_FUZZ_EXAMPLES, as tests/test_fuzz.py does
+FUZZ_EXAMPLES = int(os.environ.get("MINROBERTA_FUZZ_EXAMPLES", "100"))
+EXAMPLES = settings(max_examples=FUZZ_EXAMPLES, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
 QUERY_BIAS = "roberta.encoder.layer.0.attention.self.query.bias"
 WORDS = "roberta.embeddings.word_embeddings.weight"
 
@@ -363,7 +366,7 @@ JSON_VALUES = st.one_of(
     st.lists(st.integers(0, 3), max_size=2), st.dictionaries(st.text(max_size=2), st.integers(0, 3), max_size=2))
 
 
-@settings(EXAMPLES, max_examples=300)   # a field that fails only when no other field fails first needs more draws
+@settings(EXAMPLES, max_examples=3 * FUZZ_EXAMPLES)   # a field that fails only when no other fails first needs more draws
 @given(data=st.data())
 def test_any_config_json_loads_or_fails_cleanly(numpy_backend, data):
     weights, config_bytes, params = valid_files()

@@ -80,7 +80,7 @@ def worker_minroberta(p, mode, steps, warmup):
     model = minroberta.Roberta(config, seed=0)
     ids, mask, labels = inputs(p, np)
     ids_d, mask_d, labels_d = (backend.to_device(a) for a in (ids, mask, labels))
-    optimizer = AdamW(model.params)
+    optimizer = AdamW(model.params) if mode == "train" else None   # its moments would inflate infer's peak RSS
     split = {"forward": [], "backward": [], "optimizer": []}
     totals = []
 

@@ -166,7 +166,8 @@ class _Module:
 
 
 module = _Module()
-module.add = type("add", (), {"at": staticmethod(_device_call(np.add.at))})()
+module.add = type("add", (), {"at": staticmethod(_device_call(np.add.at)),
+                              "reduceat": staticmethod(_device_call(np.add.reduceat))})()
 
 
 def to_host(a):

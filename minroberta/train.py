@@ -171,8 +171,11 @@ class Trainer:
             key = (settings.seed, self.step, i, world.rank) if settings.dropout else None
             micro_loss, micro_grads = self.task.loss_and_grads(model, batch, key)
             weight = count / total_scored
-            if grads is None:
-                grads = {k: g * weight for k, g in micro_grads.items()} if weight != 1.0 else micro_grads
+            if grads is None:   # the first micro-batch's gradients become the sum, scaled in place
+                grads = micro_grads
+                if weight != 1.0:
+                    for g in grads.values():
+                        g *= weight
             else:
                 for k, g in micro_grads.items():
                     grads[k] += g * weight

@@ -4,6 +4,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from minroberta import backend
 from minroberta.device_standin import HostConversionError
@@ -32,6 +34,18 @@ def test_scatter_add_accumulates_repeated_indices(xp):
     target = xp.zeros((4, 2))
     backend.scatter_add(target, xp.asarray([1, 1, 3]), xp.asarray([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]))
     np.testing.assert_array_equal(backend.to_host(target), [[0, 0], [4, 6], [0, 0], [5, 6]])
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.integers(0, 5), max_size=20), st.integers(0, 2**32 - 1))
+def test_scatter_add_matches_a_row_by_row_loop(xp, indices, seed):
+    values = np.random.default_rng(seed).standard_normal((len(indices), 3))
+    expected = np.ones((6, 3))
+    for i, row in zip(indices, values):
+        expected[i] += row
+    target = xp.ones((6, 3))
+    backend.scatter_add(target, xp.asarray(np.array(indices, dtype=np.int64)), xp.asarray(values))
+    np.testing.assert_allclose(backend.to_host(target), expected, rtol=1e-12, atol=1e-12)
 
 
 def test_generator_is_determined_by_its_key(xp):

@@ -4,7 +4,7 @@ from .attention import attention_backward, attention_forward, softmax_backward, 
 from .cross_entropy import cross_entropy_backward, cross_entropy_forward
 from .dropout import dropout_backward, dropout_forward
 from .embedding import embedding_backward, embedding_forward
-from .gelu import gelu_backward, gelu_forward
+from .gelu import gelu_backward, gelu_forward, gelu_output
 from .layernorm import layernorm_backward, layernorm_forward
 from .linear import linear_backward, linear_forward
 from .mse import mse_backward, mse_forward

@@ -169,9 +169,8 @@ def embeddings_backward(dx, cache, prefix, grads):
     p = prefix + "embeddings."
     dsum, grads[p + "LayerNorm.weight"], grads[p + "LayerNorm.bias"] = layernorm_backward(
         dropout_backward(dx, c_drop), c_norm)
-    word_grad = embedding_backward(dsum, c_words)
     key = p + "word_embeddings.weight"
-    grads[key] = grads[key] + word_grad if key in grads else word_grad   # the tied decoder may be there first
+    grads[key] = embedding_backward(dsum, c_words, into=grads.get(key))   # the tied decoder's share may be there
     grads[p + "position_embeddings.weight"] = embedding_backward(dsum, c_pos)
     grads[p + "token_type_embeddings.weight"] = embedding_backward(dsum, c_types)
 

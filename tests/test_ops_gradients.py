@@ -124,6 +124,14 @@ def test_embedding(xp, batch, seq, vocab, channels, seed, data):
         counts = np.bincount(ids, minlength=vocab).astype(float)
         counts[padding_idx] = 0
         np.testing.assert_array_equal(dweight, np.repeat(counts[:, None], channels, axis=1))
+    # into: another path's gradient (a tied decoder's) is added to, and its padding row is left as it was
+    out, cache = ops.embedding_forward(backend.to_device(inputs["ids"]), backend.to_device(inputs["weight"]),
+                                       padding_idx)
+    dout = values(seed + 1, batch, seq, channels)
+    other = values(seed + 2, vocab, channels)
+    alone = backend.to_host(ops.embedding_backward(backend.to_device(dout), cache))
+    summed = backend.to_host(ops.embedding_backward(backend.to_device(dout), cache, into=backend.to_device(other.copy())))
+    np.testing.assert_allclose(summed, other + alone, rtol=1e-12, atol=1e-12)
 
 
 @EXAMPLES

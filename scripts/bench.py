@@ -217,8 +217,8 @@ def main():
                           file=sys.stderr)
     print_table(measurements)
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(measurements, handle, indent=2)
+        from minroberta.atomic import write_text
+        write_text(args.json, json.dumps(measurements, indent=2))
     return 0
 
 

@@ -168,7 +168,9 @@ class Trainer:
         total_scored = max(1, world.allreduce_scalars([sum(scored)])[0])
         grads, loss, tokens = None, 0.0, 0
         for (i, batch), count in zip(batches, scored):
-            key = (settings.seed, self.step, i, world.rank) if settings.dropout else None
+            # dropout's draws follow this shard's place in the update (micro-batch i of rank r is shard
+            # i * ranks + r), so ranks x accumulation in any split gives the same draws and the same update
+            key = (settings.seed, self.step, i * world.size + world.rank) if settings.dropout else None
             micro_loss, micro_grads = self.task.loss_and_grads(model, batch, key)
             weight = count / total_scored
             if grads is None:   # the first micro-batch's gradients become the sum, scaled in place

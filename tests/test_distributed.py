@@ -86,6 +86,26 @@ def test_two_ranks_train_exactly_as_one_process(tmp_path, dtype, tolerance):
     assert evals[0] == evals[1] == 2
 
 
+# The same global batch of 8 taken as two ranks x 4 or as one process accumulating two micro-batches of 4: both
+# compute the same two half-batch gradients (with the same dropout draws) and add them once, so here even
+# float32 must agree to the bit.
+@pytest.mark.parametrize("dtype,dropout", [("float64", False), ("float32", False), ("float32", True)])
+def test_two_ranks_train_bit_for_bit_as_one_process_accumulating(tmp_path, dtype, dropout):
+    launcher = mpiexec_or_skip()
+    two, one = tmp_path / "two", tmp_path / "one"
+    run = [a for a in RUN if a != "--no-dropout"] if dropout else RUN
+    done = subprocess.run([launcher, "-n", "2", *cli(*run, "--batch-size", 4, "--dtype", dtype, "--out", two)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    done = subprocess.run(cli(*run, "--batch-size", 4, "--accumulate", 2, "--dtype", dtype, "--out", one),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    a, b = read_safetensors(str(two / "model.safetensors")), read_safetensors(str(one / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in b:
+        assert np.array_equal(a[key], b[key]), (key, float(np.max(np.abs(a[key] - b[key]))))
+
+
 KILL_RANK_ONE = """
 import os, signal, sys
 from minroberta import train, cli

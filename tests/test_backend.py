@@ -22,12 +22,15 @@ def test_erf_float64_agrees_with_math_erf(xp):
     assert np.max(np.abs(got - ERF_REFERENCE)[nonzero] / np.abs(ERF_REFERENCE[nonzero])) <= 2e-15
 
 
+# a million float32 points, dense where erf and Phi bend most
+DENSE32 = np.concatenate([np.linspace(-9, 9, 400_001), np.linspace(-1, 1, 600_001)]).astype(np.float32)
+
+
 def test_erf_float32_error_is_within_documented_bound(xp):
-    grid32 = GRID.astype(np.float32)
-    reference = np.array([math.erf(float(v)) for v in grid32])
-    got = backend.to_host(backend.erf(xp.asarray(grid32)))
+    reference = np.array([math.erf(float(v)) for v in DENSE32])
+    got = backend.to_host(backend.erf(xp.asarray(DENSE32)))
     assert got.dtype == np.float32
-    assert np.max(np.abs(got.astype(np.float64) - reference)) <= 1.2e-7
+    assert np.max(np.abs(got.astype(np.float64) - reference)) <= 3.0e-8     # half a float32 ulp below 1
 
 
 def test_scatter_add_accumulates_repeated_indices(xp):
@@ -96,12 +99,11 @@ def test_normal_cdf_and_pdf_match_references(xp):
     cdf, pdf = (backend.to_host(a) for a in backend.normal_cdf_and_pdf(xp.asarray(grid)))
     assert np.max(np.abs(cdf - reference_cdf)) <= 1e-15
     assert np.max(np.abs(pdf - reference_pdf)) <= 1e-16
-    grid32 = grid.astype(np.float32)
-    reference32 = np.array([0.5 * math.erfc(-float(v) / math.sqrt(2)) for v in grid32])
-    cdf32, pdf32 = (backend.to_host(a) for a in backend.normal_cdf_and_pdf(xp.asarray(grid32)))
+    reference32 = np.array([0.5 * math.erfc(-float(v) / math.sqrt(2)) for v in DENSE32])
+    cdf32, pdf32 = (backend.to_host(a) for a in backend.normal_cdf_and_pdf(xp.asarray(DENSE32)))
     assert cdf32.dtype == np.float32 and pdf32.dtype == np.float32
-    assert np.max(np.abs(cdf32.astype(np.float64) - reference32)) <= 2e-7
-    grid32_64 = grid32.astype(np.float64)
+    assert np.max(np.abs(cdf32.astype(np.float64) - reference32)) <= 2.5e-7   # the bound backend.py states
+    grid32_64 = DENSE32.astype(np.float64)
     assert np.max(np.abs(pdf32 - np.exp(-grid32_64 * grid32_64 / 2) / math.sqrt(2 * math.pi))) <= 1e-7
 
 

@@ -124,11 +124,10 @@ def generator(*key):
 # math.erf to about 1e-15; erf of float32 input is evaluated in float64 and rounded, so it is within half a
 # float32 ulp (3e-8). GELU's float32 gate, the hot path, gets a short fitted form instead: the normal CDF within
 # 2.5e-7 absolute (2.24e-7 the largest of a million points measured, close to Phi = 0.5, where the float32
-# spacing is 3e-8 to 6e-8). That is
-# above the 5e-8 that a 1e-7 erf error would mean for Phi, on purpose: the fit itself is good to 8e-9 and the
-# rest is the rounding of a dozen float32 operations, which only a float64 evaluation would remove, at a cost
-# in speed; the float32 GELU agrees with its float64 form to 1e-5 relative (tests/test_ops_precision.py), well
-# inside the rounding of the float32 matrix products around it. CuPy has native erf and ndtr and uses them.
+# spacing is 3e-8 to 6e-8). That is above the 5e-8 that a 1e-7 erf error would mean for Phi, on purpose: the fit
+# itself is good to 8e-9 and the rest is the rounding of a dozen float32 operations, which only a float64
+# evaluation would remove, at a cost in speed; the float32 GELU agrees with its float64 form to 1e-5 relative
+# (tests/test_ops_precision.py), well inside the rounding of the float32 matrix products around it. CuPy has native erf and ndtr and uses them.
 
 _TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)

@@ -166,8 +166,7 @@ class _Module:
 
 
 module = _Module()
-module.add = type("add", (), {"at": staticmethod(_device_call(np.add.at)),
-                              "reduceat": staticmethod(_device_call(np.add.reduceat))})()
+module.add = type("add", (), {"reduceat": staticmethod(_device_call(np.add.reduceat))})()
 
 
 def to_host(a):

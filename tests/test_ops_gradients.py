@@ -130,7 +130,8 @@ def test_embedding(xp, batch, seq, vocab, channels, seed, data):
     dout = values(seed + 1, batch, seq, channels)
     other = values(seed + 2, vocab, channels)
     alone = backend.to_host(ops.embedding_backward(backend.to_device(dout), cache))
-    summed = backend.to_host(ops.embedding_backward(backend.to_device(dout), cache, into=backend.to_device(other.copy())))
+    summed = backend.to_host(ops.embedding_backward(backend.to_device(dout), cache,
+                                                    into=backend.to_device(other.copy())))
     np.testing.assert_allclose(summed, other + alone, rtol=1e-12, atol=1e-12)
 
 

@@ -64,7 +64,7 @@ def train_as_two_ranks_and_as_one(run, two, one, one_process_args):
     return read_safetensors(str(two / "model.safetensors")), read_safetensors(str(one / "model.safetensors"))
 
 
-# Measured worst per-tensor differences: float64 7.8e-15; float32 2.7e-6 (intermediate.dense.bias), above the
+# Measured worst per-tensor differences: float64 1.6e-14; float32 3.3e-6 (lm_head.layer_norm.bias), above the
 # 1e-6 first asked for. The two runs add the same numbers in different orders (two ranks' partial sums, against
 # one GEMM over the whole batch), and AdamW divides each gradient by its own running size, so where a gradient is
 # tiny its rounding shows at full strength in the update. The float32 bound is set at 5e-6 and says so.
@@ -72,7 +72,7 @@ def train_as_two_ranks_and_as_one(run, two, one, one_process_args):
 def test_two_ranks_train_exactly_as_one_process(tmp_path, dtype, tolerance):
     two, one = tmp_path / "two", tmp_path / "one"
     a, b = train_as_two_ranks_and_as_one(RUN + ["--dtype", dtype], two, one, ["--batch-size", 8])
-    worst = 0.0
+    worst, worst_key = 0.0, None
     for key in b:
         if key.endswith("attention.self.key.bias"):
             # Its gradient is zero in exact arithmetic (softmax ignores a shift shared by all keys), so what
@@ -83,9 +83,9 @@ def test_two_ranks_train_exactly_as_one_process(tmp_path, dtype, tolerance):
         # relative error in the Frobenius norm, ||a - b|| / ||b||, per tensor; biases that have moved only
         # ~lr * steps from zero are measured against 0.01 instead of their own tiny norm
         error = np.linalg.norm((a[key] - b[key]).astype(np.float64)) / max(np.linalg.norm(b[key].astype(np.float64)), 1e-2)
-        worst = max(worst, error)
+        worst, worst_key = max((worst, worst_key), (error, key))
         assert error <= tolerance, (key, error)
-    print(f"worst relative difference, {dtype}: {worst:.2e}")
+    print(f"worst relative difference, {dtype}: {worst:.2e} ({worst_key})")
     evals = [open(d / "metrics.jsonl").read().count("valid_loss") for d in (one, two)]
     assert evals[0] == evals[1] == 2
 

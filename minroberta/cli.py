@@ -11,11 +11,15 @@ import time
 
 import numpy as np
 
-from . import backend
+from . import backend, precision
 from .errors import MinRobertaError
 
 DEFAULT_OUT = os.path.join("runs", "pretrain")
 VOCAB_SIZES = {"micro": 2048, "tiny": 8192, "small": 16384, "base": 32768}
+
+
+PRECISION_HELP = ("matrix products: float32; tf32 (cupy, GPUs of compute capability 8.0+); fp16 (mixed precision: "
+                  "float16 products, float32 master weights, dynamic loss scaling when training)")
 
 
 def build_parser():
@@ -58,6 +62,7 @@ def build_parser():
                           "runs to --steps")
     pre.add_argument("--backend", choices=backend.BACKENDS, default=None,
                      help="array module (default: $MINROBERTA_BACKEND or numpy)")
+    pre.add_argument("--precision", choices=precision.MODES, default="float32", help=PRECISION_HELP)
     pre.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="parameter precision")
     pre.add_argument("--mpi-timeout", type=float, default=300.0, metavar="SECONDS",
                      help="under mpiexec: how long a rank waits for the others before stopping the job")
@@ -67,6 +72,7 @@ def build_parser():
     fill.add_argument("--model", required=True, metavar="DIR", help="a model directory (with tokenizer files)")
     fill.add_argument("--top-k", type=int, default=5, help="predictions shown per <mask>")
     fill.add_argument("--backend", choices=backend.BACKENDS, default=None, help="array module")
+    fill.add_argument("--precision", choices=precision.MODES, default="float32", help=PRECISION_HELP)
     fill.add_argument("text", nargs="+", help='texts containing <mask>, e.g. "Return the <mask> of x."')
 
     tune = commands.add_parser("finetune", help="fine-tune a pretrained model to classify texts or pairs, or "
@@ -92,6 +98,7 @@ def build_parser():
     tune.add_argument("--seed", type=int, default=0, help="seed of the new head, the order and dropout")
     tune.add_argument("--resume", action="store_true", help="continue the run in --out")
     tune.add_argument("--backend", choices=backend.BACKENDS, default=None, help="array module")
+    tune.add_argument("--precision", choices=precision.MODES, default="float32", help=PRECISION_HELP)
 
     predict = commands.add_parser("predict", help="apply a fine-tuned model to texts, pairs or questions",
                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -100,6 +107,7 @@ def build_parser():
     predict.add_argument("--context", metavar="TEXT", help="the passage to answer from (QA models); the texts are "
                                                            "the questions")
     predict.add_argument("--backend", choices=backend.BACKENDS, default=None, help="array module")
+    predict.add_argument("--precision", choices=precision.MODES, default="float32", help=PRECISION_HELP)
     predict.add_argument("text", nargs="+", help="texts to classify, or questions")
 
     embed = commands.add_parser("embed", help="contextual vectors of texts",
@@ -111,6 +119,7 @@ def build_parser():
     embed.add_argument("--file", metavar="FILE", help="read texts from this file, one per line")
     embed.add_argument("--output", metavar="FILE.npy", help="save the vectors (.npy; .npz for --pooling tokens)")
     embed.add_argument("--backend", choices=backend.BACKENDS, default=None, help="array module")
+    embed.add_argument("--precision", choices=precision.MODES, default="float32", help=PRECISION_HELP)
     embed.add_argument("text", nargs="*", help="texts to embed")
     return parser
 
@@ -120,6 +129,7 @@ def main(argv=None):
     try:
         if getattr(args, "backend", None):
             backend.use(args.backend)
+        precision.use(getattr(args, "precision", "float32"))
         commands = {"pretrain": run_pretrain, "fill-mask": run_fill_mask, "finetune": run_finetune,
                     "predict": run_predict, "embed": run_embed}
         return commands[args.command](args)
@@ -192,6 +202,8 @@ def run_pretrain(args):
     settings.validate()
     if args.seq_len < 8:
         raise MinRobertaError(f"--seq-len must be at least 8, got {args.seq_len}")
+    if args.precision != "float32" and args.dtype != "float32":
+        raise MinRobertaError(f"--precision {args.precision} works on float32 parameters; drop --dtype {args.dtype}")
     started = time.time()
     world = distributed.world(args.mpi_timeout)
     say = lambda text: print(text, file=sys.stderr, flush=True) if world.is_main else None
@@ -238,7 +250,8 @@ def run_pretrain(args):
     trainer = Trainer(model, data, tokenizer, settings, args.out, world=world)
     trainer.begin(checkpoint, report=say)
     parameters = sum(int(np.prod(p.shape)) for p in model.params.values())
-    say(f"model: {args.preset}, {parameters / 1e6:.1f}M parameters, backend {backend.name()}, {args.dtype}; "
+    say(f"model: {args.preset}, {parameters / 1e6:.1f}M parameters, backend {backend.name()}, {args.dtype}"
+        f"{'' if args.precision == 'float32' else ', ' + args.precision + ' products'}; "
         f"{settings.steps} updates of {trainer.global_batch * settings.accumulate} sequences")
     result = trainer.run(stop_at=args.stop_at_step)
     if not world.is_main:

@@ -220,9 +220,9 @@ class Classification:
     def weight(self, batch):
         return len(batch["labels"])
 
-    def loss_and_grads(self, model, batch, dropout_key):
+    def loss_and_grads(self, model, batch, dropout_key, loss_scale=1.0):
         return model.classification_loss_and_grads(batch["input_ids"], batch["attention_mask"], batch["labels"],
-                                                   dropout_key=dropout_key)
+                                                   dropout_key=dropout_key, loss_scale=loss_scale)
 
     def evaluate(self, model, batches):
         predicted, actual, loss_sum = [], [], 0.0
@@ -300,9 +300,9 @@ class QuestionAnswering:
     def weight(self, batch):
         return len(batch["start_positions"])
 
-    def loss_and_grads(self, model, batch, dropout_key):
+    def loss_and_grads(self, model, batch, dropout_key, loss_scale=1.0):
         return model.qa_loss_and_grads(batch["input_ids"], batch["attention_mask"], batch["start_positions"],
-                                       batch["end_positions"], dropout_key=dropout_key)
+                                       batch["end_positions"], dropout_key=dropout_key, loss_scale=loss_scale)
 
     def evaluate(self, model, batches):
         exact, f1, count = 0.0, 0.0, 0

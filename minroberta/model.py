@@ -375,9 +375,9 @@ class Roberta:
         return grads
 
     def classification_loss_and_grads(self, input_ids, attention_mask=None, labels=None, token_type_ids=None,
-                                      dropout_key=None):
+                                      dropout_key=None, loss_scale=1.0):
         """Cross-entropy over classes (labels (B,) ints) or, with one output, mean squared error (labels (B,)
-        floats); and every parameter's gradient."""
+        floats); and every parameter's gradient (of loss_scale x the loss: see `loss_and_grads`)."""
         self._require_head("classification")
         if labels is None:
             raise MinRobertaError("the classification loss needs labels")
@@ -388,19 +388,19 @@ class Roberta:
         if self.config.num_labels == 1:
             targets = as_value_array("labels", labels, batch, logits.dtype)
             loss, loss_cache = mse_forward(logits[:, 0], targets)
-            dlogits = mse_backward(1.0, loss_cache)[:, None]
+            dlogits = mse_backward(loss_scale, loss_cache)[:, None]
         else:
             targets = as_id_array("labels", labels, batch, ndim=1)
             loss, loss_cache = cross_entropy_forward(logits, targets)
-            dlogits = cross_entropy_backward(1.0, loss_cache)
+            dlogits = cross_entropy_backward(loss_scale, loss_cache)
         grads = {}
         self.encode_backward(classifier_backward(dlogits, head_cache, grads), enc_cache, grads)
         return loss, self._complete(grads)
 
     def qa_loss_and_grads(self, input_ids, attention_mask=None, start_positions=None, end_positions=None,
-                          token_type_ids=None, dropout_key=None):
+                          token_type_ids=None, dropout_key=None, loss_scale=1.0):
         """Mean of the start and end cross-entropies over token positions (positions at or past the sequence
-        end are ignored, as in the reference); and every parameter's gradient."""
+        end are ignored, as in the reference); and every parameter's gradient (of loss_scale x the loss)."""
         self._require_head("qa")
         if start_positions is None or end_positions is None:
             raise MinRobertaError("the QA loss needs start_positions and end_positions")
@@ -415,7 +415,7 @@ class Roberta:
             positions = xp.where((positions < 0) | (positions >= seq), -100, positions)
             part, cache = cross_entropy_forward(logits, positions)
             loss = loss + 0.5 * part
-            dstart_end.append(cross_entropy_backward(0.5, cache))
+            dstart_end.append(cross_entropy_backward(0.5 * loss_scale, cache))
         grads = {}
         self.encode_backward(qa_backward(*dstart_end, head_cache, grads), enc_cache, grads)
         return loss, self._complete(grads)
@@ -440,17 +440,20 @@ class Roberta:
         logits, targets, _ = self._scored_head(input_ids, attention_mask, labels, token_type_ids, None)
         return logits, targets
 
-    def loss_and_grads(self, input_ids, attention_mask=None, labels=None, token_type_ids=None, dropout_key=None):
+    def loss_and_grads(self, input_ids, attention_mask=None, labels=None, token_type_ids=None, dropout_key=None,
+                       loss_scale=1.0):
         """Masked-LM loss (mean cross-entropy over positions whose label is not -100) and the gradient of
         every parameter, keyed like `params`. `dropout_key`, a tuple of ints such as (seed, step, micro_batch),
-        switches dropout on with a generator drawn from it; None means no dropout (evaluation numerics)."""
+        switches dropout on with a generator drawn from it; None means no dropout (evaluation numerics).
+        The gradients are those of loss_scale x loss (the loss returned is not scaled): float16 products
+        need the scaling to keep small gradients from vanishing (see precision.LossScaler)."""
         xp = backend.xp()
         dropout = self._dropout(dropout_key)
         logits, targets, (enc_cache, head_cache, scored, (batch, seq, channels)) = self._scored_head(
             input_ids, attention_mask, labels, token_type_ids, dropout)
         loss, ce_cache = cross_entropy_forward(logits, targets)
         grads = {}
-        drows = lm_head_backward(cross_entropy_backward(1.0, ce_cache), head_cache, self.prefix, grads)
+        drows = lm_head_backward(cross_entropy_backward(loss_scale, ce_cache), head_cache, self.prefix, grads)
         dhidden = xp.zeros((batch * seq, channels), dtype=drows.dtype)
         dhidden[scored] = drows                                                           # positions are distinct
         self.encode_backward(dhidden.reshape(batch, seq, channels), enc_cache, grads)

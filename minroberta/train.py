@@ -3,7 +3,8 @@
 Pretraining and fine-tuning share it; what differs (the loss, how batches are weighted, the evaluation) is a
 task object: `MaskedLM` here, the fine-tuning tasks in finetune.py. Everything a step does is a pure function
 of (seed, step): the batches it reads, their masks and its dropout. So a checkpoint needs only the parameters,
-the optimizer moments and the step, and a resumed run retraces the uninterrupted one bit for bit.
+the optimizer moments, the step (and, in float16 mixed precision, the loss scale), and a resumed run retraces
+the uninterrupted one bit for bit.
 """
 
 import dataclasses
@@ -17,7 +18,7 @@ import time
 
 import numpy as np
 
-from . import atomic, backend, distributed
+from . import atomic, backend, distributed, precision
 from .checkpoint import load_pretrained, read_safetensors, save_pretrained
 from .errors import MinRobertaError
 from .ops import cross_entropy_forward
@@ -70,9 +71,9 @@ class MaskedLM:
     def weight(self, batch):
         return int(np.sum(batch["labels"] != -100))
 
-    def loss_and_grads(self, model, batch, dropout_key):
+    def loss_and_grads(self, model, batch, dropout_key, loss_scale=1.0):
         return model.loss_and_grads(batch["input_ids"], batch["attention_mask"], batch["labels"],
-                                    dropout_key=dropout_key)
+                                    dropout_key=dropout_key, loss_scale=loss_scale)
 
     def evaluate(self, model, batches, world=distributed.Single()):
         """Over this rank's batches; the sums are added over ranks, so every rank gets the global figures."""
@@ -144,6 +145,8 @@ class Trainer:
         self.skipped = 0   # updates skipped for a non-finite loss or gradient (--skip-nonfinite)
         self.optimizer = AdamW(model.params, betas=settings.betas, eps=settings.eps,
                                weight_decay=settings.weight_decay)
+        # float16 products need the loss scaled (precision.LossScaler); float32 and TF32 do not
+        self.scaler = precision.LossScaler() if precision.name() == "fp16" else None
         self.step = 0
         self.progress = progress or Progress(settings.steps, quiet=not self.world.is_main)
         self.last_eval = None
@@ -158,6 +161,9 @@ class Trainer:
             yield i, self.data.train_batch(g // per_epoch, g % per_epoch, self.global_batch,
                                            shard=(self.world.rank, self.world.size))
 
+    # an inf or NaN is caught below and reported in one line (or handled by the loss scaler); NumPy's own
+    # warnings about it along the way would only repeat that
+    @np.errstate(over="ignore", invalid="ignore")
     def train_step(self):
         """Accumulate gradients over the micro-batches (each weighted by its share of the scored tokens, so
         the update is that of one large batch, across ranks too), clip, and apply one AdamW update.
@@ -171,7 +177,8 @@ class Trainer:
             # dropout's draws follow this shard's place in the update (micro-batch i of rank r is shard
             # i * ranks + r), so ranks x accumulation in any split gives the same draws and the same update
             key = (settings.seed, self.step, i * world.size + world.rank) if settings.dropout else None
-            micro_loss, micro_grads = self.task.loss_and_grads(model, batch, key)
+            micro_loss, micro_grads = self.task.loss_and_grads(model, batch, key,
+                                                               self.scaler.scale if self.scaler else 1.0)
             weight = count / total_scored
             if grads is None:   # the first micro-batch's gradients become the sum, scaled in place
                 grads = micro_grads
@@ -187,10 +194,19 @@ class Trainer:
             grads = world.allreduce_grads(grads)
             loss, tokens = world.allreduce_scalars([loss, tokens])
         lr = linear_schedule(self.step, settings.lr, settings.warmup_steps, settings.steps)
+        if self.scaler:
+            self.scaler.unscale(grads)
         if settings.clip_norm > 0:
             norm = backend.scalar(clip_by_global_norm(grads, settings.clip_norm))
         else:
             norm = backend.scalar(global_norm(grads))
+        if self.scaler:
+            self.scaler.update(math.isfinite(norm))
+            if math.isfinite(loss) and not math.isfinite(norm):   # the scale was too large: the expected case
+                self.progress.message(f"step {self.step + 1}: float16 gradient overflow, update skipped; loss "
+                                      f"scale lowered to {self.scaler.scale:g}")
+                self.step += 1
+                return loss, tokens, lr
         if not (math.isfinite(loss) and math.isfinite(norm)):
             what = f"non-finite {'loss' if not math.isfinite(loss) else 'gradient'} at step {self.step + 1}"
             if not settings.skip_nonfinite:
@@ -282,7 +298,8 @@ class Trainer:
         state = {"step": self.step, "optimizer_steps": self.optimizer.step_count,
                  "settings": dataclasses.asdict(self.settings), "backend": backend.name(),
                  "last_eval": self.last_eval, "best": self.best, "global_batch": self.global_batch,
-                 "ranks": self.world.size}
+                 "ranks": self.world.size, "precision": precision.name(),
+                 "loss_scale": self.scaler.state() if self.scaler else None}
         atomic.write_json(os.path.join(partial, STATE), state)
         if os.path.exists(final):
             atomic.remove_tree(final)
@@ -314,6 +331,8 @@ class Trainer:
                 f"({state.get('ranks', 1)} ranks); this run has {self.global_batch} ({self.world.size} ranks x "
                 f"--batch-size {self.settings.batch_size}). Keep ranks x --batch-size the same to resume: the data "
                 "order follows the global batch")
+        if self.scaler and state.get("loss_scale"):
+            self.scaler.load_state(state["loss_scale"])
         self.step = state["step"]
         self.last_eval = state.get("last_eval")
         self.best = state.get("best")

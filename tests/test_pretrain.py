@@ -194,8 +194,8 @@ class PoisonedAt(MaskedLM):
     def __init__(self, step):
         self.step, self.trainer = step, None
 
-    def loss_and_grads(self, model, batch, key):
-        loss, grads = super().loss_and_grads(model, batch, key)
+    def loss_and_grads(self, model, batch, key, loss_scale=1.0):
+        loss, grads = super().loss_and_grads(model, batch, key, loss_scale)
         if self.trainer.step == self.step:
             loss = loss * float("nan")
         return loss, grads

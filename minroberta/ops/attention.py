@@ -4,6 +4,7 @@ import math
 
 from .. import backend
 from ..errors import MinRobertaError
+from ..precision import matmul
 from .checks import require_shape
 
 
@@ -50,7 +51,7 @@ def attention_forward(q, k, v, key_mask, num_heads, dropout_p=0.0, generator=Non
         raise MinRobertaError(f"hidden size {channels} is not divisible by num_heads {num_heads}")
     head_dim = channels // num_heads
     qh, kh, vh = (_split_heads(t, num_heads) for t in (q, k, v))           # (B, nh, T, hd)
-    scores = qh @ kh.transpose(0, 1, 3, 2)                                  # (B, nh, T, T)
+    scores = matmul(qh, kh.transpose(0, 1, 3, 2))                           # (B, nh, T, T)
     scores *= 1.0 / math.sqrt(head_dim)
     additive = (1.0 - key_mask.astype(q.dtype)) * xp.finfo(q.dtype).min    # (B, T)
     scores += additive[:, None, None, :]
@@ -60,7 +61,7 @@ def attention_forward(q, k, v, key_mask, num_heads, dropout_p=0.0, generator=Non
         probs_used, drop_scale = dropout_forward(probs, dropout_p, generator, training)
     else:
         probs_used, drop_scale = probs, None
-    ctx = _merge_heads(probs_used @ vh)                                     # (B, T, C)
+    ctx = _merge_heads(matmul(probs_used, vh))                              # (B, T, C)
     return ctx, (qh, kh, vh, probs, probs_used, drop_scale, head_dim)
 
 
@@ -71,12 +72,12 @@ def attention_backward(dctx, cache):
     qh, kh, vh, probs, probs_used, drop_scale, head_dim = cache
     batch, heads, seq, _ = qh.shape
     dctx_h = _split_heads(dctx, heads)                                      # (B, nh, T, hd)
-    dvh = probs_used.transpose(0, 1, 3, 2) @ dctx_h                         # (B, nh, T, hd)
-    dprobs = dctx_h @ vh.transpose(0, 1, 3, 2)                              # (B, nh, T, T)
+    dvh = matmul(probs_used.transpose(0, 1, 3, 2), dctx_h)                  # (B, nh, T, hd)
+    dprobs = matmul(dctx_h, vh.transpose(0, 1, 3, 2))                       # (B, nh, T, T)
     if drop_scale is not None:
         dprobs = dprobs * drop_scale
     dscores = softmax_backward(dprobs, probs)                               # (B, nh, T, T)
     dscores *= 1.0 / math.sqrt(head_dim)
-    dqh = dscores @ kh
-    dkh = dscores.transpose(0, 1, 3, 2) @ qh
+    dqh = matmul(dscores, kh)
+    dkh = matmul(dscores.transpose(0, 1, 3, 2), qh)
     return _merge_heads(dqh), _merge_heads(dkh), _merge_heads(dvh)

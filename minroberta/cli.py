@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from . import backend, precision
+from . import backend, fused, precision
 from .errors import MinRobertaError
 
 DEFAULT_OUT = os.path.join("runs", "pretrain")
@@ -20,6 +20,8 @@ VOCAB_SIZES = {"micro": 2048, "tiny": 8192, "small": 16384, "base": 32768}
 
 PRECISION_HELP = ("matrix products: float32; tf32 (cupy, GPUs of compute capability 8.0+); fp16 (mixed precision: "
                   "float16 products, float32 master weights, dynamic loss scaling when training)")
+
+FUSED_HELP = "fused CUDA kernels for GELU, layer norm, softmax and AdamW (cupy backend only)"
 
 
 def build_parser():
@@ -63,6 +65,7 @@ def build_parser():
     pre.add_argument("--backend", choices=backend.BACKENDS, default=None,
                      help="array module (default: $MINROBERTA_BACKEND or numpy)")
     pre.add_argument("--precision", choices=precision.MODES, default="float32", help=PRECISION_HELP)
+    pre.add_argument("--fused", action="store_true", help=FUSED_HELP)
     pre.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="parameter precision")
     pre.add_argument("--mpi-timeout", type=float, default=300.0, metavar="SECONDS",
                      help="under mpiexec: how long a rank waits for the others before stopping the job")
@@ -73,6 +76,7 @@ def build_parser():
     fill.add_argument("--top-k", type=int, default=5, help="predictions shown per <mask>")
     fill.add_argument("--backend", choices=backend.BACKENDS, default=None, help="array module")
     fill.add_argument("--precision", choices=precision.MODES, default="float32", help=PRECISION_HELP)
+    fill.add_argument("--fused", action="store_true", help=FUSED_HELP)
     fill.add_argument("text", nargs="+", help='texts containing <mask>, e.g. "Return the <mask> of x."')
 
     tune = commands.add_parser("finetune", help="fine-tune a pretrained model to classify texts or pairs, or "
@@ -99,6 +103,7 @@ def build_parser():
     tune.add_argument("--resume", action="store_true", help="continue the run in --out")
     tune.add_argument("--backend", choices=backend.BACKENDS, default=None, help="array module")
     tune.add_argument("--precision", choices=precision.MODES, default="float32", help=PRECISION_HELP)
+    tune.add_argument("--fused", action="store_true", help=FUSED_HELP)
 
     predict = commands.add_parser("predict", help="apply a fine-tuned model to texts, pairs or questions",
                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -108,6 +113,7 @@ def build_parser():
                                                            "the questions")
     predict.add_argument("--backend", choices=backend.BACKENDS, default=None, help="array module")
     predict.add_argument("--precision", choices=precision.MODES, default="float32", help=PRECISION_HELP)
+    predict.add_argument("--fused", action="store_true", help=FUSED_HELP)
     predict.add_argument("text", nargs="+", help="texts to classify, or questions")
 
     embed = commands.add_parser("embed", help="contextual vectors of texts",
@@ -120,6 +126,7 @@ def build_parser():
     embed.add_argument("--output", metavar="FILE.npy", help="save the vectors (.npy; .npz for --pooling tokens)")
     embed.add_argument("--backend", choices=backend.BACKENDS, default=None, help="array module")
     embed.add_argument("--precision", choices=precision.MODES, default="float32", help=PRECISION_HELP)
+    embed.add_argument("--fused", action="store_true", help=FUSED_HELP)
     embed.add_argument("text", nargs="*", help="texts to embed")
     return parser
 
@@ -130,6 +137,7 @@ def main(argv=None):
         if getattr(args, "backend", None):
             backend.use(args.backend)
         precision.use(getattr(args, "precision", "float32"))
+        fused.use(getattr(args, "fused", False))
         commands = {"pretrain": run_pretrain, "fill-mask": run_fill_mask, "finetune": run_finetune,
                     "predict": run_predict, "embed": run_embed}
         return commands[args.command](args)

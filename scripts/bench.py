@@ -12,6 +12,8 @@ Columns: tokens/s of each (median over repetitions), their ratio (median and ran
 every GEMM of the model) and the GEMM peak this process measures for a large float32 product.
 Needs torch and transformers (the `parity` extra) for the reference column. With --backend cupy the
 reference runs on the same GPU through PyTorch-CUDA (then the GEMM-peak column is the CPU's, not the GPU's).
+--precision tf32 / fp16 applies to both: minroberta's precision modes against PyTorch's allow_tf32 and its
+float16 autocast with a GradScaler; --fused turns on minroberta's fused CUDA kernels.
 """
 
 import argparse
@@ -66,13 +68,16 @@ def inputs(p, numpy):
     return masked_input, numpy.ones_like(ids), labels
 
 
-def worker_minroberta(p, mode, steps, warmup):
+def worker_minroberta(p, mode, steps, warmup, precision_mode="float32", use_fused=False):
     import numpy as np
 
     import minroberta
-    from minroberta import backend
+    from minroberta import backend, fused, precision
     from minroberta.ops import cross_entropy_forward
     from minroberta.optim import AdamW
+    precision.use(precision_mode)
+    fused.use(use_fused)
+    scaler = precision.LossScaler() if precision_mode == "fp16" else None
     config = minroberta.Config(vocab_size=p["vocab_size"], hidden_size=p["hidden_size"],
                                num_hidden_layers=p["num_hidden_layers"], num_attention_heads=p["num_attention_heads"],
                                intermediate_size=p["intermediate_size"], max_position_embeddings=p["seq"] + 2,
@@ -99,7 +104,9 @@ def worker_minroberta(p, mode, steps, warmup):
             cross_entropy_forward(logits, targets)
             sync()
             forward_done = time.perf_counter()
-            _, grads = model.loss_and_grads(ids_d, mask_d, labels_d)
+            _, grads = model.loss_and_grads(ids_d, mask_d, labels_d, loss_scale=scaler.scale if scaler else 1.0)
+            if scaler:
+                scaler.unscale(grads)
             sync()
             backward_done = time.perf_counter()
             optimizer.step(model.params, grads, 1e-4)
@@ -115,11 +122,17 @@ def worker_minroberta(p, mode, steps, warmup):
     return totals, split, int((labels != -100).sum()), gemm_peak(np)
 
 
-def worker_reference(p, mode, steps, warmup, threads, device="cpu"):
+def worker_reference(p, mode, steps, warmup, threads, device="cpu", precision_mode="float32"):
+    import contextlib
+
     import numpy as np
     import torch
     import transformers
     torch.set_num_threads(threads)
+    torch.backends.cuda.matmul.allow_tf32 = precision_mode == "tf32"
+    half = precision_mode == "fp16"
+    autocast = (lambda: torch.autocast(device_type=device, dtype=torch.float16)) if half else contextlib.nullcontext
+    scaler = torch.amp.GradScaler(device, enabled=half)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     torch.manual_seed(0)
     config = transformers.RobertaConfig(vocab_size=p["vocab_size"], hidden_size=p["hidden_size"],
@@ -137,18 +150,20 @@ def worker_reference(p, mode, steps, warmup, threads, device="cpu"):
         start = time.perf_counter()
         if mode == "infer":
             model.eval()
-            with torch.no_grad():
+            with torch.no_grad(), autocast():
                 model(input_ids=ids, attention_mask=mask).logits
             sync()
         else:
             model.train()
-            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            with autocast():
+                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
             sync()
             forward_done = time.perf_counter()
-            loss.backward()
+            scaler.scale(loss).backward()
             sync()
             backward_done = time.perf_counter()
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             optimizer.zero_grad(set_to_none=True)
             sync()
             if step >= warmup:
@@ -166,13 +181,16 @@ def run_worker(args):
         if args.backend:
             from minroberta import backend
             backend.use(args.backend)
-        totals, split, masked, peak = worker_minroberta(p, args.mode, args.steps, args.warmup)
+        totals, split, masked, peak = worker_minroberta(p, args.mode, args.steps, args.warmup, args.precision,
+                                                        args.fused)
     else:
         device = "cuda" if args.backend == "cupy" else "cpu"   # the same accelerator as minroberta's
-        totals, split, masked, peak = worker_reference(p, args.mode, args.steps, args.warmup, args.threads, device)
+        totals, split, masked, peak = worker_reference(p, args.mode, args.steps, args.warmup, args.threads, device,
+                                                       args.precision)
     seconds = statistics.median(totals)
     tokens = p["batch"] * p["seq"]
-    result = {"impl": args.impl, "preset": args.preset, "mode": args.mode, "seconds_per_step": seconds,
+    result = {"impl": args.impl, "preset": args.preset, "mode": args.mode, "precision": args.precision,
+              "fused": args.fused, "seconds_per_step": seconds,
               "tokens_per_s": tokens / seconds, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
               "split": {k: statistics.median(v) for k, v in split.items() if v},
               "matrix_gflops": matrix_flops(p, args.mode, masked) / seconds / 1e9, "gemm_peak_gflops": peak}
@@ -189,6 +207,9 @@ def main():
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--threads", type=int, default=2, help="BLAS / torch threads")
     parser.add_argument("--backend", choices=["numpy", "cupy"], default=None, help="minroberta's array module")
+    parser.add_argument("--precision", choices=["float32", "tf32", "fp16"], default="float32",
+                        help="matrix products of both implementations (tf32 needs a GPU)")
+    parser.add_argument("--fused", action="store_true", help="minroberta's fused CUDA kernels (cupy backend)")
     parser.add_argument("--json", metavar="FILE", help="also write every measurement here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--impl", choices=["minroberta", "reference"], help=argparse.SUPPRESS)
@@ -205,7 +226,8 @@ def main():
             for repeat in range(args.repeats):
                 for impl in ("minroberta", "reference"):
                     command = [sys.executable, __file__, "--worker", "--impl", impl, "--preset", preset, "--mode", mode,
-                               "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads)]
+                               "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
+                               "--precision", args.precision] + (["--fused"] if args.fused else [])
                     if args.backend:   # the reference runs on CUDA when minroberta runs on CuPy
                         command += ["--backend", args.backend]
                     done = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -215,6 +237,8 @@ def main():
                     measurements.append(json.loads(done.stdout.strip().splitlines()[-1]))
                     print(f"  {preset} {mode} {impl} #{repeat + 1}: {measurements[-1]['tokens_per_s']:,.0f} tok/s",
                           file=sys.stderr)
+    print(f"backend {args.backend or 'numpy'} (reference on {'CUDA' if args.backend == 'cupy' else 'the CPU'}), "
+          f"matrix products {args.precision}{', fused kernels' if args.fused else ''}")
     print_table(measurements)
     if args.json:
         from minroberta.atomic import write_text

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 import minroberta
-from minroberta import backend
+from minroberta import backend, fused, precision
 from minroberta.checkpoint import read_safetensors
-from tests.reference import relative_error
+from minroberta.optim import AdamW
+from tests.reference import gradient_floor, relative_error
 
 
 def _gpu_reason():
@@ -35,6 +36,8 @@ CONFIG = dict(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_
 def cupy_backend():
     previous = backend.name()
     yield backend.use("cupy")
+    precision.use("float32")
+    fused.use(False)
     backend.use(previous)
 
 
@@ -80,6 +83,66 @@ def test_pretraining_on_the_gpu_learns_and_resumes_exactly(tmp_path):
     assert subprocess.run(run + ["--out", str(tmp_path / "a")], capture_output=True).returncode == 0
     assert subprocess.run(run + ["--out", str(tmp_path / "b"), "--stop-at-step", "10"], capture_output=True).returncode == 0
     assert subprocess.run(run + ["--out", str(tmp_path / "b"), "--resume"], capture_output=True).returncode == 0
+    a, b = (read_safetensors(str(tmp_path / d / "model.safetensors")) for d in "ab")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    losses = [line for line in open(tmp_path / "a" / "metrics.jsonl") if '"loss"' in line]
+    assert float(losses[-1].split('"loss": ')[1].split(",")[0]) < float(losses[0].split('"loss": ')[1].split(",")[0])
+
+
+def device_loss_and_grads(dtype, mode="float32", use_fused=False):
+    """On CuPy with the given matrix precision and kernels: logits, loss, gradients (host), params after AdamW."""
+    backend.use("cupy")
+    precision.use(mode)
+    fused.use(use_fused)
+    ids, mask, labels = batch()
+    model = minroberta.Roberta(minroberta.Config(**CONFIG), seed=1, dtype=dtype)
+    logits = backend.to_host(model(ids, mask).logits)
+    loss, grads = model.loss_and_grads(ids, mask, labels, loss_scale=2.0 ** 16 if mode == "fp16" else 1.0)
+    grads = {k: backend.to_host(g) / (2.0 ** 16 if mode == "fp16" else 1.0) for k, g in grads.items()}
+    optimizer = AdamW(model.params)
+    optimizer.step(model.params, {k: backend.to_device(g) for k, g in grads.items()}, 1e-3)
+    params = {k: backend.to_host(p) for k, p in model.params.items()}
+    precision.use("float32")
+    fused.use(False)
+    return logits, backend.to_host(loss), grads, params
+
+
+@pytest.mark.parametrize("dtype,tolerance", [("float64", 1e-12), ("float32", 2e-6)])
+def test_fused_kernels_match_the_plain_ops_on_the_gpu(cupy_backend, dtype, tolerance):
+    logits, loss, grads, params = device_loss_and_grads(dtype, use_fused=True)
+    plain_logits, plain_loss, plain_grads, plain_params = device_loss_and_grads(dtype)
+    floor = gradient_floor(plain_grads.values())
+    assert relative_error(logits, plain_logits) <= tolerance
+    assert relative_error(loss, plain_loss) <= tolerance
+    for key in plain_grads:
+        assert relative_error(grads[key], plain_grads[key], floor) <= tolerance, key
+    for key in ("roberta.encoder.layer.0.intermediate.dense.weight", "lm_head.bias"):
+        assert relative_error(params[key], plain_params[key]) <= tolerance, key
+
+
+@pytest.mark.parametrize("mode", ["fp16", "tf32"])
+def test_reduced_precision_products_on_the_gpu_stay_within_their_tolerances(cupy_backend, mode):
+    """Against the float64 model on the host; the bounds of tests/test_precision.py (TF32 keeps the same 10
+    mantissa bits as float16, in float32's range)."""
+    from tests.test_precision import GRADIENT_TOLERANCE, LOGITS_TOLERANCE
+    if mode == "tf32" and int(__import__("cupy").cuda.Device().compute_capability) < 80:
+        pytest.skip("TF32 needs compute capability 8.0")
+    logits, loss, grads, _ = device_loss_and_grads("float32", mode)
+    exact_logits, exact_loss, exact_grads, _ = device_loss_and_grads("float64")
+    floor = gradient_floor(exact_grads.values())
+    worst = max(relative_error(grads[k], exact_grads[k], floor) for k in exact_grads)
+    print(f"{mode} on the GPU vs float64: logits {relative_error(logits, exact_logits):.2e}, worst gradient {worst:.2e}")
+    assert relative_error(logits, exact_logits) <= LOGITS_TOLERANCE
+    assert worst <= GRADIENT_TOLERANCE
+
+
+def test_fp16_fused_pretraining_on_the_gpu_learns_and_resumes_exactly(tmp_path):
+    run = [sys.executable, "-m", "minroberta.cli", "pretrain", "--preset", "micro", "--seq-len", "64", "--steps", "30",
+           "--save-every", "10", "--eval-every", "30", "--log-every", "5", "--backend", "cupy", "--precision", "fp16",
+           "--fused"]
+    for out, extra in (("a", []), ("b", ["--stop-at-step", "10"]), ("b", ["--resume"])):
+        done = subprocess.run(run + ["--out", str(tmp_path / out)] + extra, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
     a, b = (read_safetensors(str(tmp_path / d / "model.safetensors")) for d in "ab")
     assert all(np.array_equal(a[k], b[k]) for k in a)
     losses = [line for line in open(tmp_path / "a" / "metrics.jsonl") if '"loss"' in line]

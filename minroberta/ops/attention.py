@@ -2,7 +2,7 @@
 
 import math
 
-from .. import backend
+from .. import backend, fused
 from ..errors import MinRobertaError
 from ..precision import matmul
 from .checks import require_shape
@@ -52,10 +52,13 @@ def attention_forward(q, k, v, key_mask, num_heads, dropout_p=0.0, generator=Non
     head_dim = channels // num_heads
     qh, kh, vh = (_split_heads(t, num_heads) for t in (q, k, v))           # (B, nh, T, hd)
     scores = matmul(qh, kh.transpose(0, 1, 3, 2))                           # (B, nh, T, T)
-    scores *= 1.0 / math.sqrt(head_dim)
     additive = (1.0 - key_mask.astype(q.dtype)) * xp.finfo(q.dtype).min    # (B, T)
-    scores += additive[:, None, None, :]
-    probs, _ = softmax_forward(scores)                                      # (B, nh, T, T)
+    if fused.enabled():   # scale, mask and exponentiate in two CUDA kernels
+        probs = fused.masked_softmax(scores, additive[:, None, None, :], 1.0 / math.sqrt(head_dim))
+    else:
+        scores *= 1.0 / math.sqrt(head_dim)
+        scores += additive[:, None, None, :]
+        probs, _ = softmax_forward(scores)                                  # (B, nh, T, T)
     if training and dropout_p > 0.0:
         from .dropout import dropout_forward
         probs_used, drop_scale = dropout_forward(probs, dropout_p, generator, training)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from minroberta import backend
+from minroberta import backend, fused, precision
 
 
 @pytest.fixture(params=["numpy", "standin"])
@@ -20,3 +20,12 @@ def numpy_backend():
     module = backend.use("numpy")
     yield module
     backend.use(previous)
+
+
+@pytest.fixture(autouse=True)
+def float32_products_afterwards():
+    """Precision and fused kernels are process-wide switches (a command-line run sets them): every test
+    leaves them at their defaults for the next."""
+    yield
+    precision.use("float32")
+    fused.use(False)

@@ -75,7 +75,8 @@ def test_a_finetuned_checkpoint_loads_in_transformers(pretrained, tmp_path, nump
     assert relative_error(model(ids, mask).logits, expected) <= 1e-5
 
 
-def test_question_answering_finetunes_and_answers(pretrained, tmp_path, capsys):
+@pytest.mark.parametrize("precision", ["float32", "fp16"])
+def test_question_answering_finetunes_and_answers(pretrained, tmp_path, capsys, precision):
     rows = []
     for n, (thing, colour) in enumerate([("sky", "blue"), ("grass", "green"), ("snow", "white"), ("coal", "black"),
                                          ("blood", "red"), ("sun", "yellow")] * 3):
@@ -86,7 +87,8 @@ def test_question_answering_finetunes_and_answers(pretrained, tmp_path, capsys):
     data.write_text("\n".join(json.dumps(r) for r in rows))
     out = tmp_path / "qa"
     assert main(["finetune", "--model", pretrained, "--task", "qa", "--train", str(data), "--eval", str(data),
-                 "--out", str(out), "--epochs", "20", "--lr", "3e-3", "--batch-size", "6", "--eval-every", "20"]) == 0
+                 "--out", str(out), "--epochs", "20", "--lr", "3e-3", "--batch-size", "6", "--eval-every", "20",
+                 "--precision", precision]) == 0
     evals = [json.loads(line) for line in open(out / "metrics.jsonl") if '"f1"' in line]
     assert max(e["f1"] for e in evals) >= 0.5
     capsys.readouterr()

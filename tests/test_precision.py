@@ -23,12 +23,6 @@ CONFIG = dict(vocab_size=200, hidden_size=64, num_hidden_layers=2, num_attention
               max_position_embeddings=66, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 
-@pytest.fixture(autouse=True)
-def float32_afterwards():
-    yield
-    precision.use("float32")
-
-
 def batch(seed=0):
     rng = np.random.default_rng(seed)
     ids = rng.integers(5, 200, size=(4, 64))
@@ -206,3 +200,28 @@ def test_fp16_refuses_float64_parameters(tmp_path, capsys, corpus_file):  # noqa
     assert run_cli("pretrain", *SMALL_RUN, "--corpus", corpus_file, "--steps", 1, "--dtype", "float64",
                    "--precision", "fp16", "--out", tmp_path / "x") == 2
     assert "--precision fp16 works on float32 parameters" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("head", ["mlm", "classes", "regression", "qa"])
+def test_every_loss_scales_its_gradients_and_not_its_value(numpy_backend, head):
+    """The backward is linear in dloss, and a power of two scales every float exactly, so the gradients of
+    8 x loss are 8 x the gradients, bit for bit, for every head's loss; the loss itself is returned unscaled."""
+    config = minroberta.Config(**CONFIG)
+    ids, mask, labels = batch()
+    mlm = minroberta.Roberta(config, seed=5, dtype="float64")
+    rng = np.random.default_rng(2)
+    if head == "mlm":
+        run = lambda scale: mlm.loss_and_grads(ids, mask, labels, loss_scale=scale)
+    elif head == "qa":
+        model = mlm.with_head("qa")
+        starts, ends = rng.integers(0, 30, 4), rng.integers(30, 60, 4)
+        run = lambda scale: model.qa_loss_and_grads(ids, mask, starts, ends, loss_scale=scale)
+    else:
+        model = mlm.with_head("classification", extra={"num_labels": 3 if head == "classes" else 1})
+        targets = rng.integers(0, 3, 4) if head == "classes" else rng.standard_normal(4)
+        run = lambda scale: model.classification_loss_and_grads(ids, mask, targets, loss_scale=scale)
+    loss, grads = run(1.0)
+    scaled_loss, scaled_grads = run(8.0)
+    assert float(scaled_loss) == float(loss)
+    for key, g in grads.items():
+        assert np.array_equal(scaled_grads[key], 8.0 * g), key

@@ -1,4 +1,4 @@
-"""The helper scripts: metric plots and the fairseq converter's refusals."""
+"""The helper scripts: metric plots, the fairseq converter's refusals, a smoke run of the benchmark."""
 
 import json
 import os
@@ -25,3 +25,20 @@ def test_plot_metrics_names_a_missing_file(tmp_path):
     done = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "plot_metrics.py"), str(tmp_path)],
                           capture_output=True, text=True)
     assert done.returncode == 2 and "metrics.jsonl: no such file" in done.stderr
+
+
+@pytest.mark.parametrize("precision,modes", [("float32", ["train", "infer"]), ("fp16", ["infer"])])
+def test_the_benchmark_measures_both_implementations(tmp_path, precision, modes):
+    """One step of each workload: the table and the JSON come out whole (speed itself is not tested)."""
+    pytest.importorskip("torch", reason="the benchmark's reference needs torch (the parity extra)")
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "bench.py"), "--preset", "tiny", "--mode",
+                           *modes, "--repeats", "1", "--steps", "1", "--warmup", "0", "--precision", precision,
+                           "--json", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"matrix products {precision}" in done.stdout
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| tiny ")]
+    assert len(rows) == len(modes)
+    records = json.loads(out.read_text())
+    assert {(r["impl"], r["mode"]) for r in records} == {(i, m) for i in ("minroberta", "reference") for m in modes}
+    assert all(r["tokens_per_s"] > 0 and r["precision"] == precision for r in records)

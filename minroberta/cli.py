@@ -18,10 +18,15 @@ DEFAULT_OUT = os.path.join("runs", "pretrain")
 VOCAB_SIZES = {"micro": 2048, "tiny": 8192, "small": 16384, "base": 32768}
 
 
-PRECISION_HELP = ("matrix products: float32; tf32 (cupy, GPUs of compute capability 8.0+); fp16 (mixed precision: "
-                  "float16 products, float32 master weights, dynamic loss scaling when training)")
-
-FUSED_HELP = "fused CUDA kernels for GELU, layer norm, softmax and AdamW (cupy backend only)"
+def add_device_arguments(command):
+    """Where and how a command computes: the same three options on every command."""
+    command.add_argument("--backend", choices=backend.BACKENDS, default=None,
+                         help="array module (default: $MINROBERTA_BACKEND or numpy)")
+    command.add_argument("--precision", choices=precision.MODES, default="float32",
+                         help="matrix products: float32; tf32 (cupy, GPUs of compute capability 8.0+); fp16 (mixed "
+                              "precision: float16 products, float32 master weights, dynamic loss scaling in training)")
+    command.add_argument("--fused", action="store_true",
+                         help="fused CUDA kernels for GELU, layer norm, softmax and AdamW (cupy backend only)")
 
 
 def build_parser():
@@ -62,10 +67,7 @@ def build_parser():
     pre.add_argument("--stop-at-step", type=int, default=None, metavar="N",
                      help="checkpoint and stop after update N (resume later with --resume); the schedule still "
                           "runs to --steps")
-    pre.add_argument("--backend", choices=backend.BACKENDS, default=None,
-                     help="array module (default: $MINROBERTA_BACKEND or numpy)")
-    pre.add_argument("--precision", choices=precision.MODES, default="float32", help=PRECISION_HELP)
-    pre.add_argument("--fused", action="store_true", help=FUSED_HELP)
+    add_device_arguments(pre)
     pre.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="parameter precision")
     pre.add_argument("--mpi-timeout", type=float, default=300.0, metavar="SECONDS",
                      help="under mpiexec: how long a rank waits for the others before stopping the job")
@@ -74,9 +76,7 @@ def build_parser():
                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     fill.add_argument("--model", required=True, metavar="DIR", help="a model directory (with tokenizer files)")
     fill.add_argument("--top-k", type=int, default=5, help="predictions shown per <mask>")
-    fill.add_argument("--backend", choices=backend.BACKENDS, default=None, help="array module")
-    fill.add_argument("--precision", choices=precision.MODES, default="float32", help=PRECISION_HELP)
-    fill.add_argument("--fused", action="store_true", help=FUSED_HELP)
+    add_device_arguments(fill)
     fill.add_argument("text", nargs="+", help='texts containing <mask>, e.g. "Return the <mask> of x."')
 
     tune = commands.add_parser("finetune", help="fine-tune a pretrained model to classify texts or pairs, or "
@@ -101,9 +101,7 @@ def build_parser():
     tune.add_argument("--log-every", type=int, default=10)
     tune.add_argument("--seed", type=int, default=0, help="seed of the new head, the order and dropout")
     tune.add_argument("--resume", action="store_true", help="continue the run in --out")
-    tune.add_argument("--backend", choices=backend.BACKENDS, default=None, help="array module")
-    tune.add_argument("--precision", choices=precision.MODES, default="float32", help=PRECISION_HELP)
-    tune.add_argument("--fused", action="store_true", help=FUSED_HELP)
+    add_device_arguments(tune)
 
     predict = commands.add_parser("predict", help="apply a fine-tuned model to texts, pairs or questions",
                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -111,9 +109,7 @@ def build_parser():
     predict.add_argument("--pair", metavar="TEXT_B", help="second text of a pair (pair classifiers)")
     predict.add_argument("--context", metavar="TEXT", help="the passage to answer from (QA models); the texts are "
                                                            "the questions")
-    predict.add_argument("--backend", choices=backend.BACKENDS, default=None, help="array module")
-    predict.add_argument("--precision", choices=precision.MODES, default="float32", help=PRECISION_HELP)
-    predict.add_argument("--fused", action="store_true", help=FUSED_HELP)
+    add_device_arguments(predict)
     predict.add_argument("text", nargs="+", help="texts to classify, or questions")
 
     embed = commands.add_parser("embed", help="contextual vectors of texts",
@@ -124,9 +120,7 @@ def build_parser():
     embed.add_argument("--normalize", action="store_true", help="scale pooled vectors to unit length")
     embed.add_argument("--file", metavar="FILE", help="read texts from this file, one per line")
     embed.add_argument("--output", metavar="FILE.npy", help="save the vectors (.npy; .npz for --pooling tokens)")
-    embed.add_argument("--backend", choices=backend.BACKENDS, default=None, help="array module")
-    embed.add_argument("--precision", choices=precision.MODES, default="float32", help=PRECISION_HELP)
-    embed.add_argument("--fused", action="store_true", help=FUSED_HELP)
+    add_device_arguments(embed)
     embed.add_argument("text", nargs="*", help="texts to embed")
     return parser
 

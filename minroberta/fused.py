@@ -29,8 +29,8 @@ KERNELS = {
         xhat = (x - mean) * rstd;
         y = xhat * gamma + beta;"""),
     # layer norm's dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * gamma, after the two means
-    "layernorm_backward": ("T dy, T gamma, T xhat, T rstd, T g_mean, T g_xhat_mean", "T dx",
-                           "dx = rstd * (dy * gamma - g_mean - xhat * g_xhat_mean);"),
+    "layernorm_dx": ("T g, T xhat, T rstd, T g_mean, T g_xhat_mean", "T dx",
+                     "dx = rstd * (g - g_mean - xhat * g_xhat_mean);"),
     # attention scores: scaled and masked in place (ops/attention.py)
     "scale_and_mask": ("T scale, T additive", "T scores", "scores = scores * scale + additive;"),
     # softmax numerator in place, after the row max
@@ -87,13 +87,8 @@ def layernorm_forward(x, gamma, beta, eps):
     return y, (xhat, rstd, gamma)
 
 
-def layernorm_backward(dy, cache):
-    xhat, rstd, gamma = cache
-    channels = xhat.shape[-1]
-    g = dy * gamma
-    dx = kernel("layernorm_backward")(dy, gamma, xhat, rstd, g.mean(axis=-1, keepdims=True),
-                                      (g * xhat).mean(axis=-1, keepdims=True))
-    return dx, (dy * xhat).reshape(-1, channels).sum(axis=0), dy.reshape(-1, channels).sum(axis=0)
+def layernorm_dx(g, xhat, rstd, g_mean, g_xhat_mean):
+    return kernel("layernorm_dx")(g, xhat, rstd, g_mean, g_xhat_mean)
 
 
 def masked_softmax(scores, additive, scale):

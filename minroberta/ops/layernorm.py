@@ -25,15 +25,16 @@ def layernorm_backward(dy, cache):
     xhat depends on x directly and through mean and var; d var/dx_j = 2 (x_j - mean) / C and the
     mean's path cancels in the variance, which gives the standard form
         dx = rstd * (g - mean(g) - xhat * mean(g * xhat))        (means over the C channels)."""
-    if fused.enabled():
-        return fused.layernorm_backward(dy, cache)
     xhat, rstd, gamma = cache
     channels = xhat.shape[-1]
     dgamma = (dy * xhat).reshape(-1, channels).sum(axis=0)       # (C,)
     dbeta = dy.reshape(-1, channels).sum(axis=0)                 # (C,)
     g = dy * gamma                                               # (..., C)
+    g_mean = g.mean(axis=-1, keepdims=True)                      # (..., 1)
     g_xhat_mean = (g * xhat).mean(axis=-1, keepdims=True)        # (..., 1)
-    dx = g - g.mean(axis=-1, keepdims=True)
+    if fused.enabled():   # the last line of the formula in one CUDA kernel
+        return fused.layernorm_dx(g, xhat, rstd, g_mean, g_xhat_mean), dgamma, dbeta
+    dx = g - g_mean
     dx -= xhat * g_xhat_mean
     dx *= rstd
     return dx, dgamma, dbeta

@@ -112,4 +112,7 @@ class LossScaler:
         return {"scale": self.scale, "good_steps": self.good_steps}
 
     def load_state(self, state):
-        self.scale, self.good_steps = float(state["scale"]), int(state["good_steps"])
+        scale, good_steps = float(state["scale"]), int(state["good_steps"])
+        if not (0.0 < scale < float("inf")) or good_steps < 0:
+            raise ValueError(f"loss scale {scale} with {good_steps} good steps")
+        self.scale, self.good_steps = scale, good_steps

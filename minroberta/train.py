@@ -397,6 +397,8 @@ def read_state(checkpoint):
         with open(path, encoding="utf-8") as handle:
             state = json.load(handle)
         int(state["step"]), int(state["optimizer_steps"])
+        if state.get("loss_scale") is not None:
+            precision.LossScaler().load_state(state["loss_scale"])   # raises on a damaged one
         return state
     except FileNotFoundError:
         raise MinRobertaError(f"{path}: no such file") from None

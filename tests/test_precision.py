@@ -225,3 +225,17 @@ def test_every_loss_scales_its_gradients_and_not_its_value(numpy_backend, head):
     assert float(scaled_loss) == float(loss)
     for key, g in grads.items():
         assert np.array_equal(scaled_grads[key], 8.0 * g), key
+
+
+@pytest.mark.parametrize("loss_scale", [{"scale": "big", "good_steps": 0}, {"scale": 0.0, "good_steps": 0},
+                                        {"scale": float("nan"), "good_steps": 0}, {"good_steps": 3},
+                                        {"scale": 2.0, "good_steps": -1}, [65536.0]])
+def test_a_damaged_loss_scale_makes_the_trainer_state_unusable(tmp_path, loss_scale):
+    """Caught where every trainer state is checked, so resuming falls back past it with a one-line warning."""
+    from minroberta.train import STATE, read_state
+    (tmp_path / STATE).write_text(json.dumps({"step": 3, "optimizer_steps": 3, "loss_scale": loss_scale}))
+    with pytest.raises(minroberta.MinRobertaError, match=f"{STATE}: not a trainer state"):
+        read_state(str(tmp_path))
+    (tmp_path / STATE).write_text(json.dumps({"step": 3, "optimizer_steps": 3,
+                                              "loss_scale": {"scale": 1024.0, "good_steps": 7}}))
+    assert read_state(str(tmp_path))["loss_scale"]["scale"] == 1024.0

@@ -127,7 +127,8 @@ def generator(*key):
 # spacing is 3e-8 to 6e-8). That is above the 5e-8 that a 1e-7 erf error would mean for Phi, on purpose: the fit
 # itself is good to 8e-9 and the rest is the rounding of a dozen float32 operations, which only a float64
 # evaluation would remove, at a cost in speed; the float32 GELU agrees with its float64 form to 1e-5 relative
-# (tests/test_ops_precision.py), well inside the rounding of the float32 matrix products around it. CuPy has native erf and ndtr and uses them.
+# (tests/test_ops_precision.py), well inside the rounding of the float32 matrix products around it. CuPy has
+# native erf and ndtr and uses them.
 
 _TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)

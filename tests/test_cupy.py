@@ -97,8 +97,9 @@ def device_loss_and_grads(dtype, mode="float32", use_fused=False):
     ids, mask, labels = batch()
     model = minroberta.Roberta(minroberta.Config(**CONFIG), seed=1, dtype=dtype)
     logits = backend.to_host(model(ids, mask).logits)
-    loss, grads = model.loss_and_grads(ids, mask, labels, loss_scale=2.0 ** 16 if mode == "fp16" else 1.0)
-    grads = {k: backend.to_host(g) / (2.0 ** 16 if mode == "fp16" else 1.0) for k, g in grads.items()}
+    scale = precision.LossScaler().scale if mode == "fp16" else 1.0
+    loss, grads = model.loss_and_grads(ids, mask, labels, loss_scale=scale)
+    grads = {k: backend.to_host(g) / scale for k, g in grads.items()}
     optimizer = AdamW(model.params)
     optimizer.step(model.params, {k: backend.to_device(g) for k, g in grads.items()}, 1e-3)
     params = {k: backend.to_host(p) for k, p in model.params.items()}

@@ -146,17 +146,17 @@ def test_the_model_with_fused_kernels_matches_the_plain_ops(fused_on_the_cpu, mo
 def test_fused_adamw_matches_the_plain_update(fused_on_the_cpu, monkeypatch, dtype, tolerance):
     rng = np.random.default_rng(1)
     shapes = {"w": (70, 40), "b": (40,)}   # a decayed matrix and an undecayed vector
-
-    def three_updates():
-        params = {k: rng_copy[k].copy() for k in shapes}
-        optimizer = AdamW(params)
-        for step in range(3):
-            optimizer.step(params, {k: grads_by_step[step][k].copy() for k in shapes}, 1e-2)
-        return params, optimizer
-
-    rng_copy = {k: rng.standard_normal(s).astype(dtype) for k, s in shapes.items()}
+    initial = {k: rng.standard_normal(s).astype(dtype) for k, s in shapes.items()}
     grads_by_step = [{k: rng.standard_normal(s).astype(dtype) * 10.0 ** -step for k, s in shapes.items()}
                      for step in range(3)]
+
+    def three_updates():
+        params = {k: v.copy() for k, v in initial.items()}
+        optimizer = AdamW(params)
+        for grads in grads_by_step:
+            optimizer.step(params, {k: g.copy() for k, g in grads.items()}, 1e-2)
+        return params, optimizer
+
     params, optimizer = three_updates()
     assert fused_on_the_cpu["adamw"] == 6
     monkeypatch.setattr(fused, "_enabled", False)

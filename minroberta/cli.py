@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from . import backend, fused, precision
+from . import backend, fused, precision, threads
 from .errors import MinRobertaError
 
 DEFAULT_OUT = os.path.join("runs", "pretrain")
@@ -27,6 +27,8 @@ def add_device_arguments(command):
                               "precision: float16 products, float32 master weights, dynamic loss scaling in training)")
     command.add_argument("--fused", action="store_true",
                          help="fused CUDA kernels for GELU, layer norm, softmax and AdamW (cupy backend only)")
+    command.add_argument("--threads", type=int, default=None,
+                         help="CPU threads for the numpy backend (default: $MINROBERTA_THREADS or every usable core)")
 
 
 def build_parser():
@@ -132,6 +134,8 @@ def main(argv=None):
             backend.use(args.backend)
         precision.use(getattr(args, "precision", "float32"))
         fused.use(getattr(args, "fused", False))
+        if getattr(args, "threads", None) is not None:
+            threads.use(args.threads)
         commands = {"pretrain": run_pretrain, "fill-mask": run_fill_mask, "finetune": run_finetune,
                     "predict": run_predict, "embed": run_embed}
         return commands[args.command](args)
@@ -252,7 +256,8 @@ def run_pretrain(args):
     trainer = Trainer(model, data, tokenizer, settings, args.out, world=world)
     trainer.begin(checkpoint, report=say)
     parameters = sum(int(np.prod(p.shape)) for p in model.params.values())
-    say(f"model: {args.preset}, {parameters / 1e6:.1f}M parameters, backend {backend.name()}, {args.dtype}"
+    where = backend.name() + (f" on {threads.count()} threads" if backend.name() == "numpy" else "")
+    say(f"model: {args.preset}, {parameters / 1e6:.1f}M parameters, backend {where}, {args.dtype}"
         f"{'' if args.precision == 'float32' else ', ' + args.precision + ' products'}; "
         f"{settings.steps} updates of {trainer.global_batch * settings.accumulate} sequences")
     result = trainer.run(stop_at=args.stop_at_step)

@@ -166,7 +166,8 @@ class _Module:
 
 
 module = _Module()
-module.add = type("add", (), {"reduceat": staticmethod(_device_call(np.add.reduceat))})()
+module.add = type("add", (), {"__call__": staticmethod(_device_call(np.add)),      # np.add and its reduceat
+                               "reduceat": staticmethod(_device_call(np.add.reduceat))})()
 
 
 def to_host(a):

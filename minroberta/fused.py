@@ -87,8 +87,9 @@ def layernorm_forward(x, gamma, beta, eps):
     return y, (xhat, rstd, gamma)
 
 
-def layernorm_dx(g, xhat, rstd, g_mean, g_xhat_mean):
-    return kernel("layernorm_dx")(g, xhat, rstd, g_mean, g_xhat_mean)
+def layernorm_dx(g, xhat, rstd, g_mean, g_xhat_mean, dx):
+    """Written into dx."""
+    return kernel("layernorm_dx")(g, xhat, rstd, g_mean, g_xhat_mean, dx)
 
 
 def masked_softmax(scores, additive, scale):

@@ -18,7 +18,7 @@ Choose with `precision.use(name)` (the command line's --precision).
 
 import numpy as np
 
-from . import backend
+from . import backend, threads
 from .errors import MinRobertaError
 
 MODES = ("float32", "tf32", "fp16")
@@ -59,9 +59,32 @@ def _set_cublas_compute_types(mode):
 
 
 def matmul(a, b):
-    """a @ b under the selected precision, returned in a's dtype. (..., M, K) x (..., K, N) -> (..., M, N)."""
+    """a @ b under the selected precision, returned in a's dtype. (..., M, K) x (..., K, N) -> (..., M, N).
+    On the NumPy backend with several threads (see threads.py) the M rows of a 2-D product, or the leading
+    batch axis of a batched one, are cut into one chunk per thread, each chunk a product of its own."""
+    if backend.name() != "numpy" or threads.count() == 1:
+        return _product(a, b)
+    xp = backend.xp()
+    out = xp.empty(a.shape[:-1] + b.shape[-1:], dtype=a.dtype)
+    multiply_adds_per_row = a.shape[-1] * b.shape[-1] * (a.shape[-2] if a.ndim > 2 else 1)
+    if a.ndim == 2:
+        work = lambda rows: _product(a[rows], b, out[rows])                   # noqa: E731
+    else:   # attention's products: both operands carry the same batch axes
+        if a.shape[:-2] != b.shape[:-2]:
+            raise MinRobertaError(f"batched product of {a.shape} and {b.shape}: the batch axes differ")
+        work = lambda rows: _product(a[rows], b[rows], out[rows])             # noqa: E731
+    threads.over_rows(work, a.shape[0], multiply_adds_per_row, min_chunk=PRODUCT_MIN_CHUNK)
+    return out
+
+
+# multiply-adds below which a product's chunk is not worth a thread (a few microseconds of BLAS work)
+PRODUCT_MIN_CHUNK = 1 << 20
+
+
+def _product(a, b, out=None):
+    """One product, written into out when given."""
     if _mode != "fp16":
-        return a @ b
+        return backend.xp().matmul(a, b, out=out)
     xp = backend.xp()
     if backend.name() == "cupy":
         # cuBLAS: half operands, float32 accumulation (see above), half result
@@ -72,7 +95,10 @@ def matmul(a, b):
     with np.errstate(over="ignore", invalid="ignore"):
         a16, b16 = a.astype(xp.float16), b.astype(xp.float16)
         product = (a16.astype(xp.float32) @ b16.astype(xp.float32)).astype(xp.float16)
-    return product.astype(a.dtype)
+    if out is None:
+        return product.astype(a.dtype)
+    out[...] = product
+    return out
 
 
 class LossScaler:

@@ -72,7 +72,7 @@ def worker_minroberta(p, mode, steps, warmup, precision_mode="float32", use_fuse
     import numpy as np
 
     import minroberta
-    from minroberta import backend, fused, precision
+    from minroberta import backend, fused, precision, threads
     from minroberta.ops import cross_entropy_forward
     from minroberta.optim import AdamW
     precision.use(precision_mode)
@@ -119,6 +119,7 @@ def worker_minroberta(p, mode, steps, warmup, precision_mode="float32", use_fuse
                 split["optimizer"].append(time.perf_counter() - backward_done)
         if step >= warmup:
             totals.append(time.perf_counter() - start - (split["forward"][-1] if mode == "train" else 0.0))
+    threads.use(1)   # the GEMM peak is the BLAS's own, on all its threads
     return totals, split, int((labels != -100).sum()), gemm_peak(np)
 
 
@@ -205,7 +206,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=3, help="processes per implementation and workload")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per process (median taken)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
-    parser.add_argument("--threads", type=int, default=2, help="BLAS / torch threads")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads; minroberta's threads (threads.py)")
     parser.add_argument("--backend", choices=["numpy", "cupy"], default=None, help="minroberta's array module")
     parser.add_argument("--precision", choices=["float32", "tf32", "fp16"], default="float32",
                         help="matrix products of both implementations (tf32 needs a GPU)")
@@ -219,7 +220,7 @@ def main():
         return run_worker(args)
 
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), OPENBLAS_NUM_THREADS=str(args.threads),
-               MKL_NUM_THREADS=str(args.threads))
+               MKL_NUM_THREADS=str(args.threads), MINROBERTA_THREADS=str(args.threads))
     measurements = []
     for preset in args.preset:
         for mode in args.mode:

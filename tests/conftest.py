@@ -2,7 +2,7 @@
 
 import pytest
 
-from minroberta import backend, fused, precision
+from minroberta import backend, fused, precision, threads
 
 
 @pytest.fixture(params=["numpy", "standin"])
@@ -24,8 +24,11 @@ def numpy_backend():
 
 @pytest.fixture(autouse=True)
 def float32_products_afterwards():
-    """Precision and fused kernels are process-wide switches (a command-line run sets them): every test
-    leaves them at their defaults for the next."""
+    """Precision, fused kernels and the thread count are process-wide switches (a command-line run sets them):
+    every test leaves them as it found them for the next."""
+    thread_count = threads.count()
     yield
     precision.use("float32")
     fused.use(False)
+    if threads.count() != thread_count:
+        threads.use(thread_count)

@@ -2,27 +2,44 @@
 
 import math
 
-from .. import backend, fused
+from .. import backend, fused, threads
 from ..errors import MinRobertaError
 from ..precision import matmul
 from .checks import require_shape
 
 
 def softmax_forward(scores):
-    """scores (..., K) -> probs over the last axis, computed after subtracting the row max."""
+    """scores (..., K) -> probs over the last axis, computed after subtracting the row max.
+    Plainly: e = exp(scores - max); probs = e / sum(e); here in one buffer, in place, rows over the threads."""
     xp = backend.xp()
-    probs = scores - scores.max(axis=-1, keepdims=True)     # one new buffer, then in place
-    xp.exp(probs, out=probs)
-    probs /= probs.sum(axis=-1, keepdims=True)
+    scores2 = scores.reshape(-1, scores.shape[-1])                          # (N, K) rows
+    probs = xp.empty(scores2.shape, scores.dtype)
+
+    def rows(r):   # one thread's rows (threads.py)
+        p = probs[r]
+        xp.subtract(scores2[r], scores2[r].max(axis=-1, keepdims=True), out=p)
+        xp.exp(p, out=p)
+        p /= p.sum(axis=-1, keepdims=True)
+    threads.over_rows(rows, *scores2.shape)
+    probs = probs.reshape(scores.shape)
     return probs, probs
 
 
 def softmax_backward(dprobs, probs):
     """p_i = e^{s_i} / sum_j e^{s_j} gives dp_i/ds_k = p_i ([i = k] - p_k), so
-    ds_k = sum_i dp_i p_i ([i = k] - p_k) = p_k (dp_k - sum_i dp_i p_i)."""
-    dscores = dprobs - (dprobs * probs).sum(axis=-1, keepdims=True)
-    dscores *= probs
-    return dscores
+    ds_k = sum_i dp_i p_i ([i = k] - p_k) = p_k (dp_k - sum_i dp_i p_i).
+    Plainly: dscores = probs * (dprobs - sum(dprobs * probs)); here in one buffer, rows over the threads."""
+    xp = backend.xp()
+    dprobs2, probs2 = dprobs.reshape(-1, dprobs.shape[-1]), probs.reshape(-1, probs.shape[-1])   # (N, K)
+    dscores = xp.empty(dprobs2.shape, xp.result_type(dprobs, probs))
+
+    def rows(r):
+        d = dscores[r]
+        xp.multiply(dprobs2[r], probs2[r], out=d)
+        xp.subtract(dprobs2[r], d.sum(axis=-1, keepdims=True), out=d)
+        d *= probs2[r]
+    threads.over_rows(rows, *dprobs2.shape)
+    return dscores.reshape(dprobs.shape)
 
 
 def _split_heads(x, num_heads):
@@ -56,8 +73,11 @@ def attention_forward(q, k, v, key_mask, num_heads, dropout_p=0.0, generator=Non
     if fused.enabled():   # scale, mask and exponentiate in two CUDA kernels
         probs = fused.masked_softmax(scores, additive[:, None, None, :], 1.0 / math.sqrt(head_dim))
     else:
-        scores *= 1.0 / math.sqrt(head_dim)
-        scores += additive[:, None, None, :]
+        def scale_and_mask(b):   # one thread's sequences (threads.py)
+            scores_b = scores[b]
+            scores_b *= 1.0 / math.sqrt(head_dim)
+            scores_b += additive[b, None, None, :]
+        threads.over_rows(scale_and_mask, batch, scores.size // max(1, batch))
         probs, _ = softmax_forward(scores)                                  # (B, nh, T, T)
     if training and dropout_p > 0.0:
         from .dropout import dropout_forward
@@ -80,7 +100,7 @@ def attention_backward(dctx, cache):
     if drop_scale is not None:
         dprobs = dprobs * drop_scale
     dscores = softmax_backward(dprobs, probs)                               # (B, nh, T, T)
-    dscores *= 1.0 / math.sqrt(head_dim)
+    threads.elementwise(lambda d: backend.xp().multiply(d, 1.0 / math.sqrt(head_dim), out=d), dscores)
     dqh = matmul(dscores, kh)
     dkh = matmul(dscores.transpose(0, 1, 3, 2), qh)
     return _merge_heads(dqh), _merge_heads(dkh), _merge_heads(dvh)

@@ -1,6 +1,6 @@
 """GELU in its exact form, x * Phi(x) with Phi the standard normal CDF (the erf form, not the tanh one)."""
 
-from .. import backend, fused
+from .. import backend, fused, threads
 
 
 def gelu_forward(x):
@@ -10,23 +10,27 @@ def gelu_forward(x):
     if fused.enabled():
         return fused.gelu_forward(x)                    # the same in one CUDA kernel
     cdf, pdf = backend.normal_cdf_and_pdf(x)            # (...), (...)
-    return x * cdf, (x, cdf, pdf)
+    return gelu_output((x, cdf, pdf)), (x, cdf, pdf)
 
 
 def gelu_backward(dout, cache):
     """d/dx [x Phi(x)] = Phi(x) + x phi(x), phi(x) = exp(-x^2 / 2) / sqrt(2 pi) the normal density.
-    Plainly: dx = dout * (cdf + x * pdf); computed in one buffer, in place."""
+    Plainly: dx = dout * (cdf + x * pdf); computed in one buffer, in place (in parts over the threads)."""
     if fused.enabled():
         return fused.gelu_backward(dout, cache)
     x, cdf, pdf = cache
-    dx = x * pdf
-    dx += cdf
-    dx *= dout
-    return dx
+    xp = backend.xp()
+
+    def compute(dx, x, cdf, pdf, dout):
+        xp.multiply(x, pdf, out=dx)
+        dx += cdf
+        dx *= dout
+    return threads.elementwise(compute, xp.empty(x.shape, xp.result_type(x, dout)), x, cdf, pdf, dout)
 
 
 def gelu_output(cache):
     """The forward's output x * Phi(x) again, from its cache: a caller can drop the output and rebuild it
     with one multiply instead of keeping another array of the input's size alive."""
     x, cdf, _ = cache
-    return x * cdf
+    xp = backend.xp()
+    return threads.elementwise(lambda y, x, cdf: xp.multiply(x, cdf, out=y), xp.empty(x.shape, x.dtype), x, cdf)

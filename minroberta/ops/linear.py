@@ -1,5 +1,6 @@
 """Linear layer y = x @ W.T + b, with W stored (out, in) as checkpoints store it."""
 
+from .. import backend, threads
 from ..precision import matmul
 from .checks import require_last_dim, require_shape
 
@@ -13,8 +14,8 @@ def linear_forward(x, weight, bias=None):
     if bias is not None:
         require_shape("bias", bias, (weight.shape[0],))
     y = matmul(x.reshape(-1, x.shape[-1]), weight.T)     # (N, O)
-    if bias is not None:
-        y += bias
+    if bias is not None:   # y += bias, its rows cut over the threads (threads.py)
+        threads.over_rows(lambda rows: backend.xp().add(y[rows], bias, out=y[rows]), y.shape[0], y.shape[1])
     return y.reshape(*x.shape[:-1], weight.shape[0]), (x, weight, bias is not None)
 
 

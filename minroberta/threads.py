@@ -1,0 +1,127 @@
+"""Every CPU core for the NumPy backend: heavy work cut into row chunks, one per thread of one pool.
+
+NumPy runs an elementwise operation on one core; only matrix products use more, through the BLAS's own
+threads. Those threads spin for a while after each product, waiting for the next, and so hold the other cores
+exactly when the single-threaded elementwise work that follows could use them (measured on 2 cores: GELU cut
+over two Python threads right after a product ran no faster than on one).
+
+So with more than one thread the BLAS is pinned to one, and the model's heavy work (every matrix product,
+through `precision.matmul`, and the large elementwise passes: GELU, layer norm, softmax, bias adds, AdamW)
+runs as contiguous chunks of rows, one per thread, each chunk the plain computation on its slice. NumPy lets
+go of the interpreter lock inside operations on large arrays, so the chunks run in parallel. The elementwise and row-wise work
+gives the same bits on any thread count (tested); a product cut into row chunks can differ from the whole
+product in the last bit (the BLAS's kernels round a row by where it falls, measured), so results on different
+thread counts agree to float32 rounding, and runs on the same count repeat exactly.
+
+Choose with `threads.use(n)` (the command line's --threads) or MINROBERTA_THREADS; the default is the number
+of cores this process may run on. Only the numpy backend is threaded (CuPy has the GPU). Once threaded work has
+run, NumPy's own products in the same process are single-threaded too; `use(1)` gives the BLAS its threads back.
+"""
+
+import contextvars
+import ctypes
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+from . import backend
+from .errors import MinRobertaError
+
+# Below this many elements a chunk costs more to hand to a thread (tens of microseconds) than it saves.
+MIN_CHUNK = 1 << 17
+
+_count = None        # threads in use; None until first asked
+_pool = None         # ThreadPoolExecutor with _count - 1 workers (the calling thread takes a chunk too)
+_blas_threads = None  # the BLAS's own thread count before it was pinned, to give back on use(1)
+
+
+def use(count):
+    """Run NumPy work on `count` threads (1: everything on the calling thread, the BLAS threading its products
+    as it likes). More than one needs an OpenBLAS (NumPy's wheels bring one) that can be pinned to one thread."""
+    global _count, _pool, _blas_threads
+    if not isinstance(count, int) or count < 1:
+        raise MinRobertaError(f"threads must be a whole number of at least 1, got {count!r}")
+    if count > 1 and _blas_threads is None:
+        found = _openblas()
+        if not found:
+            raise MinRobertaError(f"{count} threads need NumPy's OpenBLAS, to pin it to one thread; none found in "
+                                  f"this process (use 1 thread)")
+        set_threads, get_threads = found
+        _blas_threads = get_threads()
+        set_threads(1)
+    elif count == 1 and _blas_threads is not None:
+        _openblas()[0](_blas_threads)
+        _blas_threads = None
+    if _pool is not None:
+        _pool.shutdown()
+    _pool = ThreadPoolExecutor(count - 1, thread_name_prefix="minroberta") if count > 1 else None
+    _count = count
+
+
+def count():
+    """Threads in use (chosen from MINROBERTA_THREADS or the usable cores on first use)."""
+    if _count is None:
+        requested = os.environ.get("MINROBERTA_THREADS")
+        if requested is not None:
+            if not requested.isdigit() or int(requested) < 1:
+                raise MinRobertaError(f"MINROBERTA_THREADS must be a whole number of at least 1, got {requested!r}")
+            use(int(requested))
+        else:
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            use(cores if cores > 1 and _openblas() else 1)
+    return _count
+
+
+def over_rows(work, rows, row_cost, min_chunk=None):
+    """Call work(slice) on contiguous chunks of range(rows), one per thread, and wait for all of them.
+    row_cost is the work of one row (elements, or multiply-adds for a product); no chunk gets less than
+    min_chunk of it (default MIN_CHUNK), so small arrays stay on the calling thread. On CuPy and the stand-in:
+    one call, all rows."""
+    chunks = 1
+    if backend.name() == "numpy" and count() > 1:
+        chunks = max(1, min(_count, rows, rows * row_cost // (min_chunk or MIN_CHUNK)))
+    if chunks == 1:
+        work(slice(0, rows))
+        return
+    bounds = [rows * i // chunks for i in range(chunks + 1)]
+    # each worker runs in a copy of the caller's context, which carries NumPy's errstate
+    futures = [_pool.submit(contextvars.copy_context().run, work, slice(start, stop))
+               for start, stop in zip(bounds[1:-1], bounds[2:])]
+    try:
+        work(slice(bounds[0], bounds[1]))
+    finally:
+        errors = [f.exception() for f in futures]   # waits: no chunk may still be writing when we return
+    for error in errors:
+        if error is not None:
+            raise error
+
+
+def elementwise(compute, out, *inputs):
+    """compute(out_part, *input_parts) on matching contiguous parts of out and the inputs (all of out's shape),
+    one part per thread, as over_rows cuts them. out must be C-contiguous; returns it."""
+    flat = [a.reshape(-1) for a in (out,) + inputs]
+    over_rows(lambda part: compute(*(a[part] for a in flat)), out.size, 1)
+    return out
+
+
+def _openblas():
+    """(set_num_threads, get_num_threads) of the OpenBLAS loaded in this process, or None. NumPy's wheels
+    bring it under a prefixed name (scipy_openblas_set_num_threads64_); a system build has the plain name."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "openblas" in line.lower() and "/" in line}
+    except OSError:
+        return None
+    for path in sorted(paths, key=lambda p: "numpy" not in p):   # NumPy's own first
+        try:
+            library = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for prefix, suffix in (("scipy_", "64_"), ("", "64_"), ("scipy_", ""), ("", "")):
+            try:
+                set_threads = getattr(library, f"{prefix}openblas_set_num_threads{suffix}")
+                get_threads = getattr(library, f"{prefix}openblas_get_num_threads{suffix}")
+            except AttributeError:
+                continue
+            set_threads.argtypes, set_threads.restype, get_threads.restype = [ctypes.c_int], None, ctypes.c_int
+            return set_threads, get_threads
+    return None

@@ -60,20 +60,26 @@ def _set_cublas_compute_types(mode):
 
 def matmul(a, b):
     """a @ b under the selected precision, returned in a's dtype. (..., M, K) x (..., K, N) -> (..., M, N).
-    On the NumPy backend with several threads (see threads.py) the M rows of a 2-D product, or the leading
-    batch axis of a batched one, are cut into one chunk per thread, each chunk a product of its own."""
+    On the NumPy backend with several threads (see threads.py) the product is cut into one product per
+    thread: a 2-D one by the rows of a or the columns of b, whichever operand is larger (each thread reads
+    all of the other one: the MLM decoder's table is read once, not once per thread), a batched one along its
+    leading batch axis."""
     if backend.name() != "numpy" or threads.count() == 1:
         return _product(a, b)
-    xp = backend.xp()
-    out = xp.empty(a.shape[:-1] + b.shape[-1:], dtype=a.dtype)
-    multiply_adds_per_row = a.shape[-1] * b.shape[-1] * (a.shape[-2] if a.ndim > 2 else 1)
-    if a.ndim == 2:
-        work = lambda rows: _product(a[rows], b, out[rows])                   # noqa: E731
-    else:   # attention's products: both operands carry the same batch axes
-        if a.shape[:-2] != b.shape[:-2]:
-            raise MinRobertaError(f"batched product of {a.shape} and {b.shape}: the batch axes differ")
-        work = lambda rows: _product(a[rows], b[rows], out[rows])             # noqa: E731
-    threads.over_rows(work, a.shape[0], multiply_adds_per_row, min_chunk=PRODUCT_MIN_CHUNK)
+    out = backend.xp().empty(a.shape[:-1] + b.shape[-1:], dtype=a.dtype)
+    K = a.shape[-1]
+    if a.ndim == 2 and b.ndim == 2:
+        M, N = a.shape[0], b.shape[1]
+        if b.size > a.size:
+            work, parts, cost = (lambda cols: _product(a, b[:, cols], out[:, cols])), N, M * K
+        else:
+            work, parts, cost = (lambda rows: _product(a[rows], b, out[rows])), M, K * N
+    elif a.ndim > 2 and a.shape[:-2] == b.shape[:-2]:   # attention's products: both operands carry the same batch axes
+        batch = a.shape[0]
+        work, parts, cost = (lambda rows: _product(a[rows], b[rows], out[rows])), batch, out.size // max(1, batch) * K
+    else:
+        return _product(a, b)
+    threads.over_rows(work, parts, cost, min_chunk=PRODUCT_MIN_CHUNK)
     return out
 
 

@@ -29,6 +29,9 @@ from .errors import MinRobertaError
 # Below this many elements a chunk costs more to hand to a thread (tens of microseconds) than it saves.
 MIN_CHUNK = 1 << 17
 
+# set by MPICH's and Open MPI's launchers: how many ranks run on this machine
+_LOCAL_RANKS = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE")
+
 _count = None        # threads in use; None until first asked
 _pool = None         # ThreadPoolExecutor with _count - 1 workers (the calling thread takes a chunk too)
 _blas_threads = None  # the BLAS's own thread count before it was pinned, to give back on use(1)
@@ -58,16 +61,19 @@ def use(count):
 
 
 def count():
-    """Threads in use (chosen from MINROBERTA_THREADS or the usable cores on first use)."""
+    """Threads in use, chosen on first use: MINROBERTA_THREADS, else the cores this process may run on divided
+    among the MPI ranks on this machine."""
     if _count is None:
         requested = os.environ.get("MINROBERTA_THREADS")
         if requested is not None:
             if not requested.isdigit() or int(requested) < 1:
                 raise MinRobertaError(f"MINROBERTA_THREADS must be a whole number of at least 1, got {requested!r}")
             use(int(requested))
-        else:
+        else:   # under MPI, the ranks on this machine share its cores
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-            use(cores if cores > 1 and _openblas() else 1)
+            ranks_here = next((int(os.environ[name]) for name in _LOCAL_RANKS if os.environ.get(name, "").isdigit()), 1)
+            share = max(1, cores // max(1, ranks_here))
+            use(share if share > 1 and _openblas() else 1)
     return _count
 
 

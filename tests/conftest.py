@@ -30,5 +30,4 @@ def float32_products_afterwards():
     yield
     precision.use("float32")
     fused.use(False)
-    if threads.count() != thread_count:
-        threads.use(thread_count)
+    threads.use(thread_count)

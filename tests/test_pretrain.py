@@ -161,6 +161,9 @@ def test_other_bad_input_is_a_one_line_error_and_overwrites_nothing(tmp_path, ca
     assert run_cli("pretrain", *SMALL_RUN, "--corpus", corpus_file, "--tokenizer", bad_tokenizer, "--out",
                    tmp_path / "a") == 2
     assert "tokenizer.json: not a tokenizer file" in capsys.readouterr().err
+    assert run_cli("pretrain", *SMALL_RUN, "--corpus", corpus_file, "--threads", 0, "--out", tmp_path / "b") == 2
+    assert capsys.readouterr().err.strip() == "error: threads must be a whole number of at least 1, got 0"
+    assert not (tmp_path / "b").exists()
 
 
     run = tmp_path / "run"

@@ -1,6 +1,8 @@
 """The NumPy work cut over threads (minroberta/threads.py): the same numbers as on one thread, errors and NumPy's
 error state carried across, bad thread counts refused. Chunks are made tiny here so that small arrays are cut."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -132,6 +134,17 @@ def test_a_bad_environment_thread_count_is_refused(monkeypatch):
     monkeypatch.setenv("MINROBERTA_THREADS", "two")
     with pytest.raises(MinRobertaError, match="MINROBERTA_THREADS must be a whole number"):
         threads.count()
+
+
+@pytest.mark.parametrize("variable", ["MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE"])
+def test_mpi_ranks_on_one_machine_share_its_cores(monkeypatch, variable):
+    monkeypatch.setattr(threads, "_count", None)
+    monkeypatch.delenv("MINROBERTA_THREADS", raising=False)
+    monkeypatch.setenv(variable, "64")
+    assert threads.count() == 1
+    monkeypatch.setattr(threads, "_count", None)
+    monkeypatch.setenv(variable, "1")
+    assert threads.count() == len(os.sched_getaffinity(0))
 
 
 def test_one_thread_gives_the_blas_its_threads_back(numpy_backend):

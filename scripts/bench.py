@@ -6,6 +6,7 @@ config, weights seed, inputs and masks, float32, dropout 0, the same thread coun
 
     python scripts/bench.py                       # tiny preset, train and infer, 3 repetitions
     python scripts/bench.py --preset base --mode train --repeats 5 --json out.json
+    python scripts/bench.py --profile --mode train  # minroberta alone: the time of each op
 
 Columns: tokens/s of each (median over repetitions), their ratio (median and range), peak RSS, the time split
 (forward / backward / optimizer, train mode), the achieved GFLOP/s of the matrix work (counted analytically:
@@ -176,6 +177,74 @@ def worker_reference(p, mode, steps, warmup, threads, device="cpu", precision_mo
     return totals, split, int((labels != -100).sum()), gemm_peak(np)
 
 
+PROFILED_OPS = ("embedding_forward", "embedding_backward", "layernorm_forward", "layernorm_backward", "linear_forward",
+                 "linear_backward", "attention_forward", "attention_backward", "gelu_forward", "gelu_backward",
+                 "gelu_output", "cross_entropy_forward", "cross_entropy_backward")
+
+
+def profile_minroberta(p, mode, steps, warmup):
+    """Where minroberta's step time goes: each op's own wall time (time inside an op it calls is that op's), all
+    matrix products as one line, the rest of the step as "other". Median over the timed steps, ms per step."""
+    import collections
+
+    import numpy as np
+
+    import minroberta
+    from minroberta import model as model_module
+    from minroberta import optim
+    from minroberta.ops import attention, linear
+    own, inner = collections.Counter(), []
+
+    def timed(label, function):
+        def call(*args, **kwargs):
+            inner.append(0.0)
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                elapsed = time.perf_counter() - start
+                own[label] += elapsed - inner.pop()
+                if inner:
+                    inner[-1] += elapsed
+        return call
+    for module in (linear, attention):
+        module.matmul = timed("matrix products", module.matmul)
+    for name in ("softmax_forward", "softmax_backward"):
+        setattr(attention, name, timed(name, getattr(attention, name)))
+    for name in PROFILED_OPS:
+        setattr(model_module, name, timed(name, getattr(model_module, name)))
+    optim.AdamW.step = timed("AdamW", optim.AdamW.step)
+    config = minroberta.Config(vocab_size=p["vocab_size"], hidden_size=p["hidden_size"],
+                               num_hidden_layers=p["num_hidden_layers"], num_attention_heads=p["num_attention_heads"],
+                               intermediate_size=p["intermediate_size"], max_position_embeddings=p["seq"] + 2,
+                               hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = minroberta.Roberta(config, seed=0)
+    ids, mask, labels = inputs(p, np)
+    optimizer = optim.AdamW(model.params) if mode == "train" else None
+    per_step = []
+    for step in range(warmup + steps):
+        own.clear()
+        start = time.perf_counter()
+        if mode == "infer":
+            model(ids, mask).logits
+        else:
+            _, grads = model.loss_and_grads(ids, mask, labels)
+            optimizer.step(model.params, grads, 1e-4)
+        total = time.perf_counter() - start
+        if step >= warmup:
+            per_step.append(dict(own, other=total - sum(own.values()), total=total))
+    median = {k: statistics.median(s.get(k, 0.0) for s in per_step) for k in per_step[0]}
+    print(f"minroberta {args_summary(p)} {mode}: median of {steps} steps, ms per step (own time of each op)")
+    for label, seconds in sorted(median.items(), key=lambda item: -item[1]):
+        if label != "total":
+            print(f"  {label:24s} {seconds * 1e3:8.1f}  {100 * seconds / median['total']:5.1f}%")
+    print(f"  {'step':24s} {median['total'] * 1e3:8.1f}")
+
+
+def args_summary(p):
+    return f"hidden {p['hidden_size']} x {p['num_hidden_layers']} layers, batch {p['batch']} x {p['seq']}"
+
+
 def run_worker(args):
     p = PRESETS[args.preset]
     if args.impl == "minroberta":
@@ -212,12 +281,18 @@ def main():
                         help="matrix products of both implementations (tf32 needs a GPU)")
     parser.add_argument("--fused", action="store_true", help="minroberta's fused CUDA kernels (cupy backend)")
     parser.add_argument("--json", metavar="FILE", help="also write every measurement here")
+    parser.add_argument("--profile", action="store_true",
+                        help="instead: minroberta alone in this process, the time of each op (first preset and mode)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--impl", choices=["minroberta", "reference"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         args.preset, args.mode = args.preset[0], args.mode[0]
         return run_worker(args)
+    if args.profile:
+        from minroberta import threads
+        threads.use(args.threads)
+        return profile_minroberta(PRESETS[args.preset[0]], args.mode[0], args.steps, args.warmup)
 
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), OPENBLAS_NUM_THREADS=str(args.threads),
                MKL_NUM_THREADS=str(args.threads), MINROBERTA_THREADS=str(args.threads))

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -42,3 +43,14 @@ def test_the_benchmark_measures_both_implementations(tmp_path, precision, modes)
     records = json.loads(out.read_text())
     assert {(r["impl"], r["mode"]) for r in records} == {(i, m) for i in ("minroberta", "reference") for m in modes}
     assert all(r["tokens_per_s"] > 0 and r["precision"] == precision for r in records)
+
+
+def test_the_benchmark_profiles_the_ops_of_a_step():
+    """--profile: every op's own time and the products' line; the parts add up to the step (no time counted twice)."""
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "bench.py"), "--profile", "--mode", "train",
+                           "--steps", "1", "--warmup", "0", "--threads", "2"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ms = {m.group(1): float(m.group(2)) for m in re.finditer(r"^  (\S.*?)\s+([\d.]+)(?:\s+[\d.]+%)?$", done.stdout, re.M)}
+    step = ms.pop("step")
+    assert {"matrix products", "gelu_forward", "layernorm_backward", "AdamW", "other"} <= set(ms)
+    assert abs(sum(ms.values()) - step) <= 0.01 * step + 0.5

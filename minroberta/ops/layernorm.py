@@ -41,11 +41,11 @@ def layernorm_backward(dy, cache):
     xhat, rstd, gamma = cache
     channels = xhat.shape[-1]
     dy2, xhat2, rstd2 = dy.reshape(-1, channels), xhat.reshape(-1, channels), rstd.reshape(-1, 1)   # (N, C) rows
-    dgamma = (dy2 * xhat2).sum(axis=0)                           # (C,)
-    dbeta = dy2.sum(axis=0)                                      # (C,)
     dx = xp.empty(dy2.shape, xp.result_type(dy, gamma))
+    dy_xhat = xp.empty(dy2.shape, xp.result_type(dy, xhat))    # summed over rows into dgamma below
 
     def dx_rows(rows):   # one thread's rows (threads.py)
+        xp.multiply(dy2[rows], xhat2[rows], out=dy_xhat[rows])
         g = dy2[rows] * gamma                                    # (n, C)
         g_mean = g.mean(axis=-1, keepdims=True)                  # (n, 1)
         g_xhat_mean = (g * xhat2[rows]).mean(axis=-1, keepdims=True)
@@ -57,4 +57,6 @@ def layernorm_backward(dy, cache):
         dx_r -= xhat2[rows] * g_xhat_mean
         dx_r *= rstd2[rows]
     threads.over_rows(dx_rows, dy2.shape[0], channels)
+    dgamma = dy_xhat.sum(axis=0)                                 # (C,) whole: the same sums on any thread count
+    dbeta = dy2.sum(axis=0)                                      # (C,)
     return dx.reshape(dy.shape), dgamma, dbeta

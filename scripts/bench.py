@@ -69,22 +69,26 @@ def inputs(p, numpy):
     return masked_input, numpy.ones_like(ids), labels
 
 
+def minroberta_model(p):
+    """The preset's model, dropout off, seeded."""
+    import minroberta
+    config = minroberta.Config(vocab_size=p["vocab_size"], hidden_size=p["hidden_size"],
+                               num_hidden_layers=p["num_hidden_layers"], num_attention_heads=p["num_attention_heads"],
+                               intermediate_size=p["intermediate_size"], max_position_embeddings=p["seq"] + 2,
+                               hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return minroberta.Roberta(config, seed=0)
+
+
 def worker_minroberta(p, mode, steps, warmup, precision_mode="float32", use_fused=False):
     import numpy as np
 
-    import minroberta
     from minroberta import backend, fused, precision, threads
     from minroberta.ops import cross_entropy_forward
     from minroberta.optim import AdamW
     precision.use(precision_mode)
     fused.use(use_fused)
     scaler = precision.LossScaler() if precision_mode == "fp16" else None
-    config = minroberta.Config(vocab_size=p["vocab_size"], hidden_size=p["hidden_size"],
-                               num_hidden_layers=p["num_hidden_layers"], num_attention_heads=p["num_attention_heads"],
-                               intermediate_size=p["intermediate_size"], max_position_embeddings=p["seq"] + 2,
-                               hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    model = minroberta.Roberta(config, seed=0)
-    ids, mask, labels = inputs(p, np)
+    model, (ids, mask, labels) = minroberta_model(p), inputs(p, np)
     ids_d, mask_d, labels_d = (backend.to_device(a) for a in (ids, mask, labels))
     optimizer = AdamW(model.params) if mode == "train" else None   # its moments would inflate infer's peak RSS
     split = {"forward": [], "backward": [], "optimizer": []}
@@ -189,7 +193,6 @@ def profile_minroberta(p, mode, steps, warmup):
 
     import numpy as np
 
-    import minroberta
     from minroberta import model as model_module
     from minroberta import optim
     from minroberta.ops import attention, linear
@@ -214,12 +217,7 @@ def profile_minroberta(p, mode, steps, warmup):
     for name in PROFILED_OPS:
         setattr(model_module, name, timed(name, getattr(model_module, name)))
     optim.AdamW.step = timed("AdamW", optim.AdamW.step)
-    config = minroberta.Config(vocab_size=p["vocab_size"], hidden_size=p["hidden_size"],
-                               num_hidden_layers=p["num_hidden_layers"], num_attention_heads=p["num_attention_heads"],
-                               intermediate_size=p["intermediate_size"], max_position_embeddings=p["seq"] + 2,
-                               hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    model = minroberta.Roberta(config, seed=0)
-    ids, mask, labels = inputs(p, np)
+    model, (ids, mask, labels) = minroberta_model(p), inputs(p, np)
     optimizer = optim.AdamW(model.params) if mode == "train" else None
     per_step = []
     for step in range(warmup + steps):

@@ -21,10 +21,13 @@ run, NumPy's own products in the same process are single-threaded too; `use(1)` 
 import contextvars
 import ctypes
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from . import backend
 from .errors import MinRobertaError
+
+_PREFIX = "minroberta-worker"   # the pool's thread names
 
 # Below this many elements a chunk costs more to hand to a thread (tens of microseconds) than it saves.
 MIN_CHUNK = 1 << 17
@@ -56,7 +59,7 @@ def use(count):
         _blas_threads = None
     if _pool is not None:
         _pool.shutdown()
-    _pool = ThreadPoolExecutor(count - 1, thread_name_prefix="minroberta") if count > 1 else None
+    _pool = ThreadPoolExecutor(count - 1, thread_name_prefix=_PREFIX) if count > 1 else None
     _count = count
 
 
@@ -83,7 +86,8 @@ def over_rows(work, rows, row_cost, min_chunk=None):
     min_chunk of it (default MIN_CHUNK), so small arrays stay on the calling thread. On CuPy and the stand-in:
     one call, all rows."""
     chunks = 1
-    if backend.name() == "numpy" and count() > 1:
+    # a chunk that itself asks for threads runs its work whole: waiting on the pool from inside it could wait forever
+    if backend.name() == "numpy" and count() > 1 and not threading.current_thread().name.startswith(_PREFIX):
         chunks = max(1, min(_count, rows, rows * row_cost // (min_chunk or MIN_CHUNK)))
     if chunks == 1:
         work(slice(0, rows))

@@ -114,6 +114,15 @@ def test_an_error_in_another_thread_reaches_the_caller(tiny_chunks):
         threads.over_rows(work, 10, 100)
 
 
+def test_work_cut_inside_a_chunk_runs_whole_instead_of_waiting_on_the_busy_pool(tiny_chunks):
+    seen = []
+
+    def outer(rows):
+        threads.over_rows(lambda inner: seen.append((rows.start, inner.start, inner.stop)), 10, 100)
+    threads.over_rows(outer, 10, 100)   # with one worker, a nested wait on the pool would never return
+    assert sorted(seen) == [(0, 0, 5), (0, 5, 10), (5, 0, 10)]
+
+
 def test_numpys_error_state_is_carried_to_the_other_threads(tiny_chunks):
     x = np.full((4, 8), 1e30, dtype=np.float32)
     with np.errstate(over="raise"), pytest.raises(FloatingPointError):

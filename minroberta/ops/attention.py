@@ -100,7 +100,8 @@ def attention_backward(dctx, cache):
     if drop_scale is not None:
         dprobs = dprobs * drop_scale
     dscores = softmax_backward(dprobs, probs)                               # (B, nh, T, T)
-    threads.elementwise(lambda d: backend.xp().multiply(d, 1.0 / math.sqrt(head_dim), out=d), dscores)
+    scale = 1.0 / math.sqrt(head_dim)
+    threads.elementwise(lambda d: backend.xp().multiply(d, scale, out=d), dscores)   # dscores *= scale
     dqh = matmul(dscores, kh)
     dkh = matmul(dscores.transpose(0, 1, 3, 2), qh)
     return _merge_heads(dqh), _merge_heads(dkh), _merge_heads(dvh)

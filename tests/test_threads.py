@@ -164,3 +164,13 @@ def test_one_thread_gives_the_blas_its_threads_back(numpy_backend):
     assert get_threads() == 1
     threads.use(1)
     assert get_threads() == own
+
+
+def test_several_threads_without_an_openblas_to_pin_are_refused_and_the_default_is_one(monkeypatch):
+    monkeypatch.setattr(threads, "_openblas", lambda: None)
+    monkeypatch.setattr(threads, "_blas_threads", None)
+    with pytest.raises(MinRobertaError, match="2 threads need NumPy's OpenBLAS"):
+        threads.use(2)
+    monkeypatch.setattr(threads, "_count", None)
+    monkeypatch.delenv("MINROBERTA_THREADS", raising=False)
+    assert threads.count() == 1

@@ -8,14 +8,15 @@ over two Python threads right after a product ran no faster than on one).
 So with more than one thread the BLAS is pinned to one, and the model's heavy work (every matrix product,
 through `precision.matmul`, and the large elementwise passes: GELU, layer norm, softmax, bias adds, AdamW)
 runs as contiguous chunks of rows, one per thread, each chunk the plain computation on its slice. NumPy lets
-go of the interpreter lock inside operations on large arrays, so the chunks run in parallel. The elementwise and row-wise work
-gives the same bits on any thread count (tested); a product cut into row chunks can differ from the whole
-product in the last bit (the BLAS's kernels round a row by where it falls, measured), so results on different
-thread counts agree to float32 rounding, and runs on the same count repeat exactly.
+go of the interpreter lock inside operations on large arrays, so the chunks run in parallel. The elementwise
+and row-wise work gives the same bits on any thread count (tested); a product cut into row chunks can differ
+from the whole product in the last bit (the BLAS's kernels round a row by where it falls, measured), so results
+on different thread counts agree to float32 rounding, and runs on the same count repeat exactly.
 
-Choose with `threads.use(n)` (the command line's --threads) or MINROBERTA_THREADS; the default is the number
-of cores this process may run on. Only the numpy backend is threaded (CuPy has the GPU). Once threaded work has
-run, NumPy's own products in the same process are single-threaded too; `use(1)` gives the BLAS its threads back.
+Choose with `threads.use(n)` (the command line's --threads) or MINROBERTA_THREADS; the default is the cores
+this process may run on, shared among the MPI ranks on the machine. Only the numpy backend is threaded (CuPy
+has the GPU). Once threaded work has run, NumPy's own products in the same process are single-threaded too;
+`use(1)` gives the BLAS its threads back.
 """
 
 import contextvars

@@ -66,7 +66,6 @@ def matmul(a, b):
     leading batch axis."""
     if backend.name() != "numpy" or threads.count() == 1:
         return _product(a, b)
-    out = backend.xp().empty(a.shape[:-1] + b.shape[-1:], dtype=a.dtype)
     K = a.shape[-1]
     if a.ndim == 2 and b.ndim == 2:
         M, N = a.shape[0], b.shape[1]
@@ -74,11 +73,13 @@ def matmul(a, b):
             work, parts, cost = (lambda cols: _product(a, b[:, cols], out[:, cols])), N, M * K
         else:
             work, parts, cost = (lambda rows: _product(a[rows], b, out[rows])), M, K * N
-    elif a.ndim > 2 and a.shape[:-2] == b.shape[:-2]:   # attention's products: both operands carry the same batch axes
+    elif a.ndim > 2 and a.shape[:-2] == b.shape[:-2]:   # attention's: both operands carry the same batch axes
         batch = a.shape[0]
-        work, parts, cost = (lambda rows: _product(a[rows], b[rows], out[rows])), batch, out.size // max(1, batch) * K
+        per_entry = a.size // max(1, batch) * b.shape[-1]                   # multiply-adds per batch entry
+        work, parts, cost = (lambda rows: _product(a[rows], b[rows], out[rows])), batch, per_entry
     else:
         return _product(a, b)
+    out = backend.xp().empty(a.shape[:-1] + b.shape[-1:], dtype=a.dtype)   # the chunks write into it
     threads.over_rows(work, parts, cost, min_chunk=PRODUCT_MIN_CHUNK)
     return out
 

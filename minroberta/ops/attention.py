@@ -70,12 +70,13 @@ def attention_forward(q, k, v, key_mask, num_heads, dropout_p=0.0, generator=Non
     qh, kh, vh = (_split_heads(t, num_heads) for t in (q, k, v))           # (B, nh, T, hd)
     scores = matmul(qh, kh.transpose(0, 1, 3, 2))                           # (B, nh, T, T)
     additive = (1.0 - key_mask.astype(q.dtype)) * xp.finfo(q.dtype).min    # (B, T)
+    scale = 1.0 / math.sqrt(head_dim)
     if fused.enabled():   # scale, mask and exponentiate in two CUDA kernels
-        probs = fused.masked_softmax(scores, additive[:, None, None, :], 1.0 / math.sqrt(head_dim))
+        probs = fused.masked_softmax(scores, additive[:, None, None, :], scale)
     else:
         def scale_and_mask(b):   # one thread's sequences (threads.py)
             scores_b = scores[b]
-            scores_b *= 1.0 / math.sqrt(head_dim)
+            scores_b *= scale
             scores_b += additive[b, None, None, :]
         threads.over_rows(scale_and_mask, batch, scores.size // max(1, batch))
         probs, _ = softmax_forward(scores)                                  # (B, nh, T, T)

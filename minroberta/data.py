@@ -10,6 +10,7 @@ from .errors import MinRobertaError
 
 IGNORE_INDEX = -100
 VALID_EPOCH = 2**31 - 1   # the fixed "epoch" of the validation masks (the seed must be >= 0): same every time
+VALID_MASK_PROB = 0.15    # validation is masked at RoBERTa's rate whatever the training rate, so runs compare
 
 
 # --- FULL-SENTENCES packing
@@ -56,37 +57,53 @@ def tokenize_documents(tokenizer, documents):
 
 # --- dynamic masking
 
+def _uniform(seed, epoch, indices, width, stream):
+    """Uniform [0, 1) floats (B, width), a pure function of (seed, epoch, row index, position, stream): a
+    splitmix64 hash of the five, so a whole batch is drawn at once and a row's draws do not depend on the
+    other rows of its batch (MPI shards, accumulation and resume see the same masks)."""
+    with np.errstate(over="ignore"):   # the hash wraps around 2**64 on purpose
+        row = np.asarray(indices, dtype=np.uint64)[:, None]                               # (B, 1)
+        position = np.arange(width, dtype=np.uint64)[None, :]                             # (1, W)
+        z = np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(epoch) * np.uint64(0xD1B54A32D192ED03)
+        z = z + row * np.uint64(0x8CB92BA72F3D8DD7) + position * np.uint64(0xA24BAED4963EE407)
+        z = z + np.uint64(stream) * np.uint64(0xBF58476D1CE4E5B9)                         # (B, W)
+        for shift, multiplier in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
+            z = (z ^ (z >> np.uint64(shift))) * np.uint64(multiplier)
+        z ^= z >> np.uint64(31)
+    return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53                            # 53 random bits
+
+
 def mask_tokens(ids, attention_mask, *, special_ids, mask_id, vocab_size, seed, epoch, indices, mask_prob=0.15,
                 mask_fraction=0.8, random_fraction=0.1):
-    """Dynamic masking, fresh for every (seed, epoch, sample index) and a pure function of them: row b uses
-    only np.random.default_rng([seed, epoch, indices[b]]).
+    """Dynamic masking, fresh for every (seed, epoch, sample index) and a pure function of them (_uniform).
 
     Of a row's n real (attention_mask 1) non-special tokens, int(mask_prob * n + u), u ~ U[0, 1), are chosen
     without replacement (fairseq's randomised rounding: mask_prob * n on average, exactly, even for short
-    rows). Each chosen token independently becomes <mask> with probability mask_fraction (80%), a random
-    non-special token with probability random_fraction (10%), and stays as it is otherwise (10%).
+    rows): the ones with the smallest random keys. Each chosen token independently becomes <mask> with
+    probability mask_fraction (80%), a random non-special token with probability random_fraction (10%), and
+    stays as it is otherwise (10%).
     ids, attention_mask (or None: all real): (B, T); indices: (B,).
     -> (input_ids, labels), both (B, T) int64; labels hold the original id where chosen, -100 elsewhere."""
     if not 0.0 <= mask_prob <= 1.0 or not 0.0 <= mask_fraction + random_fraction <= 1.0:
         raise MinRobertaError(f"mask_prob {mask_prob} and fractions {mask_fraction} + {random_fraction} "
                               "must be probabilities")
     ids = np.asarray(ids)
-    inputs = ids.astype(np.int64, copy=True)                                  # (B, T)
-    labels = np.full(ids.shape, IGNORE_INDEX, dtype=np.int64)                 # (B, T)
+    batch, width = ids.shape
     ordinary = np.setdiff1d(np.arange(vocab_size), np.asarray(special_ids))   # the random replacements
     maskable = ~np.isin(ids, special_ids)                                     # (B, T)
     if attention_mask is not None:
         maskable &= np.asarray(attention_mask).astype(bool)
-    for row, index in enumerate(indices):
-        rng = np.random.default_rng([seed, epoch, int(index)])
-        candidates = np.flatnonzero(maskable[row])
-        count = int(mask_prob * len(candidates) + rng.random())
-        chosen = rng.choice(candidates, size=count, replace=False)
-        labels[row, chosen] = ids[row, chosen]
-        action = rng.random(count)
-        inputs[row, chosen[action < mask_fraction]] = mask_id
-        randomised = chosen[(action >= mask_fraction) & (action < mask_fraction + random_fraction)]
-        inputs[row, randomised] = ordinary[rng.integers(0, len(ordinary), size=len(randomised))]
+    count = (mask_prob * maskable.sum(axis=1) + _uniform(seed, epoch, indices, 1, 0)[:, 0]).astype(np.int64)  # (B,)
+    keys = np.where(maskable, _uniform(seed, epoch, indices, width, 1), 2.0)  # (B, T); never-chosen sort last
+    rank = np.empty((batch, width), dtype=np.int64)
+    np.put_along_axis(rank, np.argsort(keys, axis=1), np.arange(width)[None, :], axis=1)
+    chosen = rank < count[:, None]                                            # (B, T)
+    action = _uniform(seed, epoch, indices, width, 2)                         # (B, T)
+    masked = chosen & (action < mask_fraction)
+    randomised = chosen & (action >= mask_fraction) & (action < mask_fraction + random_fraction)
+    replacement = ordinary[(_uniform(seed, epoch, indices, width, 3) * len(ordinary)).astype(np.int64)]
+    inputs = np.where(masked, mask_id, np.where(randomised, replacement, ids)).astype(np.int64)   # (B, T)
+    labels = np.where(chosen, ids, IGNORE_INDEX).astype(np.int64)                                 # (B, T)
     return inputs, labels
 
 
@@ -96,24 +113,25 @@ class PretrainingData:
     """Packed training and validation samples (host memory, 1-D int32 arrays) and the masked batches made
     from them. Every batch is a pure function of (seed, epoch, batch index): nothing to save to resume."""
 
-    def __init__(self, train_samples, valid_samples, *, pad_id, mask_id, special_ids, vocab_size, seed):
+    def __init__(self, train_samples, valid_samples, *, pad_id, mask_id, special_ids, vocab_size, seed,
+                 mask_prob=0.15):
         if not train_samples:
             raise MinRobertaError("the training corpus gives no sequences to train on")
         if seed < 0:
             raise MinRobertaError(f"seed must be >= 0, got {seed}")
         self.train_samples, self.valid_samples = train_samples, valid_samples
         self.pad_id, self.mask_id, self.special_ids, self.vocab_size = pad_id, mask_id, special_ids, vocab_size
-        self.seed = seed
+        self.seed, self.mask_prob = seed, mask_prob
         self._permutation = (None, None)   # (epoch, order) of the last epoch asked for: computed once per epoch
 
     @classmethod
-    def build(cls, tokenizer, train_documents, valid_documents, block_size, seed):
+    def build(cls, tokenizer, train_documents, valid_documents, block_size, seed, mask_prob=0.15):
         """Split into sentences, tokenize and pack both sides (already split by document)."""
         def pack(documents):
             return list(pack_full_sentences(tokenize_documents(tokenizer, documents), block_size,
                                             tokenizer.bos_id, tokenizer.eos_id))
         return cls(pack(train_documents), pack(valid_documents), pad_id=tokenizer.pad_id, mask_id=tokenizer.mask_id,
-                   special_ids=tokenizer.special_ids, vocab_size=tokenizer.vocab_size, seed=seed)
+                   special_ids=tokenizer.special_ids, vocab_size=tokenizer.vocab_size, seed=seed, mask_prob=mask_prob)
 
     @property
     def num_train(self):
@@ -128,7 +146,7 @@ class PretrainingData:
         batch, with samples repeated, when there are fewer samples than a batch)."""
         return max(1, self.num_train // batch_size)
 
-    def _collate(self, samples, indices, epoch):
+    def _collate(self, samples, indices, epoch, mask_prob):
         """Pad to the longest sample (<pad>, attention 0, label -100) and mask for `epoch`."""
         longest = max(len(s) for s in samples)
         ids = np.full((len(samples), longest), self.pad_id, dtype=np.int64)           # (B, T)
@@ -137,7 +155,8 @@ class PretrainingData:
             ids[row, :len(sample)] = sample
             attention_mask[row, :len(sample)] = 1
         input_ids, labels = mask_tokens(ids, attention_mask, special_ids=self.special_ids, mask_id=self.mask_id,
-                                        vocab_size=self.vocab_size, seed=self.seed, epoch=epoch, indices=indices)
+                                        vocab_size=self.vocab_size, seed=self.seed, epoch=epoch, indices=indices,
+                                        mask_prob=mask_prob)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
     def train_batch(self, epoch, batch_index, batch_size, shard=(0, 1)):
@@ -154,13 +173,13 @@ class PretrainingData:
         else:
             picked = order[batch_index * batch_size:(batch_index + 1) * batch_size]
         picked = distributed.shard(picked, *shard)
-        return self._collate([self.train_samples[i] for i in picked], picked, epoch)
+        return self._collate([self.train_samples[i] for i in picked], picked, epoch, self.mask_prob)
 
     def valid_batches(self, batch_size):
         """The validation samples in order, with the same masks on every call."""
         for start in range(0, self.num_valid, batch_size):
             indices = np.arange(start, min(start + batch_size, self.num_valid))
-            yield self._collate([self.valid_samples[i] for i in indices], indices, VALID_EPOCH)
+            yield self._collate([self.valid_samples[i] for i in indices], indices, VALID_EPOCH, VALID_MASK_PROB)
 
 
 def build_pretraining_data(tokenizer, documents, block_size, seed):

@@ -13,13 +13,16 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 
 import numpy as np
 
 from . import atomic, backend, distributed, precision
 from .checkpoint import load_pretrained, read_safetensors, save_pretrained
+from .data import IGNORE_INDEX
 from .errors import MinRobertaError
 from .ops import cross_entropy_forward
 from .optim import AdamW, clip_by_global_norm, global_norm, linear_schedule
@@ -64,12 +67,17 @@ class TrainSettings:
 
 class MaskedLM:
     """Pretraining's task: the MLM loss; micro-batches weighted by their scored tokens; evaluation reports
-    validation loss, perplexity and masked-token accuracy."""
+    validation loss, perplexity, accuracy over every scored token and accuracy at the tokens shown as
+    `<mask>` alone (the 10% of scored tokens left unchanged are got right by copying the input, so only the
+    second says how well the model predicts from context)."""
 
     best_metric = None   # pretraining keeps the last model, not a best one
 
+    def __init__(self, mask_id=None):
+        self.mask_id = mask_id
+
     def weight(self, batch):
-        return int(np.sum(batch["labels"] != -100))
+        return int(np.sum(batch["labels"] != IGNORE_INDEX))
 
     def loss_and_grads(self, model, batch, dropout_key, loss_scale=1.0):
         return model.loss_and_grads(batch["input_ids"], batch["attention_mask"], batch["labels"],
@@ -77,7 +85,7 @@ class MaskedLM:
 
     def evaluate(self, model, batches, world=distributed.Single()):
         """Over this rank's batches; the sums are added over ranks, so every rank gets the global figures."""
-        total_loss, total_correct, total_count = 0.0, 0, 0
+        total_loss, total_correct, total_count, mask_correct, mask_count = 0.0, 0, 0, 0, 0
         for batch in batches:
             logits, targets = model.mlm_logits(batch["input_ids"], batch["attention_mask"], batch["labels"])
             count = int(targets.shape[0])
@@ -85,17 +93,27 @@ class MaskedLM:
                 continue
             loss, _ = cross_entropy_forward(logits, targets)
             total_loss += backend.scalar(loss) * count
-            total_correct += int(backend.to_host((logits.argmax(axis=1) == targets).sum()))
+            correct = backend.to_host(logits.argmax(axis=1) == targets)                  # (N,) in label order
+            shown_as_mask = np.asarray(batch["input_ids"])[np.asarray(batch["labels"]) != IGNORE_INDEX] == self.mask_id
+            total_correct += int(correct.sum())
             total_count += count
-        total_loss, total_correct, total_count = world.allreduce_scalars([total_loss, total_correct, total_count])
+            mask_correct += int(correct[shown_as_mask].sum())
+            mask_count += int(shown_as_mask.sum())
+        total_loss, total_correct, total_count, mask_correct, mask_count = world.allreduce_scalars(
+            [total_loss, total_correct, total_count, mask_correct, mask_count])
         if total_count == 0:
             raise MinRobertaError("the validation split has no masked tokens to score; use a larger corpus")
         loss = total_loss / total_count
-        return {"valid_loss": loss, "valid_ppl": math.exp(min(loss, 700.0)), "valid_accuracy": total_correct / total_count}
+        metrics = {"valid_loss": loss, "valid_ppl": math.exp(min(loss, 700.0)),
+                   "valid_accuracy": total_correct / total_count}
+        if mask_count:
+            metrics["valid_mask_accuracy"] = mask_correct / mask_count
+        return metrics
 
     def describe(self, metrics):
+        shown = f" | at <mask> {metrics['valid_mask_accuracy']:.3f}" if "valid_mask_accuracy" in metrics else ""
         return (f"loss {metrics['valid_loss']:.4f} | ppl {metrics['valid_ppl']:.2f} | "
-                f"accuracy {metrics['valid_accuracy']:.3f}")
+                f"accuracy {metrics['valid_accuracy']:.3f}{shown}")
 
 
 class Progress:
@@ -136,7 +154,7 @@ class Trainer:
     def __init__(self, model, data, tokenizer, settings, out_dir, progress=None, task=None, world=None):
         settings.validate()
         self.model, self.data, self.tokenizer, self.settings, self.out_dir = model, data, tokenizer, settings, out_dir
-        self.task = task or MaskedLM()
+        self.task = task or MaskedLM(getattr(data, "mask_id", None))
         self.world = world or distributed.Single()
         if self.world.size > 1 and not isinstance(self.task, MaskedLM):
             raise MinRobertaError("only pretraining runs on several processes; fine-tune with one")
@@ -150,6 +168,7 @@ class Trainer:
         self.step = 0
         self.progress = progress or Progress(settings.steps, quiet=not self.world.is_main)
         self.last_eval = None
+        self.interrupted = False   # set when a Ctrl-C ended run() early, after saving the update it finished
 
     # --- one update
     def micro_batches(self, step):
@@ -234,9 +253,16 @@ class Trainer:
 
     # --- the loop
     def run(self, stop_at=None):
-        """Train to `settings.steps` (or checkpoint and return early after update `stop_at`)."""
+        """Train to `settings.steps` (or checkpoint and return early after update `stop_at`). A first Ctrl-C
+        finishes the update under way, saves a checkpoint of it and returns with `interrupted` set; a second
+        one stops at once (the last checkpoint is still whole: they are written atomically)."""
+        with _InterruptAfterStep() as interrupt:
+            return self._run(stop_at, interrupt)
+
+    def _run(self, stop_at, interrupt):
         settings = self.settings
         started, tokens_seen, steps_timed = time.time(), 0, 0
+        self.interrupted = False
         while self.step < settings.steps:
             if stop_at is not None and self.step >= stop_at:
                 if self.step % settings.save_every:    # else the loop has just saved this step
@@ -256,8 +282,15 @@ class Trainer:
                 self.log(self.last_eval)
                 self.progress.message(f"eval at step {self.step}: {self.task.describe(self.last_eval)}")
                 self.keep_if_best(self.last_eval)
-            if self.step % settings.save_every == 0 or self.step == settings.steps:
+            saved_now = self.step % settings.save_every == 0 or self.step == settings.steps
+            if saved_now:
                 self.save_checkpoint()
+            # every rank stops after the same update, so none waits in a collective for one that has left
+            if self.world.allreduce_scalars([interrupt.requested])[0] if self.world.size > 1 else interrupt.requested:
+                self.interrupted = True
+                if not saved_now:
+                    self.save_checkpoint()
+                return self.last_eval
         if self.task.best_metric is None and self.world.is_main:
             save_pretrained(self.model, self.out_dir, tokenizer=self.tokenizer)
         return self.last_eval
@@ -367,6 +400,30 @@ class Trainer:
                 if record.get("step", 0) <= self.step:
                     kept.append(json.dumps(record) + "\n")
         atomic.write_text(path, "".join(kept))
+
+
+class _InterruptAfterStep:
+    """While active, the first SIGINT only sets `requested` (the loop saves and stops after the update under
+    way, which a KeyboardInterrupt would leave half applied); the second raises KeyboardInterrupt as usual.
+    Outside the main thread signals cannot be caught, and Ctrl-C keeps its usual meaning."""
+
+    def __init__(self):
+        self.requested, self.previous = 0, None
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = 1
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
 
 
 def checkpoint_to_resume(out_dir, resume, report=print):

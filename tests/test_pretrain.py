@@ -132,6 +132,34 @@ def test_a_kill_while_writing_a_checkpoint_leaves_the_previous_one_loadable(tmp_
     assert os.path.basename(list_checkpoints(out)[-1]) == "step-00000006"
 
 
+def test_ctrl_c_saves_the_update_it_finished_and_resume_goes_on_from_it(tmp_path, corpus_file):
+    """A first SIGINT lets the update under way finish, saves it (between two regular checkpoints) and exits
+    130 naming it; --resume then retraces the uninterrupted run exactly."""
+    out, straight = tmp_path / "interrupted", tmp_path / "straight"
+    common = ["pretrain", *SMALL_RUN, "--corpus", corpus_file, "--steps", 10000, "--save-every", 5000,
+              "--eval-every", 5000, "--log-every", 1, "--threads", 1]
+    process = subprocess.Popen([sys.executable, "-m", "minroberta.cli", *map(str, common), "--out", str(out)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in process.stderr:   # not a terminal: one progress line per update
+        if line.startswith("step 3/"):
+            process.send_signal(signal.SIGINT)
+            break
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    checkpoints = list_checkpoints(out)
+    assert len(checkpoints) == 1, checkpoints
+    step = int(os.path.basename(checkpoints[0]).split("-")[1])
+    assert step >= 3 and f"interrupted after update {step} of 10000: saved {checkpoints[0]}" in stdout, stdout
+    assert "Traceback" not in stderr
+    later = step + 2
+    assert run_cli(*common, "--out", out, "--resume", "--stop-at-step", later) == 0
+    assert run_cli(*common, "--out", straight, "--stop-at-step", later) == 0
+    a = read_safetensors(os.path.join(list_checkpoints(out)[-1], "model.safetensors"))
+    b = read_safetensors(os.path.join(list_checkpoints(straight)[-1], "model.safetensors"))
+    for key in a:
+        assert np.array_equal(a[key], b[key]), key
+
+
 @pytest.mark.parametrize("problem", ["empty", "invalid_utf8", "no_text_dir", "binary"])
 def test_bad_corpora_are_one_line_errors(tmp_path, capsys, problem):
     target = tmp_path / "corpus"
@@ -235,3 +263,37 @@ def test_skip_nonfinite_skips_the_update_and_goes_on(tmp_path, numpy_backend):
     trainer.run()
     assert trainer.step == 6 and trainer.skipped == 1
     assert all(np.all(np.isfinite(p)) for p in trainer.model.params.values())
+
+
+def test_held_out_probes_mask_one_whole_word_of_the_given_sentences():
+    from minroberta.cli import held_out_probes
+    from minroberta.tokenizer import train_tokenizer
+    documents = ["The quick brown fox jumps over the lazy dog near the river bank today. It was sunny.",
+                 "Return the value of the attribute from the object given here by name."] * 30
+    tokenizer = train_tokenizer(documents, vocab_size=1000)
+    probes = held_out_probes(tokenizer, documents, max_tokens=40, count=4)
+    assert len(probes) == 4
+    for text, word in probes:
+        assert text.count("<mask>") == 1 and len(word) >= 4 and word.isalpha()
+        assert len(tokenizer.encode_plain(" " + word)) == 1                  # one <mask> can name it
+        assert any(text.replace("<mask>", word) in d for d in documents)     # the sentence, one word masked
+        assert len(tokenizer.encode(text).ids) <= 40
+    assert held_out_probes(tokenizer, documents, max_tokens=5) == []         # nothing fits: no probes
+
+
+def test_accuracy_at_mask_counts_only_the_tokens_shown_as_mask(numpy_backend):
+    """valid_mask_accuracy is the share of <mask> positions predicted right; valid_accuracy counts every
+    scored token, the kept and the randomised ones too (checked against the logits by hand)."""
+    config = minroberta.Config(vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=32, max_position_embeddings=14)
+    model = minroberta.Roberta(config, seed=0)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(5, 29, size=(3, 12))
+    labels = np.where(rng.random(ids.shape) < 0.5, ids, -100)
+    inputs = np.where((labels != -100) & (rng.random(ids.shape) < 0.6), 29, ids)   # 29 is <mask> here
+    batch = {"input_ids": inputs, "attention_mask": np.ones_like(ids), "labels": labels}
+    metrics = MaskedLM(mask_id=29).evaluate(model, [batch])
+    predicted = backend.to_host(model(inputs).logits).argmax(axis=-1)
+    scored, shown = labels != -100, (labels != -100) & (inputs == 29)
+    assert metrics["valid_accuracy"] == pytest.approx((predicted == ids)[scored].mean())
+    assert metrics["valid_mask_accuracy"] == pytest.approx((predicted == ids)[shown].mean())

@@ -15,7 +15,10 @@ from . import backend, fused, precision, threads
 from .errors import MinRobertaError
 
 DEFAULT_OUT = os.path.join("runs", "pretrain")
-VOCAB_SIZES = {"micro": 2048, "tiny": 8192, "small": 16384, "base": 32768}
+VOCAB_SIZES = {"micro": 2048, "mini": 1024, "tiny": 8192, "small": 16384, "base": 32768}
+LR = 5e-3   # the default recipe's peak learning rate
+SHAPE_FLAGS = {"--hidden-size": "hidden_size", "--layers": "num_hidden_layers", "--heads": "num_attention_heads",
+               "--intermediate-size": "intermediate_size"}
 
 
 def add_device_arguments(command):
@@ -37,32 +40,43 @@ def build_parser():
 
     pre = commands.add_parser("pretrain", help="pretrain a masked LM (default: tiny model on the stdlib docstrings)",
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    pre.add_argument("--preset", default="tiny", choices=list(VOCAB_SIZES),
-                     help="model size: tiny (256 x 4 layers) learns in minutes on a CPU; base is roberta-base's "
+    pre.add_argument("--preset", default="mini", choices=list(VOCAB_SIZES),
+                     help="model size: mini (128 wide, 2 layers) learns to fill masks in five minutes on two CPU "
+                          "cores; tiny (256 x 4) and small (512 x 6) want longer runs; base is roberta-base's "
                           "shape; micro is for smoke tests")
+    for flag, field in SHAPE_FLAGS.items():
+        pre.add_argument(flag, type=int, default=None, help=f"override the preset's {field}")
+    pre.add_argument("--init-range", type=float, default=0.02,
+                     help="standard deviation of the initial weights (initializer_range)")
     pre.add_argument("--corpus", nargs="+", metavar="PATH",
                      help="text files, directories or globs (blank lines separate documents); "
                           "default: the docstrings of this Python's standard library")
     pre.add_argument("--out", default=DEFAULT_OUT, help="run directory: checkpoints, metrics.jsonl, final model")
-    pre.add_argument("--steps", type=int, default=600, help="optimizer updates")
-    pre.add_argument("--batch-size", type=int, default=16, help="sequences per micro-batch")
+    pre.add_argument("--steps", type=int, default=1600, help="optimizer updates")
+    pre.add_argument("--batch-size", type=int, default=64, help="sequences per micro-batch")
     pre.add_argument("--accumulate", type=int, default=1,
                      help="micro-batches per update (effective batch = batch-size x accumulate)")
-    pre.add_argument("--lr", type=float, default=5e-4, help="peak learning rate")
+    pre.add_argument("--lr", type=float, default=LR, help="peak learning rate")
     pre.add_argument("--warmup", type=int, default=-1, help="warmup updates (-1: 6%% of --steps)")
     pre.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (matrices only)")
     pre.add_argument("--clip-norm", type=float, default=1.0, help="global gradient-norm clip (0: off)")
-    pre.add_argument("--seq-len", type=int, default=128, help="block length of the packed sequences, in tokens")
+    pre.add_argument("--seq-len", type=int, default=32, help="block length of the packed sequences, in tokens")
+    pre.add_argument("--mask-prob", type=float, default=0.5,
+                     help="share of the tokens chosen for the MLM loss in training (80%% <mask>, 10%% random, 10%% "
+                          "kept); validation is always masked at 15%%")
     pre.add_argument("--vocab-size", type=int, default=None, help="BPE vocabulary size (default by preset)")
     pre.add_argument("--tokenizer", metavar="DIR", help="use this tokenizer (tokenizer.json or vocab.json + "
                                                          "merges.txt) instead of training one")
-    pre.add_argument("--no-dropout", action="store_true", help="train without dropout")
+    pre.add_argument("--dropout", type=float, default=0.0,
+                     help="dropout probability of hidden states and attention (RoBERTa used 0.1; a run of minutes "
+                          "learns faster without)")
+    pre.add_argument("--no-dropout", action="store_true", help="train without dropout (the same as --dropout 0)")
     pre.add_argument("--skip-nonfinite", action="store_true",
                      help="skip an update whose loss or gradient is NaN/inf and go on (default: stop, keeping "
                           "the last good checkpoint)")
-    pre.add_argument("--eval-every", type=int, default=100, help="updates between validation runs")
+    pre.add_argument("--eval-every", type=int, default=200, help="updates between validation runs")
     pre.add_argument("--eval-batches", type=int, default=16, help="validation batches per evaluation (0: all)")
-    pre.add_argument("--save-every", type=int, default=200, help="updates between checkpoints")
+    pre.add_argument("--save-every", type=int, default=400, help="updates between checkpoints (Ctrl-C saves too)")
     pre.add_argument("--log-every", type=int, default=10, help="updates between metric records")
     pre.add_argument("--seed", type=int, default=0, help="seed of the weights, data order, masks and dropout")
     pre.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
@@ -143,7 +157,8 @@ def main(argv=None):
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; the last checkpoint is intact (resume with --resume)", file=sys.stderr)
+        print("interrupted; checkpoints already written are whole (training saves the update under way on the "
+              "first Ctrl-C, and stops without saving on a second)", file=sys.stderr)
         return 130
     except OSError as exc:   # disk full, permission denied, ...: name the file, no traceback
         where = f"{exc.filename}: " if exc.filename else ""
@@ -188,24 +203,79 @@ def run_fill_mask(args):
 
 # --- pretrain ------------------------------------------------------------------------------------------
 
-FILL_MASK_EXAMPLES = ("Return the <mask> of the list.", "If the file does not <mask>, an error is raised.",
-                      "This module provides <mask> for working with dates and times.")
+PROBES = 6   # held-out sentences shown at the end of a pretraining run
+
+
+def held_out_probes(tokenizer, documents, max_tokens, count=PROBES, seed=0):
+    """`count` validation sentences of at most `max_tokens` tokens, each with one word masked: (masked text,
+    true word). The word is a whole word of four letters or more that is one token (so one <mask> can name
+    it), not the sentence's first; the sentences come from the user's own held-out text, so the probes speak
+    of what was learned."""
+    from .corpus import split_sentences
+    candidates = []
+    for document in documents:
+        for sentence in split_sentences(document):
+            words = sentence.split()
+            if not 6 <= len(words) <= 20 or len(tokenizer.encode(sentence).ids) > max_tokens:
+                continue
+            maskable = [i for i, w in enumerate(words) if i > 0 and w.isalpha() and len(w) >= 4
+                        and len(tokenizer.encode_plain(" " + w)) == 1]
+            if maskable:
+                candidates.append((words, maskable))
+    rng = np.random.default_rng(seed)
+    probes = []
+    for n in rng.permutation(len(candidates))[:count]:
+        words, maskable = candidates[n]
+        i = maskable[rng.integers(len(maskable))]
+        probes.append((" ".join(words[:i] + ["<mask>"] + words[i + 1:]), words[i]))
+    return probes
+
+
+def pretrain_settings(args):
+    """The trainer's settings from `minroberta pretrain`'s arguments (scripts/race.py reads the same)."""
+    from .train import TrainSettings
+    settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, accumulate=args.accumulate, lr=args.lr,
+                             warmup=args.warmup, weight_decay=args.weight_decay, clip_norm=args.clip_norm,
+                             dropout=dropout_prob(args) > 0, skip_nonfinite=args.skip_nonfinite,
+                             eval_every=args.eval_every, eval_batches=args.eval_batches,
+                             save_every=args.save_every, log_every=args.log_every, seed=args.seed)
+    settings.validate()
+    return settings
+
+
+def pretrain_config(args, tokenizer):
+    """The model's Config from `minroberta pretrain`'s arguments: the preset, its overrides, the tokenizer."""
+    from .config import Config, preset
+    shape = preset(args.preset)
+    for flag, field in SHAPE_FLAGS.items():
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            shape[field] = value
+    if not args.init_range > 0:
+        raise MinRobertaError(f"--init-range must be positive, got {args.init_range}")
+    config = Config(vocab_size=tokenizer.vocab_size, max_position_embeddings=args.seq_len + 2,
+                    pad_token_id=tokenizer.pad_id, bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id,
+                    initializer_range=args.init_range, **shape)
+    return config.replace(hidden_dropout_prob=dropout_prob(args), attention_probs_dropout_prob=dropout_prob(args))
+
+
+def dropout_prob(args):
+    if not 0.0 <= args.dropout < 1.0:
+        raise MinRobertaError(f"--dropout must be in [0, 1), got {args.dropout}")
+    return 0.0 if args.no_dropout else args.dropout
 
 
 def run_pretrain(args):
     from . import corpus, distributed
-    from .config import Config, preset
+    from .config import Config
     from .data import PretrainingData
     from .model import Roberta
     from .tokenizer import Tokenizer, train_tokenizer
-    from .train import TrainSettings, Trainer, checkpoint_to_resume
+    from .train import Trainer, checkpoint_to_resume, list_checkpoints
 
-    settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, accumulate=args.accumulate, lr=args.lr,
-                             warmup=args.warmup, weight_decay=args.weight_decay, clip_norm=args.clip_norm,
-                             dropout=not args.no_dropout, skip_nonfinite=args.skip_nonfinite,
-                             eval_every=args.eval_every, eval_batches=args.eval_batches,
-                             save_every=args.save_every, log_every=args.log_every, seed=args.seed)
-    settings.validate()
+    settings = pretrain_settings(args)
+    if not 0.0 < args.mask_prob <= 1.0:
+        raise MinRobertaError(f"--mask-prob must be in (0, 1], got {args.mask_prob}")
     if args.seq_len < 8:
         raise MinRobertaError(f"--seq-len must be at least 8, got {args.seq_len}")
     if args.precision != "float32" and args.dtype != "float32":
@@ -234,11 +304,7 @@ def run_pretrain(args):
         trained = train_tokenizer(train_docs, vocab_size=vocab_size).to_json() if world.is_main else ""
         tokenizer = Tokenizer.from_json(world.broadcast_bytes(trained.encode("utf-8")).decode("utf-8"))
 
-    config = Config(vocab_size=tokenizer.vocab_size, max_position_embeddings=args.seq_len + 2,
-                    pad_token_id=tokenizer.pad_id, bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id,
-                    **preset(args.preset))
-    if args.no_dropout:
-        config = config.replace(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    config = pretrain_config(args, tokenizer)
     if checkpoint is not None:
         saved = Config.load(os.path.join(checkpoint, "config.json"))
         for field in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
@@ -248,7 +314,8 @@ def run_pretrain(args):
                                       f"asks for {getattr(config, field)}; use the same --preset/--seq-len, or "
                                       "another --out")
     say("packing FULL-SENTENCES blocks")
-    data = PretrainingData.build(tokenizer, train_docs, valid_docs, block_size=args.seq_len, seed=args.seed)
+    data = PretrainingData.build(tokenizer, train_docs, valid_docs, block_size=args.seq_len, seed=args.seed,
+                                 mask_prob=args.mask_prob)
     say(f"{data.num_train:,} training and {data.num_valid:,} validation sequences of at most {args.seq_len} tokens")
 
     os.makedirs(args.out, exist_ok=True)
@@ -263,17 +330,29 @@ def run_pretrain(args):
     result = trainer.run(stop_at=args.stop_at_step)
     if not world.is_main:
         return 0
+    if trainer.interrupted:
+        print(f"interrupted after update {trainer.step} of {settings.steps}: saved "
+              f"{list_checkpoints(args.out)[-1]}; continue with --resume --out {args.out}")
+        return 130
     if trainer.step < settings.steps:
         print(f"stopped at step {trainer.step} of {settings.steps}; continue with --resume --out {args.out}")
         return 0
 
     minutes = (time.time() - started) / 60
     print(f"done in {minutes:.1f} min: validation loss {result['valid_loss']:.4f}, perplexity "
-          f"{result['valid_ppl']:.2f}, masked-token accuracy {result['valid_accuracy']:.3f}")
+          f"{result['valid_ppl']:.2f}, accuracy at <mask> {result.get('valid_mask_accuracy', float('nan')):.3f} "
+          f"(all scored tokens {result['valid_accuracy']:.3f})")
     print(f"model saved to {args.out} (HF layout: transformers.RobertaForMaskedLM.from_pretrained opens it)")
-    for text in FILL_MASK_EXAMPLES:
+    probes = held_out_probes(tokenizer, valid_docs, config.max_sequence_length)
+    if probes:
+        print("held-out sentences, one word masked [true word] -> the model's top 3:")
+    hits = 0
+    for text, word in probes:
         predictions = fill_mask(trainer.model, tokenizer, text, top_k=3)[0]
-        print(f"  {text}  ->  " + ", ".join(f"{t.strip()} ({p:.2f})" for t, p in predictions))
+        hits += word in [t.strip() for t, _ in predictions]
+        print(f"  {text}  [{word}]  ->  " + ", ".join(f"{t.strip()} ({p:.2f})" for t, p in predictions))
+    if probes:
+        print(f"true word in the top 3: {hits} of {len(probes)}")
     return 0
 
 

@@ -54,3 +54,24 @@ def test_the_benchmark_profiles_the_ops_of_a_step():
     step = ms.pop("step")
     assert {"matrix products", "gelu_forward", "layernorm_backward", "AdamW", "other"} <= set(ms)
     assert abs(sum(ms.values()) - step) <= 0.01 * step + 0.5
+
+
+def test_the_race_runs_both_implementations_from_the_same_start(tmp_path):
+    """A few updates each: the table, the curves and the picture come out; the two sides start from the same
+    weights on the same batches, so their first validation losses agree (float32 rounding apart)."""
+    pytest.importorskip("transformers", reason="the race's other side needs transformers (the parity extra)")
+    pytest.importorskip("matplotlib", reason="the race's picture needs matplotlib (the plot extra)")
+    corpus = tmp_path / "text.txt"
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as handle:
+        corpus.write_text(handle.read(), encoding="utf-8")
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "race.py"), "--seconds", "60", "--threads",
+                           "1", "--out", str(tmp_path / "race"), "--", "--preset", "micro", "--batch-size", "8",
+                           "--steps", "4", "--eval-every", "2", "--eval-batches", "2", "--vocab-size", "512",
+                           "--corpus", str(corpus)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| minroberta | 4 |" in done.stdout and "| huggingface | 4 |" in done.stdout
+    curves = json.loads((tmp_path / "race" / "race.json").read_text())["curves"]
+    first = [curves[side][0]["valid_loss"] for side in ("minroberta", "huggingface")]
+    assert [p["step"] for p in curves["huggingface"]] == [2, 4]
+    assert abs(first[0] - first[1]) <= 1e-4 * first[1], first
+    assert (tmp_path / "race" / "race.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

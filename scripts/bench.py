@@ -12,7 +12,8 @@ Columns: tokens/s of each (median over repetitions), their ratio (median and ran
 (forward / backward / optimizer, train mode), the achieved GFLOP/s of the matrix work (counted analytically:
 every GEMM of the model) and the GEMM peak this process measures for a large float32 product.
 Needs torch and transformers (the `parity` extra) for the reference column. With --backend cupy the
-reference runs on the same GPU through PyTorch-CUDA (then the GEMM-peak column is the CPU's, not the GPU's).
+reference runs on the same GPU through PyTorch-CUDA (then the GEMM-peak column is the CPU's, not the GPU's, and
+the JSON adds the GPU memory each allocator held).
 --precision tf32 / fp16 applies to both: minroberta's precision modes against PyTorch's allow_tf32 and its
 float16 autocast with a GradScaler; --fused turns on minroberta's fused CUDA kernels.
 """
@@ -27,6 +28,9 @@ import sys
 import time
 
 PRESETS = {
+    # smoke runs only (gpu_check.sh --dry-run): too small to say anything about speed
+    "micro": dict(vocab_size=1024, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  intermediate_size=256, batch=4, seq=32),
     "tiny": dict(vocab_size=8192, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
                  intermediate_size=1024, batch=16, seq=128),
     "base": dict(vocab_size=50265, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
@@ -243,6 +247,18 @@ def args_summary(p):
     return f"hidden {p['hidden_size']} x {p['num_hidden_layers']} layers, batch {p['batch']} x {p['seq']}"
 
 
+def device_peak_mib(impl, backend_name):
+    """GPU memory the implementation's allocator held at most (None off the GPU): CuPy's pool keeps every block it
+    has taken, PyTorch's caching allocator records its high-water mark; both count cached blocks alike."""
+    if backend_name != "cupy":
+        return None
+    if impl == "minroberta":
+        import cupy
+        return cupy.get_default_memory_pool().total_bytes() / 2**20
+    import torch
+    return torch.cuda.max_memory_reserved() / 2**20
+
+
 def run_worker(args):
     p = PRESETS[args.preset]
     if args.impl == "minroberta":
@@ -260,6 +276,7 @@ def run_worker(args):
     result = {"impl": args.impl, "preset": args.preset, "mode": args.mode, "precision": args.precision,
               "fused": args.fused, "seconds_per_step": seconds,
               "tokens_per_s": tokens / seconds, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+              "device_peak_mib": device_peak_mib(args.impl, args.backend),
               "split": {k: statistics.median(v) for k, v in split.items() if v},
               "matrix_gflops": matrix_flops(p, args.mode, masked) / seconds / 1e9, "gemm_peak_gflops": peak}
     print(json.dumps(result))
@@ -274,7 +291,8 @@ def main():
     parser.add_argument("--steps", type=int, default=5, help="timed steps per process (median taken)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--threads", type=int, default=2, help="torch threads; minroberta's threads (threads.py)")
-    parser.add_argument("--backend", choices=["numpy", "cupy"], default=None, help="minroberta's array module")
+    parser.add_argument("--backend", choices=["numpy", "cupy", "standin"], default=None,
+                        help="minroberta's array module (standin: for smoke runs of the GPU path on a CPU)")
     parser.add_argument("--precision", choices=["float32", "tf32", "fp16"], default="float32",
                         help="matrix products of both implementations (tf32 needs a GPU)")
     parser.add_argument("--fused", action="store_true", help="minroberta's fused CUDA kernels (cupy backend)")

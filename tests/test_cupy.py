@@ -20,7 +20,7 @@ def _gpu_reason():
         if cupy.cuda.runtime.getDeviceCount() < 1:
             return "no CUDA device visible to CuPy"
     except ImportError:
-        return "CuPy is not installed (pip install -e '.[gpu]')"
+        return "CuPy is not installed (the gpu-cuda12 or gpu-cuda13 extra)"
     except Exception as exc:   # the CUDA runtime's own errors: no driver, no device
         return f"CuPy cannot reach a GPU: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
     return None

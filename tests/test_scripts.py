@@ -1,4 +1,5 @@
-"""The helper scripts: metric plots, the fairseq converter's refusals, a smoke run of the benchmark."""
+"""The helper scripts: metric plots, the fairseq converter's refusals, smoke runs of the benchmark and of the GPU
+check."""
 
 import json
 import os
@@ -75,3 +76,29 @@ def test_the_race_runs_both_implementations_from_the_same_start(tmp_path):
     assert [p["step"] for p in curves["huggingface"]] == [2, 4]
     assert abs(first[0] - first[1]) <= 1e-4 * first[1], first
     assert (tmp_path / "race" / "race.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_gpu_check_dry_run_reports_every_stage(tmp_path):
+    """gpu_check.sh --dry-run: the GPU check's stages on the CPU (standin backend, micro sizes, torch on the CPU
+    as the benchmark's reference), so that a typo or a missing import fails here and not in the one call on a GPU.
+    Where CuPy has no GPU its tests skip, and the summary says skipped, not pass."""
+    pytest.importorskip("torch", reason="the benchmark's reference needs torch (the parity extra)")
+    from tests.test_cupy import REASON
+    done = subprocess.run(["bash", os.path.join(ROOT, "scripts", "gpu_check.sh"), "--dry-run", str(tmp_path)],
+                          env=dict(os.environ, PYTHON=sys.executable), capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    summary = (tmp_path / "summary.md").read_text()
+    stages = {stage["name"]: stage["result"] for stage in results["stages"]}
+    assert list(stages) == ["environment", "gpu-tests", "bench-float32", "bench-tf32", "bench-fp16-fused", "pretrain"]
+    assert all(f"| {name} | {result} |" in summary for name, result in stages.items())
+    assert stages["gpu-tests"] == ("skipped" if REASON else "pass")
+    assert stages["bench-tf32"] == "skipped" and "fail" not in stages.values()
+    assert all(results["bench"][name]["ratio"] > 0 for name in ("bench-float32", "bench-fp16-fused"))
+    assert results["pretrain"]["tokens_per_s"] > 0 and results["pretrain"]["valid_loss"] > 0
+    assert "-- pretrain: exit status 0" in (tmp_path / "gpu_check.log").read_text()
+
+
+def test_the_gpu_check_names_its_usage():
+    done = subprocess.run(["bash", os.path.join(ROOT, "scripts", "gpu_check.sh")], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.strip() == "usage: bash scripts/gpu_check.sh [--dry-run] OUT_DIR"

@@ -35,8 +35,10 @@ def main():
     parser.add_argument("--epochs", type=float, default=3.0)
     parser.add_argument("--classes", type=int, default=4, help="packages in the demo task")
     parser.add_argument("--per-class", type=int, default=150, help="docstrings per package")
-    parser.add_argument("finetune", nargs="*", help="more `minroberta finetune` flags (after --)")
-    args = parser.parse_args()
+    argv = sys.argv[1:]
+    cut = argv.index("--") if "--" in argv else len(argv)   # what follows -- goes to `minroberta finetune`
+    args = parser.parse_args(argv[:cut])
+    args.finetune = argv[cut + 1:]
     out = args.out or args.model.rstrip("/") + "-gain"
     os.makedirs(out, exist_ok=True)
     here = os.path.dirname(os.path.abspath(__file__))

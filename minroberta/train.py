@@ -72,6 +72,7 @@ class MaskedLM:
     second says how well the model predicts from context)."""
 
     best_metric = None   # pretraining keeps the last model, not a best one
+    mask_id = None       # without one, only the all-labels accuracy is reported
 
     def __init__(self, mask_id=None):
         self.mask_id = mask_id

@@ -252,8 +252,6 @@ def pretrain_config(args, tokenizer):
         value = getattr(args, flag[2:].replace("-", "_"))
         if value is not None:
             shape[field] = value
-    if not args.init_range > 0:
-        raise MinRobertaError(f"--init-range must be positive, got {args.init_range}")
     config = Config(vocab_size=tokenizer.vocab_size, max_position_embeddings=args.seq_len + 2,
                     pad_token_id=tokenizer.pad_id, bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id,
                     initializer_range=args.init_range, **shape)
@@ -277,6 +275,8 @@ def run_pretrain(args):
     settings = pretrain_settings(args)
     if not 0.0 < args.mask_prob <= 1.0:
         raise MinRobertaError(f"--mask-prob must be in (0, 1], got {args.mask_prob}")
+    if not args.init_range > 0:
+        raise MinRobertaError(f"--init-range must be positive, got {args.init_range}")
     if args.seq_len < 8:
         raise MinRobertaError(f"--seq-len must be at least 8, got {args.seq_len}")
     if args.precision != "float32" and args.dtype != "float32":

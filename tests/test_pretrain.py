@@ -310,3 +310,12 @@ def test_pretraining_pays_off_downstream(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     gain = json.loads((tmp_path / "gain" / "gain.json").read_text())
     assert gain["pretrained"] >= gain["random init"] + 0.10, gain
+
+
+@pytest.mark.parametrize("flag,value,message", [("--mask-prob", "0", "--mask-prob must be in (0, 1], got 0.0"),
+                                                ("--dropout", "1.5", "--dropout must be in [0, 1), got 1.5"),
+                                                ("--init-range", "-1", "--init-range must be positive, got -1.0")])
+def test_bad_recipe_flags_are_one_line_errors_before_any_work(tmp_path, capsys, flag, value, message):
+    assert run_cli("pretrain", flag, value, "--out", tmp_path / "run") == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"error: {message}" and not (tmp_path / "run").exists()

@@ -38,7 +38,8 @@ def build_parser():
     parser = argparse.ArgumentParser(prog="minroberta", description="A RoBERTa in plain NumPy: pretrain and use it.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    pre = commands.add_parser("pretrain", help="pretrain a masked LM (default: the mini model on the stdlib docstrings)",
+    pre = commands.add_parser("pretrain",
+                              help="pretrain a masked LM (default: the mini model on the stdlib docstrings)",
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     pre.add_argument("--preset", default="mini", choices=list(VOCAB_SIZES),
                      help="model size: mini (128 wide, 2 layers) learns to fill masks in five minutes on two CPU "

@@ -142,7 +142,7 @@ def preset(name):
         # for tests and smoke runs: seconds per hundred steps
         "micro": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256),
         # the default recipe's: fills masks from context after five minutes on two CPU cores
-        "mini": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512),
+        "mini": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512),
         # wants longer runs: more capacity, slower steps
         "tiny": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024),
         "small": dict(hidden_size=512, num_hidden_layers=6, num_attention_heads=8, intermediate_size=2048),

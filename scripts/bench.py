@@ -32,7 +32,7 @@ PRESETS = {
     "micro": dict(vocab_size=1024, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
                   intermediate_size=256, batch=4, seq=32),
     # the default pretraining recipe's step (minroberta pretrain with no flags): 50% of the tokens scored
-    "mini": dict(vocab_size=1024, hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
+    "mini": dict(vocab_size=1024, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
                  intermediate_size=512, batch=64, seq=32, mask_rate=0.5),
     "tiny": dict(vocab_size=8192, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
                  intermediate_size=1024, batch=16, seq=128),

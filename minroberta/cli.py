@@ -367,7 +367,7 @@ def run_finetune(args):
     from . import finetune
     from .checkpoint import load_pretrained
     from .tokenizer import Tokenizer
-    from .train import TrainSettings, Trainer, checkpoint_to_resume
+    from .train import TrainSettings, Trainer, checkpoint_to_resume, list_checkpoints
     say = lambda text: print(text, file=sys.stderr, flush=True)
     checkpoint = checkpoint_to_resume(args.out, args.resume, report=say)
     pretrained = load_pretrained(args.model)
@@ -402,6 +402,10 @@ def run_finetune(args):
     trainer.begin(checkpoint, report=say)
     say(f"fine-tuning for {args.task}: {len(train)} training and {len(valid)} evaluation examples, {steps} updates")
     trainer.run()
+    if trainer.interrupted:
+        print(f"interrupted after update {trainer.step} of {steps}: saved {list_checkpoints(args.out)[-1]}; "
+              f"continue with --resume --out {args.out}")
+        return 130
     print(f"best {task.best_metric}: {trainer.best:.4f}; model saved to {args.out}")
     return 0
 

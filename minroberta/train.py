@@ -95,7 +95,8 @@ class MaskedLM:
             loss, _ = cross_entropy_forward(logits, targets)
             total_loss += backend.scalar(loss) * count
             correct = backend.to_host(logits.argmax(axis=1) == targets)                  # (N,) in label order
-            shown_as_mask = np.asarray(batch["input_ids"])[np.asarray(batch["labels"]) != IGNORE_INDEX] == self.mask_id
+            scored_inputs = np.asarray(batch["input_ids"])[np.asarray(batch["labels"]) != IGNORE_INDEX]   # (N,)
+            shown_as_mask = scored_inputs == self.mask_id
             total_correct += int(correct.sum())
             total_count += count
             mask_correct += int(correct[shown_as_mask].sum())

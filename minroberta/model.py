@@ -10,7 +10,7 @@ import dataclasses
 
 import numpy as np
 
-from . import backend
+from . import backend, fused
 from .config import Config
 from .errors import MinRobertaError
 from .heads import (classifier_backward, classifier_forward, classifier_layout, classifier_shapes, qa_backward,
@@ -19,6 +19,7 @@ from .ops import (attention_backward, attention_forward, cross_entropy_backward,
                   dropout_backward, dropout_forward, embedding_backward, embedding_forward, gelu_backward, gelu_output,
                   gelu_forward, layernorm_backward, layernorm_forward, linear_backward, linear_forward,
                   mse_backward, mse_forward)
+from .ops.inference import attention_inference, layernorm_in_place
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 HEADS = ("mlm", "classification", "qa")   # or None: the bare encoder
@@ -228,6 +229,29 @@ def layer_forward(params, config, layer, x, key_mask, dropout):
     return y, (c_qkv, c_attn, c_a, c_a_drop, c_h, c_i, c_g, c_o, c_o_drop, c_y)
 
 
+def layer_inference(params, config, layer, x, key_mask):
+    """layer_forward's y alone, for inference: the same equations through the fast forms of ops/inference.py
+    (attention blocked in the cache, layer norm and GELU in place), keeping nothing for a backward.
+    key_mask (B, T), or None where no token is padding. (B, T, C) -> (B, T, C)."""
+    xp = backend.xp()
+    P = lambda name: params[layer + name]
+    C = config.hidden_size
+    projections = ("attention.self.query", "attention.self.key", "attention.self.value")
+    qkv_weight = xp.concatenate([P(name + ".weight") for name in projections])                     # (3C, C)
+    qkv_bias = xp.concatenate([P(name + ".bias") for name in projections])                         # (3C,)
+    qkv, _ = linear_forward(x, qkv_weight, qkv_bias)                                               # (B, T, 3C)
+    ctx = attention_inference(qkv[..., :C], qkv[..., C:2 * C], qkv[..., 2 * C:], key_mask,
+                              config.num_attention_heads)                                          # (B, T, C)
+    a, _ = linear_forward(ctx, P("attention.output.dense.weight"), P("attention.output.dense.bias"))
+    a += x
+    h = layernorm_in_place(a, P("attention.output.LayerNorm.weight"), P("attention.output.LayerNorm.bias"),
+                           config.layer_norm_eps)                                                  # (B, T, C)
+    g = backend.gelu_in_place(linear_forward(h, P("intermediate.dense.weight"), P("intermediate.dense.bias"))[0])
+    o, _ = linear_forward(g, P("output.dense.weight"), P("output.dense.bias"))                     # (B, T, C)
+    o += h
+    return layernorm_in_place(o, P("output.LayerNorm.weight"), P("output.LayerNorm.bias"), config.layer_norm_eps)
+
+
 def layer_backward(dy, cache, layer, grads):
     """The forward in reverse. Each residual sum sends its gradient down both branches, so the gradient
     of h is the FFN branch's plus the skip's, and that of x is the fused projection's plus the skip's.
@@ -346,12 +370,18 @@ class Roberta:
 
     def encode(self, input_ids, attention_mask=None, token_type_ids=None, dropout=None, keep_cache=True):
         """Embeddings and encoder layers: -> hidden (B, T, C), cache for `encode_backward` (None with
-        keep_cache=False: inference lets each layer's activations go as soon as the next layer has its input)."""
+        keep_cache=False: inference runs the layers' fast forms, which keep nothing; without an attention
+        mask no key counts as padding)."""
         ids, mask, types = self._inputs(input_ids, attention_mask, token_type_ids)
         x, c_emb = embeddings_forward(self.params, self.config, self.prefix, ids, types, dropout)
+        fast = not keep_cache and dropout is None and not fused.enabled()   # the fused kernels are GPU fast forms
         layer_caches = []
         for i in range(self.config.num_hidden_layers):
-            x, c_layer = layer_forward(self.params, self.config, f"{self.prefix}encoder.layer.{i}.", x, mask, dropout)
+            layer = f"{self.prefix}encoder.layer.{i}."
+            if fast:
+                x = layer_inference(self.params, self.config, layer, x, None if attention_mask is None else mask)
+                continue
+            x, c_layer = layer_forward(self.params, self.config, layer, x, mask, dropout)
             if keep_cache:
                 layer_caches.append(c_layer)
         return x, (c_emb, layer_caches) if keep_cache else None

@@ -26,7 +26,7 @@ def attention_inference(q, k, v, key_mask, num_heads):
     qh *= 1.0 / math.sqrt(head_dim)
     additive = None if key_mask is None else (1.0 - key_mask.astype(q.dtype)) * xp.finfo(q.dtype).min   # (B, T)
     ctx = xp.empty(qh.shape, q.dtype)                                       # (B, nh, T, hd)
-    step = max(1, SCORES_BLOCK // (num_heads * seq * seq))
+    step = max(1, SCORES_BLOCK // max(1, num_heads * seq * seq))
 
     def sequences(rows):   # one thread's sequences (threads.py), a block at a time
         for start in range(rows.start, rows.stop, step):

@@ -54,3 +54,20 @@ def test_the_benchmark_profiles_the_ops_of_a_step():
     step = ms.pop("step")
     assert {"matrix products", "gelu_forward", "layernorm_backward", "AdamW", "other"} <= set(ms)
     assert abs(sum(ms.values()) - step) <= 0.01 * step + 0.5
+
+
+def test_the_embedding_benchmark_compares_both_on_minilm(tmp_path):
+    """Six texts, one process each: the table, the JSON and identical vectors (speed itself is not tested)."""
+    pytest.importorskip("sentence_transformers", reason="the embedding benchmark's reference is sentence-transformers")
+    from tests.bert import minilm_dir
+    out = tmp_path / "bench_embed.json"
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "bench_embed.py"), "--model", minilm_dir(),
+                           "--texts", "6", "--repeats", "1", "--threads", "1", "--json", str(out)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| encode, texts/s |" in done.stdout and "| end to end, texts/s |" in done.stdout
+    record = json.loads(out.read_text())
+    assert record["worst_cosine"] >= 0.99999
+    assert {m["impl"] for m in record["measurements"]} == {"minroberta", "sentence-transformers"}
+    assert all(m["texts"] == 6 and m["encode_s"] > 0 and m["end_to_end_s"] > m["encode_s"] and m["peak_rss_mib"] > 0
+               for m in record["measurements"])

@@ -71,3 +71,18 @@ def test_the_embedding_benchmark_compares_both_on_minilm(tmp_path):
     assert {m["impl"] for m in record["measurements"]} == {"minroberta", "sentence-transformers"}
     assert all(m["texts"] == 6 and m["encode_s"] > 0 and m["end_to_end_s"] > m["encode_s"] and m["peak_rss_mib"] > 0
                for m in record["measurements"])
+
+
+def test_the_fine_tuning_comparison_runs_both_on_minilm(tmp_path):
+    """Two tiny classes, one epoch each: the table and both runs' accuracies (neither speed nor accuracy tested)."""
+    pytest.importorskip("transformers", reason="the comparison's reference is transformers (the parity extra)")
+    from tests.bert import minilm_dir
+    out = tmp_path / "compare.json"
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "compare_finetune.py"), "--model", minilm_dir(),
+                           "--classes", "2", "--per-class", "5", "--epochs", "1", "--batch-size", "4", "--max-length",
+                           "32", "--threads", "1", "--json", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| minroberta |" in done.stdout and "| transformers |" in done.stdout
+    runs = json.loads(out.read_text())
+    assert [r["impl"] for r in runs] == ["minroberta", "transformers"]
+    assert all(r["train_s"] > 0 and len(r["accuracies"]) == 1 and 0 <= r["accuracies"][0] <= 1 for r in runs)

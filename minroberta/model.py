@@ -200,18 +200,23 @@ def embeddings_backward(dx, cache, prefix, grads):
 
 # --- one post-LN encoder layer ------------------------------------------------------------------------
 
-def layer_forward(params, config, layer, x, key_mask, dropout):
-    """h = LN(x + drop(dense(attention(x))));  y = LN(h + drop(dense2(gelu(dense1(h))))).  (B, T, C) -> (B, T, C).
-    The query, key and value projections run as one (B*T, C) x (C, 3C) product: the same numbers as three
-    linears, one pass over x and one large matrix multiply instead of three smaller ones."""
+def qkv_forward(params, layer, x):
+    """The query, key and value projections as one (B*T, C) x (C, 3C) product: the same numbers as three
+    linears, one pass over x and one large matrix multiply instead of three smaller ones.
+    -> q, k, v (B, T, C) views into one array, and the product's cache."""
     xp = backend.xp()
+    projections = [f"{layer}attention.self.{name}" for name in ("query", "key", "value")]
+    qkv_weight = xp.concatenate([params[name + ".weight"] for name in projections])                # (3C, C)
+    qkv_bias = xp.concatenate([params[name + ".bias"] for name in projections])                    # (3C,)
+    qkv, cache = linear_forward(x, qkv_weight, qkv_bias)                                           # (B, T, 3C)
+    C = x.shape[-1]
+    return qkv[..., :C], qkv[..., C:2 * C], qkv[..., 2 * C:], cache
+
+
+def layer_forward(params, config, layer, x, key_mask, dropout):
+    """h = LN(x + drop(dense(attention(x))));  y = LN(h + drop(dense2(gelu(dense1(h))))).  (B, T, C) -> (B, T, C)."""
     P = lambda name: params[layer + name]
-    C = config.hidden_size
-    projections = ("attention.self.query", "attention.self.key", "attention.self.value")
-    qkv_weight = xp.concatenate([P(name + ".weight") for name in projections])                     # (3C, C)
-    qkv_bias = xp.concatenate([P(name + ".bias") for name in projections])                         # (3C,)
-    qkv, c_qkv = linear_forward(x, qkv_weight, qkv_bias)                                           # (B, T, 3C)
-    q, k, v = qkv[..., :C], qkv[..., C:2 * C], qkv[..., 2 * C:]
+    q, k, v, c_qkv = qkv_forward(params, layer, x)
     training = dropout is not None
     ctx, c_attn = attention_forward(q, k, v, key_mask, config.num_attention_heads,
                                     dropout.attention_p if training else 0.0,
@@ -233,15 +238,9 @@ def layer_inference(params, config, layer, x, key_mask):
     """layer_forward's y alone, for inference: the same equations through the fast forms of ops/inference.py
     (attention blocked in the cache, layer norm and GELU in place), keeping nothing for a backward.
     key_mask (B, T), or None where no token is padding. (B, T, C) -> (B, T, C)."""
-    xp = backend.xp()
     P = lambda name: params[layer + name]
-    C = config.hidden_size
-    projections = ("attention.self.query", "attention.self.key", "attention.self.value")
-    qkv_weight = xp.concatenate([P(name + ".weight") for name in projections])                     # (3C, C)
-    qkv_bias = xp.concatenate([P(name + ".bias") for name in projections])                         # (3C,)
-    qkv, _ = linear_forward(x, qkv_weight, qkv_bias)                                               # (B, T, 3C)
-    ctx = attention_inference(qkv[..., :C], qkv[..., C:2 * C], qkv[..., 2 * C:], key_mask,
-                              config.num_attention_heads)                                          # (B, T, C)
+    q, k, v, _ = qkv_forward(params, layer, x)
+    ctx = attention_inference(q, k, v, key_mask, config.num_attention_heads)                       # (B, T, C)
     a, _ = linear_forward(ctx, P("attention.output.dense.weight"), P("attention.output.dense.bias"))
     a += x
     h = layernorm_in_place(a, P("attention.output.LayerNorm.weight"), P("attention.output.LayerNorm.bias"),

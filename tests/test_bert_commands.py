@@ -6,7 +6,6 @@ import csv
 import json
 import os
 
-import numpy as np
 import pytest
 
 import minroberta

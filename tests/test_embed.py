@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import minroberta
-from minroberta import backend, collection, embed
+from minroberta import collection, embed
 from minroberta.cli import main
 from minroberta.corpus import stdlib_documents
 from minroberta.errors import MinRobertaError

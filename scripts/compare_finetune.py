@@ -11,8 +11,10 @@ thread count:
   clipping at 1.0, dropout as configured, truncation at --max-length, evaluation once an epoch, the best model
   saved.
 
-Per epoch is the training loop's time (its evaluations and best-model saves included) over the epochs; the
-accuracies are on the evaluation file, at the best epoch and at the last. With about 120 evaluation texts one
+Per epoch is the training loop's time (its evaluations and best-model saves included) over the epochs, in
+wall seconds and in CPU seconds (user + system of the whole process: on a shared machine the wall time moves
+with the other work); with --repeats the two alternate and the table gives medians. The accuracies are on the
+evaluation file, at the best epoch and at the last (of the first repetition: every repetition trains the same). With about 120 evaluation texts one
 text is 0.8 points, and the standard error of an accuracy near 0.8 is about 0.04.
 
     python scripts/compare_finetune.py --epochs 3 --batch-size 16 --lr 1e-4 --max-length 128 --threads 2
@@ -20,8 +22,11 @@ text is 0.8 points, and the standard error of an accuracy near 0.8 is about 0.04
 
 import argparse
 import csv
+import itertools
 import json
 import os
+import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -121,6 +126,12 @@ def worker_transformers(args, train, evaluation, out):
     return time.perf_counter() - start, accuracies
 
 
+def children_cpu():
+    """User + system seconds of the finished child processes so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def read_rows(path):
     with open(path, encoding="utf-8", newline="") as handle:
         rows = list(csv.DictReader(handle))
@@ -144,7 +155,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2, help="threads of each (minroberta's pool; torch's)")
     parser.add_argument("--classes", type=int, default=4, help="demo task: packages")
     parser.add_argument("--per-class", type=int, default=150, help="demo task: docstrings per package")
-    parser.add_argument("--json", metavar="FILE", help="also write both runs here")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each, alternating")
+    parser.add_argument("--json", metavar="FILE", help="also write every run here")
     parser.add_argument("--worker", choices=IMPLEMENTATIONS, help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -170,27 +182,35 @@ def main(argv=None):
         data = os.path.join(scratch, "demo")
         subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "make_demo_task.py"), data, "--classes",
                         str(args.classes), "--per-class", str(args.per_class)], check=True, capture_output=True)
-        for impl in IMPLEMENTATIONS:
+        for repeat, impl in itertools.product(range(args.repeats), IMPLEMENTATIONS):
             command = [sys.executable, os.path.abspath(__file__), "--worker", impl, "--data", data, "--out",
-                       os.path.join(scratch, impl), "--model", args.model]
+                       os.path.join(scratch, f"{impl}-{repeat}"), "--model", args.model]
             for flag in ("epochs", "batch_size", "lr", "max_length", "seed", "threads"):
                 command += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+            cpu = children_cpu()
             done = subprocess.run(command, env=env, capture_output=True, text=True)
             if done.returncode != 0:
                 print(f"{impl} failed:\n{done.stderr[-3000:]}", file=sys.stderr)
                 return 1
-            runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
-            print(f"  {impl}: {runs[-1]['train_s']:.1f} s, accuracies {runs[-1]['accuracies']}", file=sys.stderr)
+            runs.append({**json.loads(done.stdout.strip().splitlines()[-1]), "process_cpu_s": children_cpu() - cpu})
+            print(f"  {impl} #{repeat + 1}: {runs[-1]['train_s']:.1f} s, accuracies {runs[-1]['accuracies']}",
+                  file=sys.stderr)
         examples = count_rows(os.path.join(data, "train.csv")), count_rows(os.path.join(data, "eval.csv"))
     print(f"demo task: {examples[0]} training and {examples[1]} evaluation docstrings, {args.classes} classes; "
           f"model {args.model}; {args.epochs} epochs, batch {args.batch_size}, lr {args.lr}, max length "
           f"{args.max_length}, seed {args.seed}, {args.threads} threads; load average {os.getloadavg()[0]:.2f}")
-    print("| | s per epoch | best accuracy | last accuracy | accuracy by epoch |")
-    print("| --- | --- | --- | --- | --- |")
-    for run in runs:
-        print(f"| {run['impl']} | {run['train_s'] / args.epochs:.1f} | {max(run['accuracies']):.3f} | "
-              f"{run['accuracies'][-1]:.3f} | {' / '.join(f'{a:.3f}' for a in run['accuracies'])} |")
-    print(f"| ratio (transformers / minroberta) | {runs[1]['train_s'] / runs[0]['train_s']:.2f}x | | | |")
+    print("| | s per epoch | CPU s per epoch (whole process) | best accuracy | last accuracy | accuracy by epoch |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    by = {impl: [r for r in runs if r["impl"] == impl] for impl in IMPLEMENTATIONS}
+    per_epoch = lambda impl, key: statistics.median(r[key] for r in by[impl]) / args.epochs
+    for impl in IMPLEMENTATIONS:
+        first = by[impl][0]["accuracies"]
+        print(f"| {impl} | {per_epoch(impl, 'train_s'):.1f} | {per_epoch(impl, 'process_cpu_s'):.1f} | "
+              f"{max(first):.3f} | {first[-1]:.3f} | {' / '.join(f'{a:.3f}' for a in first)} |")
+    ratio = lambda key: [b[key] / a[key] for a, b in zip(*by.values())]
+    print(f"| ratio (transformers / minroberta) | {statistics.median(ratio('train_s')):.2f}x "
+          f"({min(ratio('train_s')):.2f}-{max(ratio('train_s')):.2f}) | {statistics.median(ratio('process_cpu_s')):.2f}x"
+          " | | | |")
     if args.json:
         from minroberta.atomic import write_text
         write_text(args.json, json.dumps(runs, indent=2))

@@ -3,17 +3,21 @@
 A reader (or a resumed run after a crash) sees either the old file or the new one, never half of one.
 """
 
+import contextlib
 import json
 import os
 import tempfile
 
 
-def write_bytes(path, data):
+@contextlib.contextmanager
+def replacing(path):
+    """A binary handle on a temporary file beside `path`, renamed over it when the block ends (and removed if
+    the block raises): for a file written piece by piece, such as a stream of results."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix="-" + os.path.basename(path))
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
@@ -24,6 +28,11 @@ def write_bytes(path, data):
             raise OSError(exc.errno, exc.strerror, path) from None
         raise
     sync_directory(directory)
+
+
+def write_bytes(path, data):
+    with replacing(path) as handle:
+        handle.write(data)
 
 
 def write_text(path, text):

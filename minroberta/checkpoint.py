@@ -12,16 +12,26 @@ import numpy as np
 from . import atomic, backend
 from .config import Config
 from .errors import MinRobertaError
-from .heads import classifier_shapes, qa_shapes
-from .model import DTYPES, Roberta, encoder_shapes, lm_head_shapes, pooler_shapes
+from .model import DTYPES, Roberta, encoder_shapes, head_shapes, pooler_shapes
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
-TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "vocab.txt", "tokenizer_config.json",
+                   "special_tokens_map.json")
 PICKLE_FILES = ("pytorch_model.bin", "model.pt", "checkpoint.pt")
 FILE_DTYPES = {"F32": np.float32, "F64": np.float64, "F16": np.float16}
 IGNORED_SUFFIXES = ("embeddings.position_ids",)   # a stale buffer some exports carry
-TIED_COPIES = {"lm_head.decoder.weight": "embeddings.word_embeddings.weight", "lm_head.decoder.bias": "lm_head.bias"}
+IGNORED_PREFIXES = ("cls.seq_relationship.",)     # BERT's next-sentence head (BertForPreTraining): no use here
+TIED_COPIES = {"lm_head.decoder.weight": "embeddings.word_embeddings.weight", "lm_head.decoder.bias": "lm_head.bias",
+               "cls.predictions.decoder.weight": "embeddings.word_embeddings.weight",
+               "cls.predictions.decoder.bias": "cls.predictions.bias"}
+# a head's tensors by the first part of their names, in each family (heads.py and model.LM_HEADS name the rest)
+HEAD_MARKERS = {"roberta": (("mlm", "lm_head."), ("classification", "classifier."), ("qa", "qa_outputs.")),
+                "bert": (("mlm", "cls.predictions."), ("classification", "classifier."), ("qa", "qa_outputs."))}
+ARCHITECTURES = {("roberta", "mlm"): "RobertaForMaskedLM", ("roberta", "classification"): "RobertaForSequenceClassification",
+                 ("roberta", "qa"): "RobertaForQuestionAnswering", ("roberta", None): "RobertaModel",
+                 ("bert", "mlm"): "BertForMaskedLM", ("bert", "classification"): "BertForSequenceClassification",
+                 ("bert", "qa"): "BertForQuestionAnswering", ("bert", None): "BertModel"}
 
 
 def read_safetensors(path):
@@ -56,14 +66,11 @@ def _expected_shapes(config, tensors, path):
             raise MinRobertaError(f"{path}: missing tensor {query} (config says {config.num_hidden_layers} layers)")
     shapes = encoder_shapes(config, prefix)
     head = None
-    if config.model_type == "roberta":
-        for name, marker, head_shapes in (("mlm", "lm_head.", lm_head_shapes(config)),
-                                          ("classification", "classifier.", classifier_shapes(config, config.num_labels)),
-                                          ("qa", "qa_outputs.", qa_shapes(config))):
-            if any(k.startswith(marker) for k in tensors):
-                head = name
-                shapes.update(head_shapes)
-                break
+    for name, marker in HEAD_MARKERS[config.model_type]:
+        if any(k.startswith(marker) for k in tensors):
+            head = name
+            shapes.update(head_shapes(config, name, prefix))
+            break
     has_pooler = f"{prefix}pooler.dense.weight" in tensors
     if has_pooler:
         shapes.update(pooler_shapes(config, prefix))
@@ -88,14 +95,14 @@ def load_pretrained(path, dtype=None):
 
     for copy, original in TIED_COPIES.items():   # an explicit copy of a tied tensor must equal the original
         if copy in tensors:
-            source = original if original.startswith("lm_head.") else prefix + original
+            source = prefix + original if original.startswith("embeddings.") else original
             if source in tensors and tensors[copy].shape == tensors[source].shape and \
                     np.array_equal(tensors[copy], tensors[source]):
                 del tensors[copy]
             else:
                 raise MinRobertaError(f"{weights}: {copy} differs from {source}; only a tied decoder is supported")
     for key in list(tensors):
-        if key.endswith(IGNORED_SUFFIXES):
+        if key.endswith(IGNORED_SUFFIXES) or key.startswith(IGNORED_PREFIXES):
             del tensors[key]
     for key in sorted(tensors):
         if key not in shapes:
@@ -128,11 +135,8 @@ def save_pretrained(model, path, tokenizer=None):
     from safetensors.numpy import save as safetensors_bytes
     os.makedirs(path, exist_ok=True)
     host = {k: np.ascontiguousarray(backend.to_host(v)) for k, v in model.params.items()}
-    architecture = {("roberta", "mlm"): "RobertaForMaskedLM", ("roberta", "classification"):
-                    "RobertaForSequenceClassification", ("roberta", "qa"): "RobertaForQuestionAnswering",
-                    ("roberta", None): "RobertaModel", ("bert", None): "BertModel"}
     config = model.config.replace(extra={**model.config.extra,
-                                         "architectures": [architecture[model.config.model_type, model.head]]})
+                                         "architectures": [ARCHITECTURES[model.config.model_type, model.head]]})
     config.extra.pop("_name_or_path", None)
     atomic.write_bytes(os.path.join(path, WEIGHTS), safetensors_bytes(host, metadata={"format": "pt"}))
     config.save(os.path.join(path, CONFIG))

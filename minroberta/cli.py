@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from . import backend, fused, precision, threads
+from . import backend, collection, fused, precision, threads
 from .errors import MinRobertaError
 
 DEFAULT_OUT = os.path.join("runs", "pretrain")
@@ -90,12 +90,13 @@ def build_parser():
     pre.add_argument("--mpi-timeout", type=float, default=300.0, metavar="SECONDS",
                      help="under mpiexec: how long a rank waits for the others before stopping the job")
 
-    fill = commands.add_parser("fill-mask", help="predict the <mask> tokens of a text",
+    fill = commands.add_parser("fill-mask", help="predict the masked tokens of a text (models with an MLM head)",
                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     fill.add_argument("--model", required=True, metavar="DIR", help="a model directory (with tokenizer files)")
-    fill.add_argument("--top-k", type=int, default=5, help="predictions shown per <mask>")
+    fill.add_argument("--top-k", type=int, default=5, help="predictions shown per mask")
     add_device_arguments(fill)
-    fill.add_argument("text", nargs="+", help='texts containing <mask>, e.g. "Return the <mask> of x."')
+    fill.add_argument("text", nargs="+", help='texts containing <mask> (or the tokenizer\'s own mask token, such as '
+                                              '[MASK]), e.g. "Return the <mask> of x."')
 
     tune = commands.add_parser("finetune", help="fine-tune a pretrained model to classify texts or pairs, or "
                                                 "to answer questions", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -124,23 +125,41 @@ def build_parser():
     predict = commands.add_parser("predict", help="apply a fine-tuned model to texts, pairs or questions",
                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     predict.add_argument("--model", required=True, metavar="DIR", help="a fine-tuned model directory")
-    predict.add_argument("--pair", metavar="TEXT_B", help="second text of a pair (pair classifiers)")
+    predict.add_argument("--pair", metavar="TEXT_B", help="second text of a pair (pair classifiers), for every text")
     predict.add_argument("--context", metavar="TEXT", help="the passage to answer from (QA models); the texts are "
                                                            "the questions")
+    add_collection_arguments(predict, "label, probability and text a line", "probabilities (.npy) or label, score "
+                                                                            "and probabilities (.jsonl)")
     add_device_arguments(predict)
-    predict.add_argument("text", nargs="+", help="texts to classify, or questions")
+    predict.add_argument("text", nargs="*", help="texts to classify, or questions")
 
     embed = commands.add_parser("embed", help="contextual vectors of texts",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     embed.add_argument("--model", required=True, metavar="DIR", help="a model directory (with tokenizer)")
-    embed.add_argument("--pooling", choices=["cls", "mean", "tokens"], default="mean",
-                       help="one vector per text (cls or mean), or one per token with its character offsets")
-    embed.add_argument("--normalize", action="store_true", help="scale pooled vectors to unit length")
-    embed.add_argument("--file", metavar="FILE", help="read texts from this file, one per line")
-    embed.add_argument("--output", metavar="FILE.npy", help="save the vectors (.npy; .npz for --pooling tokens)")
+    embed.add_argument("--pooling", choices=["cls", "mean", "max", "tokens"], default=None,
+                       help="one vector per text (cls, mean or max), or one per token with its character offsets "
+                            "(default: a sentence-transformers directory's 1_Pooling/config.json, else mean)")
+    embed.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
+                       help="scale pooled vectors to unit length (default: on where the directory's modules.json "
+                            "lists Normalize)")
+    add_collection_arguments(embed, "text and vector a line", "the vectors (.npy; .npz for --pooling tokens) or JSON "
+                                                              "lines of text and vector (.jsonl)")
     add_device_arguments(embed)
     embed.add_argument("text", nargs="*", help="texts to embed")
     return parser
+
+
+def add_collection_arguments(command, printed, saved):
+    """Where the texts come from and where the answers go: the same options on embed and predict."""
+    command.add_argument("--file", metavar="FILE", help="also read texts from this file, one per line (- for "
+                                                        "standard input)")
+    command.add_argument("--output", metavar="FILE", help=f"write {saved} in input order; default: print {printed}")
+    command.add_argument("--max-length", type=int, default=None,
+                         help="tokens per text; longer ones are cut (default: a sentence-transformers directory's "
+                              "sentence_bert_config.json, else the model's limit)")
+    command.add_argument("--batch-tokens", type=int, default=None, metavar="N",
+                         help=f"tokens per batch: texts of one length, at most this many tokens together "
+                              f"(default {collection.MAX_TOKENS})")
 
 
 def main(argv=None):
@@ -171,16 +190,21 @@ def main(argv=None):
 # --- fill-mask -----------------------------------------------------------------------------------------
 
 def fill_mask(model, tokenizer, text, top_k=5):
-    """For each <mask> in `text`: [(token, probability), ...] best first."""
-    encoding = tokenizer.encode(text)
-    ids = np.array([encoding.ids])
-    if ids.shape[1] > model.config.max_sequence_length:
-        raise MinRobertaError(f"text is {ids.shape[1]} tokens, the model takes at most "
+    """For each mask in `text`: [(token, probability), ...] best first. The text may write the mask as
+    `<mask>` whatever the tokenizer's own spelling ([MASK] for BERT)."""
+    if not model.has_lm_head:
+        raise MinRobertaError("this model has no masked-LM head, so it cannot fill masks")
+    mask_id = tokenizer.require("mask", "fill-mask")
+    mask_token = tokenizer.id_to_token(mask_id)
+    encoding = tokenizer.encode(text.replace("<mask>", mask_token) if mask_token != "<mask>" else text)
+    if len(encoding.ids) > model.config.max_sequence_length:
+        raise MinRobertaError(f"text is {len(encoding.ids)} tokens, the model takes at most "
                               f"{model.config.max_sequence_length}")
-    positions = [i for i, token in enumerate(encoding.ids) if token == tokenizer.mask_id]
+    positions = [i for i, token in enumerate(encoding.ids) if token == mask_id]
     if not positions:
         raise MinRobertaError(f"no <mask> token in {text!r}")
-    logits = backend.to_host(model(ids).logits)[0, positions].astype(np.float64)     # (M, V)
+    logits = backend.to_host(model(np.array([encoding.ids]), None, np.array([encoding.type_ids])).logits)
+    logits = logits[0, positions].astype(np.float64)                                   # (M, V)
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
     probs /= probs.sum(axis=1, keepdims=True)
     results = []
@@ -191,10 +215,15 @@ def fill_mask(model, tokenizer, text, top_k=5):
 
 
 def run_fill_mask(args):
-    from .checkpoint import load_pretrained
+    from .checkpoint import HEAD_MARKERS, load_pretrained
     from .tokenizer import Tokenizer
     model = load_pretrained(args.model)
+    if not model.has_lm_head:
+        marker = dict(HEAD_MARKERS[model.config.model_type])["mlm"]
+        raise MinRobertaError(f"{args.model}: has no masked-LM head (no {marker}* tensors), so it cannot fill masks; "
+                              "embed and finetune use it as an encoder")
     tokenizer = Tokenizer.from_dir(args.model)
+    tokenizer.require("mask", "fill-mask")
     for text in args.text:
         print(text)
         for n, predictions in enumerate(fill_mask(model, tokenizer, text, args.top_k)):
@@ -372,10 +401,8 @@ def run_finetune(args):
     checkpoint = checkpoint_to_resume(args.out, args.resume, report=say)
     pretrained = load_pretrained(args.model)
     tokenizer = Tokenizer.from_dir(args.model)
-    max_length = args.max_length or pretrained.config.max_sequence_length
-    if max_length > pretrained.config.max_sequence_length:
-        raise MinRobertaError(f"--max-length {max_length} exceeds the model's {pretrained.config.max_sequence_length} "
-                              "positions")
+    pad_id = tokenizer.require("pad", "fine-tuning (its batches are padded)")
+    max_length = tokens_per_text(args.max_length, pretrained)
     train = finetune.encode_examples(args.train, args.task, tokenizer, max_length, warn=say)
     if args.task in ("classify", "pair"):
         labels = finetune.label_vocabulary(train)
@@ -392,7 +419,7 @@ def run_finetune(args):
         valid = finetune.encode_examples(args.eval, args.task, tokenizer, max_length, warn=say)
         config_changes, task, head = {}, finetune.QuestionAnswering(valid), "qa"
     model = pretrained.with_head(head, seed=args.seed, **config_changes)
-    data = finetune.FinetuneData(train, valid, tokenizer.pad_id, args.seed)
+    data = finetune.FinetuneData(train, valid, pad_id, args.seed)
     steps = max(1, math.ceil(args.epochs * data.batches_per_epoch(args.batch_size) / args.accumulate))
     settings = TrainSettings(steps=steps, batch_size=args.batch_size, accumulate=args.accumulate, lr=args.lr,
                              warmup=args.warmup, weight_decay=args.weight_decay, eval_every=args.eval_every,
@@ -410,91 +437,141 @@ def run_finetune(args):
     return 0
 
 
+def tokens_per_text(requested, model, default=None):
+    """--max-length if given (an error past the model's positions), else the directory's default (at most the
+    model's limit), else the model's limit."""
+    limit = model.config.max_sequence_length
+    if requested is not None:
+        if not 1 <= requested <= limit:
+            raise MinRobertaError(f"--max-length {requested} is outside the model's 1..{limit} positions")
+        return requested
+    return min(default or limit, limit)
+
+
+def batch_tokens(args):
+    if args.batch_tokens is not None and args.batch_tokens < 1:
+        raise MinRobertaError(f"--batch-tokens must be at least 1, got {args.batch_tokens}")
+    return args.batch_tokens or collection.MAX_TOKENS
+
+
+def require_texts(args, what):
+    if not args.text and not args.file:
+        raise MinRobertaError(f"no texts to {what} (give them as arguments or with --file)")
+
+
 def run_predict(args):
     from . import finetune
     from .checkpoint import load_pretrained
     from .tokenizer import Tokenizer
+    require_texts(args, "predict")
     model = load_pretrained(args.model)
     tokenizer = Tokenizer.from_dir(args.model)
-    limit = model.config.max_sequence_length
-    if model.head == "classification":
-        id2label = model.config.extra.get("id2label", {})
-        for text in args.text:
-            ids, mask = tokenizer.encode_batch([text], None if args.pair is None else [args.pair], max_length=limit)
-            logits = backend.to_host(model(ids, mask).logits)[0].astype(np.float64)
-            if model.config.num_labels == 1:
-                print(f"{logits[0]:.4f}\t{text}")
-                continue
-            probs = np.exp(logits - logits.max())
-            probs /= probs.sum()
-            best = int(np.argmax(probs))
-            print(f"{id2label.get(str(best), best)}\t{probs[best]:.3f}\t{text}")
-    elif model.head == "qa":
+    limit = tokens_per_text(args.max_length, model)
+    texts = collection.texts_from(args.text, args.file)
+    if model.head == "qa":
         if args.context is None:
             raise MinRobertaError("a QA model needs --context (the passage); the texts are the questions")
         qa = finetune.QuestionAnswering(None)
-        for question in args.text:
+        for question in texts:
             encoding = tokenizer.encode(question, args.context, max_length=limit)
-            out = model(np.array([encoding.ids]))
+            out = model(np.array([encoding.ids]), None, np.array([encoding.type_ids]))
             offsets = [o if s == 1 else None for o, s in zip(encoding.offsets, encoding.sequence_ids)]
             answer = qa.answer(backend.to_host(out.start_logits)[0], backend.to_host(out.end_logits)[0], offsets,
                                args.context)
             print(f"{answer}\t{question}")
-    else:
+        return 0
+    if model.head != "classification":
         raise MinRobertaError(f"{args.model} has no classification or QA head; fine-tune it first "
                               "(minroberta finetune), or use fill-mask / embed")
+    num_labels = model.config.num_labels
+    id2label = model.config.extra.get("id2label", {})
+    names = [str(id2label.get(str(i), i)) for i in range(num_labels)]
+    if num_labels == 1:   # regression: the value itself
+        line = lambda text, row: f"{row[0]:.4f}\t{text}"
+        record = lambda text, row: {"text": text, "value": float(row[0])}
+    else:
+        line = lambda text, row: f"{names[int(row.argmax())]}\t{row.max():.3f}\t{text}"
+        record = lambda text, row: {"text": text, "label": names[int(row.argmax())], "score": float(row.max()),
+                                    "probabilities": dict(zip(names, row.tolist()))}
+    progress = collection.Progress("predict")
+    with collection.results(args.output, num_labels, line, record) as write:
+        for chunk in collection.chunks(texts):
+            pairs = None if args.pair is None else [args.pair] * len(chunk)
+            encodings = tokenizer.encode_many(chunk, pairs, max_length=limit)
+            logits = collection.infer(model, encodings, lambda out: out.logits, num_labels, batch_tokens(args),
+                                      on_batch=progress.add)                              # (n, L)
+            if num_labels > 1:   # probabilities
+                logits = np.exp(logits - logits.max(axis=1, keepdims=True))
+                logits /= logits.sum(axis=1, keepdims=True)
+            write(chunk, logits)
+    progress.finish()
     return 0
 
 
 def run_embed(args):
+    require_texts(args, "embed")
+    return embed_texts(args, *load_encoder(args.model))
+
+
+def load_encoder(directory):
+    """-> (model, tokenizer, embed.SentenceSetup) of a model directory."""
     from . import embed
     from .checkpoint import load_pretrained
     from .tokenizer import Tokenizer
-    texts = list(args.text)
-    if args.file:
-        try:
-            with open(args.file, encoding="utf-8") as handle:
-                texts += [line.rstrip("\n") for line in handle if line.strip()]
-        except (OSError, UnicodeDecodeError) as exc:
-            raise MinRobertaError(f"{args.file}: cannot read ({exc})") from None
-    if not texts:
-        raise MinRobertaError("no texts to embed (give them as arguments or with --file)")
-    model = load_pretrained(args.model)
-    tokenizer = Tokenizer.from_dir(args.model)
+    return load_pretrained(directory), Tokenizer.from_dir(directory), embed.sentence_setup(directory)
+
+
+def embed_texts(args, model, tokenizer, setup):
+    """The texts of `args` embedded, printed or written to args.output, a chunk at a time."""
+    from . import embed
+    max_length = tokens_per_text(args.max_length, model, setup.max_length)
+    texts = collection.texts_from(args.text, args.file)
     if args.pooling == "tokens":
-        per_text = [embed.token_embeddings(model, tokenizer, text) for text in texts]
-        if args.output:
-            arrays = {}
-            for n, rows in enumerate(per_text):
-                arrays[f"vectors_{n}"] = np.stack([v for _, _, v in rows])
-                arrays[f"offsets_{n}"] = np.array([o for _, o, _ in rows])
-                arrays[f"tokens_{n}"] = np.array([t for t, _, _ in rows])
-            _save_numpy(args.output, arrays)
-        for text, rows in zip(texts, per_text):
-            print(text)
-            for token, (start, end), vector in rows:
-                print(f"  {token!r:>16} [{start:>3}, {end:>3}) |v| = {np.linalg.norm(vector):.3f}")
-        return 0
-    vectors = embed.sentence_embeddings(model, tokenizer, texts, pooling=args.pooling, normalize=args.normalize)
+        return print_token_embeddings(model, tokenizer, list(texts), args.output)
+    modes = setup.pooling if args.pooling is None else (args.pooling,)
+    normalize = setup.normalize if args.normalize is None else args.normalize
+    width = model.config.hidden_size * len(modes)
+    line = lambda text, row: f"{text}\t" + " ".join(f"{v:.4f}" for v in row)
+    record = lambda text, row: {"text": text, "vector": row.tolist()}
+    progress = collection.Progress("embed")
+    count = 0
+    with collection.results(args.output, width, line, record) as write:
+        for chunk in collection.chunks(texts):
+            write(chunk, embed.sentence_embeddings(model, tokenizer, chunk, modes, normalize=normalize,
+                                                   max_length=max_length, max_tokens=batch_tokens(args),
+                                                   on_batch=progress.add))
+            count += len(chunk)
+    progress.finish()
     if args.output:
-        _save_numpy(args.output, vectors)
-        print(f"saved {vectors.shape[0]} vectors of {vectors.shape[1]} dimensions to {args.output}")
-    else:
-        for text, vector in zip(texts, vectors):
-            print(f"{text}\t" + " ".join(f"{v:.4f}" for v in vector))
+        print(f"saved {count} vectors of {width} dimensions to {args.output}")
+    return 0
+
+
+def print_token_embeddings(model, tokenizer, texts, output):
+    """--pooling tokens: every token's vector with its character span, printed, and saved as .npz."""
+    from . import embed
+    per_text = [embed.token_embeddings(model, tokenizer, text) for text in texts]
+    if output:
+        arrays = {}
+        for n, rows in enumerate(per_text):
+            arrays[f"vectors_{n}"] = np.stack([v for _, _, v in rows])
+            arrays[f"offsets_{n}"] = np.array([o for _, o, _ in rows])
+            arrays[f"tokens_{n}"] = np.array([t for t, _, _ in rows])
+        _save_numpy(output, arrays)
+    for text, rows in zip(texts, per_text):
+        print(text)
+        for token, (start, end), vector in rows:
+            print(f"  {token!r:>16} [{start:>3}, {end:>3}) |v| = {np.linalg.norm(vector):.3f}")
     return 0
 
 
 def _save_numpy(path, value):
-    """.npy for an array, .npz for named arrays; written atomically, never pickled."""
+    """.npz of named arrays, written atomically, never pickled."""
     import io
 
     from . import atomic
     buffer = io.BytesIO()
-    if isinstance(value, dict):
-        np.savez(buffer, **value)
-    else:
-        np.save(buffer, value, allow_pickle=False)
+    np.savez(buffer, **value)
     atomic.write_bytes(path, buffer.getvalue())
 
 

@@ -12,6 +12,7 @@ REQUIRED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_hea
 MODEL_TYPES = ("roberta", "bert")
 ACTIVATIONS = ("gelu",)  # the exact erf form; tanh approximations would silently change the numbers
 SIZE_LIMIT = 1 << 20     # no size field of a sane model reaches this; larger is a damaged file, not a model
+NULL_MEANS_DEFAULT = ("bos_token_id", "eos_token_id")   # BERT has neither: transformers writes null
 
 
 @dataclasses.dataclass
@@ -103,8 +104,9 @@ class Config:
         config = cls.__new__(cls)
         for field in dataclasses.fields(cls):
             if field.name != "extra":
-                default = field.default
-                setattr(config, field.name, values.get(field.name, default))
+                value = values.get(field.name)
+                unset = value is None and field.name in NULL_MEANS_DEFAULT
+                setattr(config, field.name, field.default if unset else values.get(field.name, field.default))
         if config.model_type == "bert" and "type_vocab_size" not in values:
             config.type_vocab_size = 2
         config.extra = {k: v for k, v in values.items() if k not in known}

@@ -2,39 +2,140 @@
 
     vectors = sentence_embeddings(model, tokenizer, ["first text", "second"], pooling="mean")   # (N, C)
     word_vector(model, tokenizer, "The quick brown fox jumps.", "fox")                       # (C,)
+
+A sentence-transformers directory says how its model pools and normalises (modules.json, 1_Pooling/config.json)
+and how many tokens it reads (sentence_bert_config.json); `sentence_setup` reads those files.
 """
+
+import dataclasses
+import json
+import os
 
 import numpy as np
 
-from . import backend
+from . import backend, collection
 from .errors import MinRobertaError
 
-POOLINGS = ("cls", "mean")
+POOLINGS = ("cls", "max", "mean")
+# 1_Pooling/config.json's older form: a switch per mode (sentence-transformers' order for several), and the
+# modes minroberta does not compute
+POOLING_KEYS = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max", "pooling_mode_mean_tokens": "mean",
+                "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+                "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
+MODULES = ("Transformer", "Pooling", "Normalize")   # the sentence-transformers modules a directory may list
 
 
-def sentence_embeddings(model, tokenizer, texts, pooling="mean", batch_size=32, normalize=False):
-    """One vector per text: the last layer's state of <s> ("cls") or the mean over real tokens ("mean"),
-    optionally scaled to unit length. -> host array (N, C)."""
-    if pooling not in POOLINGS:
-        raise MinRobertaError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
-    rows = []
-    for start in range(0, len(texts), batch_size):
-        ids, mask = tokenizer.encode_batch(texts[start:start + batch_size], max_length=model.config.max_sequence_length)
-        hidden = backend.to_host(model(ids, mask).hidden_states).astype(np.float64)     # (B, T, C)
-        if pooling == "cls":
-            rows.append(hidden[:, 0])
+@dataclasses.dataclass
+class SentenceSetup:
+    """How a model directory turns texts into vectors: pooling modes, unit length or not, tokens per text
+    (None: the model's limit)."""
+    pooling: tuple = ("mean",)
+    normalize: bool = False
+    max_length: int = None
+
+
+def sentence_setup(directory):
+    """The sentence-transformers files of `directory`, read as SentenceSetup; the defaults where it has none.
+    A module or pooling mode minroberta does not compute is a one-line error naming the file."""
+    modules_path = os.path.join(directory, "modules.json")
+    if not os.path.isfile(modules_path):
+        return SentenceSetup()
+    modules = _read_json(modules_path)
+    if not isinstance(modules, list) or not all(isinstance(m, dict) and isinstance(m.get("type"), str)
+                                                for m in modules):
+        raise MinRobertaError(f"{modules_path}: expected a list of modules, each with a \"type\"")
+    setup = SentenceSetup()
+    for module in modules:
+        kind = module["type"].rsplit(".", 1)[-1]
+        if kind not in MODULES:
+            raise MinRobertaError(f"{modules_path}: module {module['type']} is not supported (minroberta runs "
+                                  f"{', '.join(MODULES)})")
+        folder = os.path.join(directory, str(module.get("path", "")))
+        if kind == "Transformer":
+            setup.max_length = _max_seq_length(os.path.join(folder, "sentence_bert_config.json"))
+        elif kind == "Pooling":
+            setup.pooling = _pooling_modes(os.path.join(folder, "config.json"))
         else:
-            rows.append((hidden * mask[..., None]).sum(axis=1) / mask.sum(axis=1, keepdims=True))
-    vectors = np.concatenate(rows)
+            setup.normalize = True
+    return setup
+
+
+def _read_json(path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except OSError as exc:
+        raise MinRobertaError(f"{path}: cannot read ({exc.strerror})") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise MinRobertaError(f"{path}: not valid JSON ({str(exc).splitlines()[0]})") from None
+
+
+def _max_seq_length(path):
+    if not os.path.isfile(path):
+        return None
+    value = _read_json(path)
+    length = value.get("max_seq_length") if isinstance(value, dict) else None
+    if length is None:
+        return None
+    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+        raise MinRobertaError(f"{path}: max_seq_length must be a positive integer, got {length!r}")
+    return length
+
+
+def _pooling_modes(path):
+    """The modes of a Pooling module's config.json: "pooling_mode" (a name or a list, in output order), or
+    the older pooling_mode_* switches; mean when it names none, as sentence-transformers reads it."""
+    config = _read_json(path)
+    if not isinstance(config, dict):
+        raise MinRobertaError(f"{path}: expected a JSON object")
+    modes = config.get("pooling_mode")
+    if modes is None:
+        modes = [mode for key, mode in POOLING_KEYS.items() if config.get(key)]
+    modes = [modes] if isinstance(modes, str) else modes
+    if not isinstance(modes, list) or not all(isinstance(mode, str) for mode in modes):
+        raise MinRobertaError(f"{path}: pooling_mode must be a name or a list of names, got {modes!r}")
+    try:
+        return check_pooling(modes or ["mean"])
+    except MinRobertaError as exc:
+        raise MinRobertaError(f"{path}: {exc}") from None
+
+
+def pool(hidden, modes, normalize=False):
+    """hidden (B, T, C) of texts without padding -> (B, C * len(modes)): token 0's state ("cls"), the
+    channel-wise max ("max") or mean ("mean") over the tokens, side by side; optionally scaled to unit length."""
+    xp = backend.xp()
+    parts = {"cls": lambda: hidden[:, 0], "max": lambda: hidden.max(axis=1), "mean": lambda: hidden.mean(axis=1)}
+    vectors = xp.concatenate([parts[mode]() for mode in modes], axis=1)          # (B, C * modes)
     if normalize:
-        vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        vectors /= xp.maximum(xp.sqrt((vectors * vectors).sum(axis=1, keepdims=True)), 1e-12)
     return vectors
+
+
+def check_pooling(modes):
+    """Pooling modes as a tuple (in the order given: the order of the output), or a one-line error."""
+    modes = (modes,) if isinstance(modes, str) else tuple(modes)
+    unknown = [mode for mode in modes if mode not in POOLINGS]
+    if unknown or not modes:
+        raise MinRobertaError(f"pooling {unknown[0] if unknown else 'mode'} is not supported (minroberta pools by "
+                              f"{', '.join(POOLINGS)})")
+    return modes
+
+
+def sentence_embeddings(model, tokenizer, texts, pooling="mean", batch_size=None, normalize=False, max_length=None,
+                        max_tokens=collection.MAX_TOKENS, on_batch=None):
+    """One vector per text, pooled as `pooling` says (a mode of POOLINGS, or several side by side), optionally
+    scaled to unit length. Texts are cut to max_length tokens (default: the model's limit) and run in batches
+    of one length (at most max_tokens tokens or batch_size texts each). -> float32 host array (N, C * modes)."""
+    modes = check_pooling(pooling)
+    encodings = tokenizer.encode_many(texts, max_length=max_length or model.config.max_sequence_length)
+    return collection.infer(model, encodings, lambda out: pool(out.hidden_states, modes, normalize),
+                            model.config.hidden_size * len(modes), max_tokens, batch_size, on_batch)
 
 
 def token_embeddings(model, tokenizer, text):
     """[(token, (start, end), vector)] for every token of `text` (specials included, with offsets (0, 0))."""
     encoding = tokenizer.encode(text, max_length=model.config.max_sequence_length)
-    hidden = backend.to_host(model(np.array([encoding.ids])).hidden_states)[0]
+    hidden = backend.to_host(model(np.array([encoding.ids]), None, np.array([encoding.type_ids])).hidden_states)[0]
     return [(token, tuple(offset), hidden[i]) for i, (token, offset) in enumerate(zip(encoding.tokens, encoding.offsets))]
 
 

@@ -92,10 +92,11 @@ def _answers(path, number, row):
 # --- encoded examples and batches ---------------------------------------------------------------------
 
 class Examples:
-    """Encoded examples of one file, host side: token ids, and targets (label ids, values or spans)."""
+    """Encoded examples of one file, host side: token ids and token types (the second text of a pair is type
+    1 for BERT), and targets (label ids, values or spans)."""
 
-    def __init__(self, ids, targets, source, contexts=None, offsets=None, answers=None):
-        self.ids, self.targets, self.source = ids, targets, source
+    def __init__(self, ids, types, targets, source, contexts=None, offsets=None, answers=None):
+        self.ids, self.types, self.targets, self.source = ids, types, targets, source
         self.contexts, self.offsets, self.answers = contexts, offsets, answers   # QA evaluation needs these
 
     def __len__(self):
@@ -106,7 +107,7 @@ def encode_examples(path, task, tokenizer, max_length, labels=None, warn=print):
     """Read and encode a file. For classification, `labels` (label -> id) comes from the training file;
     a label the training file lacks is an error naming the line."""
     rows = read_examples(path, task)
-    ids, targets, contexts, offsets, answers = [], [], [], [], []
+    ids, types, targets, contexts, offsets, answers = [], [], [], [], [], []
     truncated = dropped = 0
     for number, row in rows:
         if task == "qa":
@@ -120,6 +121,7 @@ def encode_examples(path, task, tokenizer, max_length, labels=None, warn=print):
                 dropped += 1
                 continue
             ids.append(encoding.ids)
+            types.append(encoding.type_ids)
             targets.append((span[0], span[-1]))
             contexts.append(row["context"])
             offsets.append([encoding.offsets[i] if s == 1 else None for i, s in enumerate(encoding.sequence_ids)])
@@ -144,6 +146,7 @@ def encode_examples(path, task, tokenizer, max_length, labels=None, warn=print):
         else:
             targets.append(label)
         ids.append(encoding.ids)
+        types.append(encoding.type_ids)
     if truncated:
         warn(f"warning: {path}: {truncated} of {len(rows)} examples were longer than {max_length} tokens and "
              "were truncated")
@@ -152,7 +155,7 @@ def encode_examples(path, task, tokenizer, max_length, labels=None, warn=print):
              f"{max_length} tokens")
     if not ids:
         raise MinRobertaError(f"{path}: no usable examples")
-    return Examples(ids, targets, path, contexts or None, offsets or None, answers or None)
+    return Examples(ids, types, targets, path, contexts or None, offsets or None, answers or None)
 
 
 def label_vocabulary(examples):
@@ -176,13 +179,14 @@ class FinetuneData:
 
     def _collate(self, examples, indices):
         longest = max(len(examples.ids[i]) for i in indices)
-        ids = np.full((len(indices), longest), self.pad_id, dtype=np.int64)
-        mask = np.zeros_like(ids)
+        ids = np.full((len(indices), longest), self.pad_id, dtype=np.int64)              # (B, T)
+        mask, types = np.zeros_like(ids), np.zeros_like(ids)
         for row, i in enumerate(indices):
             ids[row, :len(examples.ids[i])] = examples.ids[i]
+            types[row, :len(examples.ids[i])] = examples.types[i]
             mask[row, :len(examples.ids[i])] = 1
         targets = [examples.targets[i] for i in indices]
-        batch = {"input_ids": ids, "attention_mask": mask, "indices": np.asarray(indices)}
+        batch = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types, "indices": np.asarray(indices)}
         if isinstance(targets[0], tuple):
             batch["start_positions"] = np.array([t[0] for t in targets])
             batch["end_positions"] = np.array([t[1] for t in targets])
@@ -222,12 +226,13 @@ class Classification:
 
     def loss_and_grads(self, model, batch, dropout_key, loss_scale=1.0):
         return model.classification_loss_and_grads(batch["input_ids"], batch["attention_mask"], batch["labels"],
-                                                   dropout_key=dropout_key, loss_scale=loss_scale)
+                                                   batch["token_type_ids"], dropout_key=dropout_key,
+                                                   loss_scale=loss_scale)
 
     def evaluate(self, model, batches):
         predicted, actual, loss_sum = [], [], 0.0
         for batch in batches:
-            logits = model(batch["input_ids"], batch["attention_mask"]).logits
+            logits = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).logits
             loss, _ = cross_entropy_forward(logits, backend.to_device(batch["labels"]))
             loss_sum += backend.scalar(loss) * len(batch["labels"])
             predicted.append(backend.to_host(logits.argmax(axis=1)))
@@ -248,7 +253,8 @@ class Regression(Classification):
     def evaluate(self, model, batches):
         errors = []
         for batch in batches:
-            predictions = backend.to_host(model(batch["input_ids"], batch["attention_mask"]).logits)[:, 0]
+            predictions = backend.to_host(model(batch["input_ids"], batch["attention_mask"],
+                                                batch["token_type_ids"]).logits)[:, 0]
             errors.append((predictions - batch["labels"]) ** 2)
         mse = float(np.mean(np.concatenate(errors)))
         return {"valid_mse": mse, "neg_mse": -mse}
@@ -302,12 +308,13 @@ class QuestionAnswering:
 
     def loss_and_grads(self, model, batch, dropout_key, loss_scale=1.0):
         return model.qa_loss_and_grads(batch["input_ids"], batch["attention_mask"], batch["start_positions"],
-                                       batch["end_positions"], dropout_key=dropout_key, loss_scale=loss_scale)
+                                       batch["end_positions"], batch["token_type_ids"], dropout_key=dropout_key,
+                                       loss_scale=loss_scale)
 
     def evaluate(self, model, batches):
         exact, f1, count = 0.0, 0.0, 0
         for batch in batches:
-            out = model(batch["input_ids"], batch["attention_mask"])
+            out = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
             starts, ends = backend.to_host(out.start_logits), backend.to_host(out.end_logits)
             for row, index in enumerate(batch["indices"]):
                 answer = self.answer(starts[row], ends[row], self.examples.offsets[index], self.examples.contexts[index])

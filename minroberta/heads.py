@@ -1,18 +1,35 @@
-"""Task heads on the encoder: RoBERTa's sequence classifier and the extractive question-answering head.
+"""Task heads on the encoder: the sequence classifier of each family and the extractive question-answering head.
 
-Names and layout follow RobertaForSequenceClassification (`classifier.dense`, `classifier.out_proj`) and
-RobertaForQuestionAnswering (`qa_outputs`), so checkpoints move between minroberta and transformers.
+Names and layout follow RobertaForSequenceClassification (`classifier.dense`, `classifier.out_proj`),
+BertForSequenceClassification (`bert.pooler.dense`, `classifier`) and *ForQuestionAnswering (`qa_outputs`), so
+checkpoints move between minroberta and transformers.
 """
+
+from collections import namedtuple
 
 from . import backend
 from .ops import (dropout_backward, dropout_forward, linear_backward, linear_forward, tanh_backward,
                   tanh_forward)
 
+# Where a classifier's two linears live, and whether token 0's state is dropped out before the first.
+Classifier = namedtuple("Classifier", "dense out drop_first")
+ROBERTA_CLASSIFIER = Classifier("classifier.dense", "classifier.out_proj", True)
 
-def classifier_shapes(config, num_labels):
+
+def classifier_layout(config, prefix="roberta."):
+    """RoBERTa's head runs dropout, dense, tanh, dropout, out_proj on token 0's state. BERT's is the same
+    computation with the dense and tanh in its pooler (under the encoder's `prefix`, pretrained with it) and
+    the out_proj called `classifier`; it drops out only between the two."""
+    if config.model_type == "bert":
+        return Classifier(f"{prefix}pooler.dense", "classifier", False)
+    return ROBERTA_CLASSIFIER
+
+
+def classifier_shapes(config, num_labels, prefix="roberta."):
     C = config.hidden_size
-    return {"classifier.dense.weight": (C, C), "classifier.dense.bias": (C,),
-            "classifier.out_proj.weight": (num_labels, C), "classifier.out_proj.bias": (num_labels,)}
+    layout = classifier_layout(config, prefix)
+    return {f"{layout.dense}.weight": (C, C), f"{layout.dense}.bias": (C,),
+            f"{layout.out}.weight": (num_labels, C), f"{layout.out}.bias": (num_labels,)}
 
 
 def qa_shapes(config):
@@ -20,26 +37,27 @@ def qa_shapes(config):
 
 
 def _drop(dropout, x):
-    return (x, None) if dropout is None else dropout_forward(x, dropout.hidden_p, dropout.generator)
+    return (x, None) if dropout is None else dropout_forward(x, dropout.classifier_p, dropout.generator)
 
 
-def classifier_forward(params, hidden, dropout):
-    """hidden (B, T, C) -> logits (B, L): the state of <s> (token 0), dropout, dense, tanh, dropout, out_proj."""
+def classifier_forward(params, hidden, dropout, layout=ROBERTA_CLASSIFIER):
+    """hidden (B, T, C) -> logits (B, L): the state of token 0 (<s> or [CLS]), dropout (RoBERTa only), dense,
+    tanh, dropout, out."""
     first = hidden[:, 0]                                                            # (B, C)
-    x, c_drop1 = _drop(dropout, first)
-    x, c_dense = linear_forward(x, params["classifier.dense.weight"], params["classifier.dense.bias"])
+    x, c_drop1 = _drop(dropout if layout.drop_first else None, first)
+    x, c_dense = linear_forward(x, params[layout.dense + ".weight"], params[layout.dense + ".bias"])
     x, c_tanh = tanh_forward(x)
     x, c_drop2 = _drop(dropout, x)
-    logits, c_out = linear_forward(x, params["classifier.out_proj.weight"], params["classifier.out_proj.bias"])
-    return logits, (hidden.shape, hidden.dtype, c_drop1, c_dense, c_tanh, c_drop2, c_out)
+    logits, c_out = linear_forward(x, params[layout.out + ".weight"], params[layout.out + ".bias"])
+    return logits, (hidden.shape, hidden.dtype, layout, c_drop1, c_dense, c_tanh, c_drop2, c_out)
 
 
 def classifier_backward(dlogits, cache, grads):
     """The forward in reverse; only token 0's hidden state receives a gradient, the others get zero."""
-    shape, dtype, c_drop1, c_dense, c_tanh, c_drop2, c_out = cache
-    dx, grads["classifier.out_proj.weight"], grads["classifier.out_proj.bias"] = linear_backward(dlogits, c_out)
+    shape, dtype, layout, c_drop1, c_dense, c_tanh, c_drop2, c_out = cache
+    dx, grads[layout.out + ".weight"], grads[layout.out + ".bias"] = linear_backward(dlogits, c_out)
     dx = tanh_backward(dropout_backward(dx, c_drop2), c_tanh)
-    dx, grads["classifier.dense.weight"], grads["classifier.dense.bias"] = linear_backward(dx, c_dense)
+    dx, grads[layout.dense + ".weight"], grads[layout.dense + ".bias"] = linear_backward(dx, c_dense)
     dhidden = backend.xp().zeros(shape, dtype=dtype)                                # (B, T, C)
     dhidden[:, 0] = dropout_backward(dx, c_drop1)
     return dhidden

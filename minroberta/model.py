@@ -2,21 +2,24 @@
 
 Read top to bottom: embeddings -> N post-LN encoder layers -> MLM head. Each stage is a forward that returns
 (out, cache) and a backward that adds its parameters' gradients to a dict keyed like the parameters. The same
-code serves BERT-family checkpoints (positions 0..T-1, token types), selected by `config.model_type`.
+code serves BERT-family checkpoints (positions 0..T-1, token types, BERT's names for the heads), selected by
+`config.model_type`.
 """
 
 import dataclasses
 
 import numpy as np
 
-from . import backend
+from . import backend, fused
 from .config import Config
 from .errors import MinRobertaError
-from .heads import classifier_backward, classifier_forward, classifier_shapes, qa_backward, qa_forward, qa_shapes
+from .heads import (classifier_backward, classifier_forward, classifier_layout, classifier_shapes, qa_backward,
+                    qa_forward, qa_shapes)
 from .ops import (attention_backward, attention_forward, cross_entropy_backward, cross_entropy_forward,
                   dropout_backward, dropout_forward, embedding_backward, embedding_forward, gelu_backward, gelu_output,
                   gelu_forward, layernorm_backward, layernorm_forward, linear_backward, linear_forward,
                   mse_backward, mse_forward)
+from .ops.inference import attention_inference, layernorm_in_place
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 HEADS = ("mlm", "classification", "qa")   # or None: the bare encoder
@@ -47,17 +50,35 @@ def encoder_shapes(config, prefix):
     return shapes
 
 
+# The masked-LM head's dense, layer norm and output bias, by family: RobertaForMaskedLM and BertForMaskedLM
+# compute the same thing under these names.
+LM_HEADS = {"roberta": ("lm_head.dense", "lm_head.layer_norm", "lm_head.bias"),
+            "bert": ("cls.predictions.transform.dense", "cls.predictions.transform.LayerNorm", "cls.predictions.bias")}
+
+
 def lm_head_shapes(config):
     """The masked-LM head; its decoder matrix is the word-embedding table (tied), so only its bias is here."""
     C = config.hidden_size
-    return {"lm_head.dense.weight": (C, C), "lm_head.dense.bias": (C,), "lm_head.layer_norm.weight": (C,),
-            "lm_head.layer_norm.bias": (C,), "lm_head.bias": (config.vocab_size,)}
+    dense, norm, bias = LM_HEADS[config.model_type]
+    return {f"{dense}.weight": (C, C), f"{dense}.bias": (C,), f"{norm}.weight": (C,), f"{norm}.bias": (C,),
+            bias: (config.vocab_size,)}
 
 
 def pooler_shapes(config, prefix):
-    """BERT's pooler (dense + tanh over token 0): loaded and saved for BERT checkpoints, unused by RoBERTa."""
+    """BERT's pooler (dense + tanh over token 0): loaded and saved for BERT checkpoints; BERT's classifier
+    runs on it (heads.py), nothing else does."""
     C = config.hidden_size
     return {f"{prefix}pooler.dense.weight": (C, C), f"{prefix}pooler.dense.bias": (C,)}
+
+
+def head_shapes(config, head, prefix):
+    """The named head's parameters ("mlm", "classification", "qa"; None: none). BERT's classifier includes
+    the pooler under `prefix`."""
+    if head == "mlm":
+        return lm_head_shapes(config)
+    if head == "classification":
+        return classifier_shapes(config, config.num_labels, prefix)
+    return qa_shapes(config) if head == "qa" else {}
 
 
 def init_params(shapes, config, seed, dtype):
@@ -126,6 +147,8 @@ class Dropout:
     def __init__(self, config, generator):
         self.hidden_p = config.hidden_dropout_prob
         self.attention_p = config.attention_probs_dropout_prob
+        classifier_p = config.extra.get("classifier_dropout")   # the classifier's own, as transformers reads it
+        self.classifier_p = self.hidden_p if classifier_p is None else float(classifier_p)
         self.generator = generator
 
     def hidden(self, x):
@@ -177,18 +200,23 @@ def embeddings_backward(dx, cache, prefix, grads):
 
 # --- one post-LN encoder layer ------------------------------------------------------------------------
 
-def layer_forward(params, config, layer, x, key_mask, dropout):
-    """h = LN(x + drop(dense(attention(x))));  y = LN(h + drop(dense2(gelu(dense1(h))))).  (B, T, C) -> (B, T, C).
-    The query, key and value projections run as one (B*T, C) x (C, 3C) product: the same numbers as three
-    linears, one pass over x and one large matrix multiply instead of three smaller ones."""
+def qkv_forward(params, layer, x):
+    """The query, key and value projections as one (B*T, C) x (C, 3C) product: the same numbers as three
+    linears, one pass over x and one large matrix multiply instead of three smaller ones.
+    -> q, k, v (B, T, C) views into one array, and the product's cache."""
     xp = backend.xp()
+    projections = [f"{layer}attention.self.{name}" for name in ("query", "key", "value")]
+    qkv_weight = xp.concatenate([params[name + ".weight"] for name in projections])                # (3C, C)
+    qkv_bias = xp.concatenate([params[name + ".bias"] for name in projections])                    # (3C,)
+    qkv, cache = linear_forward(x, qkv_weight, qkv_bias)                                           # (B, T, 3C)
+    C = x.shape[-1]
+    return qkv[..., :C], qkv[..., C:2 * C], qkv[..., 2 * C:], cache
+
+
+def layer_forward(params, config, layer, x, key_mask, dropout):
+    """h = LN(x + drop(dense(attention(x))));  y = LN(h + drop(dense2(gelu(dense1(h))))).  (B, T, C) -> (B, T, C)."""
     P = lambda name: params[layer + name]
-    C = config.hidden_size
-    projections = ("attention.self.query", "attention.self.key", "attention.self.value")
-    qkv_weight = xp.concatenate([P(name + ".weight") for name in projections])                     # (3C, C)
-    qkv_bias = xp.concatenate([P(name + ".bias") for name in projections])                         # (3C,)
-    qkv, c_qkv = linear_forward(x, qkv_weight, qkv_bias)                                           # (B, T, 3C)
-    q, k, v = qkv[..., :C], qkv[..., C:2 * C], qkv[..., 2 * C:]
+    q, k, v, c_qkv = qkv_forward(params, layer, x)
     training = dropout is not None
     ctx, c_attn = attention_forward(q, k, v, key_mask, config.num_attention_heads,
                                     dropout.attention_p if training else 0.0,
@@ -204,6 +232,23 @@ def layer_forward(params, config, layer, x, key_mask, dropout):
     o, c_o_drop = _hidden_dropout(dropout, o)
     y, c_y = layernorm_forward(o + h, P("output.LayerNorm.weight"), P("output.LayerNorm.bias"), config.layer_norm_eps)
     return y, (c_qkv, c_attn, c_a, c_a_drop, c_h, c_i, c_g, c_o, c_o_drop, c_y)
+
+
+def layer_inference(params, config, layer, x, key_mask):
+    """layer_forward's y alone, for inference: the same equations through the fast forms of ops/inference.py
+    (attention blocked in the cache, layer norm and GELU in place), keeping nothing for a backward.
+    key_mask (B, T), or None where no token is padding. (B, T, C) -> (B, T, C)."""
+    P = lambda name: params[layer + name]
+    q, k, v, _ = qkv_forward(params, layer, x)
+    ctx = attention_inference(q, k, v, key_mask, config.num_attention_heads)                       # (B, T, C)
+    a, _ = linear_forward(ctx, P("attention.output.dense.weight"), P("attention.output.dense.bias"))
+    a += x
+    h = layernorm_in_place(a, P("attention.output.LayerNorm.weight"), P("attention.output.LayerNorm.bias"),
+                           config.layer_norm_eps)                                                  # (B, T, C)
+    g = backend.gelu_in_place(linear_forward(h, P("intermediate.dense.weight"), P("intermediate.dense.bias"))[0])
+    o, _ = linear_forward(g, P("output.dense.weight"), P("output.dense.bias"))                     # (B, T, C)
+    o += h
+    return layernorm_in_place(o, P("output.LayerNorm.weight"), P("output.LayerNorm.bias"), config.layer_norm_eps)
 
 
 def layer_backward(dy, cache, layer, grads):
@@ -237,29 +282,29 @@ def layer_backward(dy, cache, layer, grads):
 # --- masked-LM head -----------------------------------------------------------------------------------
 
 def lm_head_forward(params, config, prefix, rows):
-    """rows (N, C) -> logits (N, V) = LN(gelu(dense(rows))) @ word_embeddings.T + lm_head.bias."""
-    d, c_d = linear_forward(rows, params["lm_head.dense.weight"], params["lm_head.dense.bias"])
+    """rows (N, C) -> logits (N, V) = LN(gelu(dense(rows))) @ word_embeddings.T + bias (names: LM_HEADS)."""
+    dense, norm, bias = LM_HEADS[config.model_type]
+    d, c_d = linear_forward(rows, params[dense + ".weight"], params[dense + ".bias"])
     g, c_g = gelu_forward(d)
-    n, c_n = layernorm_forward(g, params["lm_head.layer_norm.weight"], params["lm_head.layer_norm.bias"],
-                               config.layer_norm_eps)
-    logits, c_dec = linear_forward(n, params[prefix + "embeddings.word_embeddings.weight"], params["lm_head.bias"])
-    return logits, (c_d, c_g, c_n, c_dec)
+    n, c_n = layernorm_forward(g, params[norm + ".weight"], params[norm + ".bias"], config.layer_norm_eps)
+    logits, c_dec = linear_forward(n, params[prefix + "embeddings.word_embeddings.weight"], params[bias])
+    return logits, (c_d, c_g, c_n, c_dec, LM_HEADS[config.model_type])
 
 
 def lm_head_backward(dlogits, cache, prefix, grads):
     """The decoder's weight is the word-embedding table, so its gradient lands under that name (the lookup's
     gradient is added to it in the embeddings backward)."""
-    c_d, c_g, c_n, c_dec = cache
-    dn, grads[prefix + "embeddings.word_embeddings.weight"], grads["lm_head.bias"] = linear_backward(dlogits, c_dec)
-    dg, grads["lm_head.layer_norm.weight"], grads["lm_head.layer_norm.bias"] = layernorm_backward(dn, c_n)
-    drows, grads["lm_head.dense.weight"], grads["lm_head.dense.bias"] = linear_backward(gelu_backward(dg, c_g), c_d)
+    c_d, c_g, c_n, c_dec, (dense, norm, bias) = cache
+    dn, grads[prefix + "embeddings.word_embeddings.weight"], grads[bias] = linear_backward(dlogits, c_dec)
+    dg, grads[norm + ".weight"], grads[norm + ".bias"] = layernorm_backward(dn, c_n)
+    drows, grads[dense + ".weight"], grads[dense + ".bias"] = linear_backward(gelu_backward(dg, c_g), c_d)
     return drows
 
 
 # --- the model ----------------------------------------------------------------------------------------
 
 class Roberta:
-    """A RoBERTa (or BERT-family) encoder with an optional masked-LM head.
+    """A RoBERTa (or BERT-family) encoder with an optional head: masked LM, classifier or QA.
 
     model = Roberta(config, seed=0)                    a fresh model, initialised as the reference does
     out = model(input_ids, attention_mask, token_type_ids)     out.hidden_states (B,T,C), out.logits (B,T,V)
@@ -273,8 +318,6 @@ class Roberta:
             head = "mlm" if config.model_type == "roberta" else None
         if head is not None and head not in HEADS:
             raise MinRobertaError(f"head must be one of {', '.join(HEADS)} or None, got {head!r}")
-        if head is not None and config.model_type != "roberta":
-            raise MinRobertaError(f"the {head} head is RoBERTa's; BERT checkpoints load as encoders")
         self.config = config
         self.dtype = dtype
         self.prefix = prefix if prefix is not None else f"{config.model_type}."
@@ -291,21 +334,22 @@ class Roberta:
         shapes = encoder_shapes(self.config, self.prefix)
         if pooler:
             shapes.update(pooler_shapes(self.config, self.prefix))
-        if self.head == "mlm":
-            shapes.update(lm_head_shapes(self.config))
-        elif self.head == "classification":
-            shapes.update(classifier_shapes(self.config, self.config.num_labels))
-        elif self.head == "qa":
-            shapes.update(qa_shapes(self.config))
+        shapes.update(head_shapes(self.config, self.head, self.prefix))
         return shapes
 
     def with_head(self, head, seed=0, **config_changes):
         """This encoder under a new head (fresh weights for the head, as the reference initialises them):
-        how a pretrained masked LM becomes a classifier or a QA model."""
+        how a pretrained encoder becomes a classifier or a QA model. The encoder's names take the prefix
+        transformers' head models use ("roberta.", "bert."), so the result saves in their layout. BERT's
+        classifier keeps the pretrained pooler it runs on, when there is one."""
         config = self.config.replace(**config_changes) if config_changes else self.config
-        fresh = Roberta(config, seed=seed, dtype=self.dtype, prefix=self.prefix, head=head, pooler=False)
-        for name in encoder_shapes(config, self.prefix):
-            fresh.params[name] = self.params[name]
+        prefix = f"{config.model_type}."
+        fresh = Roberta(config, seed=seed, dtype=self.dtype, prefix=prefix, head=head, pooler=False)
+        kept = {**encoder_shapes(config, self.prefix), **pooler_shapes(config, self.prefix)}
+        for name in kept:
+            renamed = prefix + name[len(self.prefix):]
+            if name in self.params and renamed in fresh.params:
+                fresh.params[renamed] = self.params[name]
         fresh.source_dir = self.source_dir
         return fresh
 
@@ -325,12 +369,18 @@ class Roberta:
 
     def encode(self, input_ids, attention_mask=None, token_type_ids=None, dropout=None, keep_cache=True):
         """Embeddings and encoder layers: -> hidden (B, T, C), cache for `encode_backward` (None with
-        keep_cache=False: inference lets each layer's activations go as soon as the next layer has its input)."""
+        keep_cache=False: inference runs the layers' fast forms, which keep nothing; without an attention
+        mask no key counts as padding)."""
         ids, mask, types = self._inputs(input_ids, attention_mask, token_type_ids)
         x, c_emb = embeddings_forward(self.params, self.config, self.prefix, ids, types, dropout)
+        fast = not keep_cache and dropout is None and not fused.enabled()   # the fused kernels are GPU fast forms
         layer_caches = []
         for i in range(self.config.num_hidden_layers):
-            x, c_layer = layer_forward(self.params, self.config, f"{self.prefix}encoder.layer.{i}.", x, mask, dropout)
+            layer = f"{self.prefix}encoder.layer.{i}."
+            if fast:
+                x = layer_inference(self.params, self.config, layer, x, None if attention_mask is None else mask)
+                continue
+            x, c_layer = layer_forward(self.params, self.config, layer, x, mask, dropout)
             if keep_cache:
                 layer_caches.append(c_layer)
         return x, (c_emb, layer_caches) if keep_cache else None
@@ -353,7 +403,7 @@ class Roberta:
             logits, _ = lm_head_forward(self.params, self.config, self.prefix, hidden.reshape(-1, channels))
             out.logits = logits.reshape(batch, seq, -1)
         elif self.head == "classification":
-            out.logits, _ = classifier_forward(self.params, hidden, None)
+            out.logits, _ = classifier_forward(self.params, hidden, None, classifier_layout(self.config, self.prefix))
         elif self.head == "qa":
             out.start_logits, out.end_logits, _ = qa_forward(self.params, hidden)
         return out
@@ -383,7 +433,8 @@ class Roberta:
             raise MinRobertaError("the classification loss needs labels")
         dropout = self._dropout(dropout_key)
         hidden, enc_cache = self.encode(input_ids, attention_mask, token_type_ids, dropout)
-        logits, head_cache = classifier_forward(self.params, hidden, dropout)                 # (B, L)
+        logits, head_cache = classifier_forward(self.params, hidden, dropout,
+                                                classifier_layout(self.config, self.prefix))   # (B, L)
         batch = (logits.shape[0],)
         if self.config.num_labels == 1:
             targets = as_value_array("labels", labels, batch, logits.dtype)

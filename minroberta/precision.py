@@ -65,20 +65,20 @@ def matmul(a, b):
     all of the other one: the MLM decoder's table is read once, not once per thread), a batched one along its
     leading batch axis."""
     if backend.name() != "numpy" or threads.count() == 1:
-        return _product(a, b)
+        return product(a, b)
     K = a.shape[-1]
     if a.ndim == 2 and b.ndim == 2:
         M, N = a.shape[0], b.shape[1]
         if b.size > a.size:
-            work, parts, cost = (lambda cols: _product(a, b[:, cols], out[:, cols])), N, M * K
+            work, parts, cost = (lambda cols: product(a, b[:, cols], out[:, cols])), N, M * K
         else:
-            work, parts, cost = (lambda rows: _product(a[rows], b, out[rows])), M, K * N
+            work, parts, cost = (lambda rows: product(a[rows], b, out[rows])), M, K * N
     elif a.ndim > 2 and a.shape[:-2] == b.shape[:-2]:   # attention's: both operands carry the same batch axes
         batch = a.shape[0]
         per_entry = a.size // max(1, batch) * b.shape[-1]                   # multiply-adds per batch entry
-        work, parts, cost = (lambda rows: _product(a[rows], b[rows], out[rows])), batch, per_entry
+        work, parts, cost = (lambda rows: product(a[rows], b[rows], out[rows])), batch, per_entry
     else:
-        return _product(a, b)
+        return product(a, b)
     out = backend.xp().empty(a.shape[:-1] + b.shape[-1:], dtype=a.dtype)   # the chunks write into it
     threads.over_rows(work, parts, cost, min_chunk=PRODUCT_MIN_CHUNK)
     return out
@@ -88,8 +88,9 @@ def matmul(a, b):
 PRODUCT_MIN_CHUNK = 1 << 20
 
 
-def _product(a, b, out=None):
-    """One product, written into out when given."""
+def product(a, b, out=None):
+    """One product under the selected precision, on the calling thread alone, written into out when given
+    (what matmul runs on each chunk; for work already cut over the threads)."""
     if _mode != "fp16":
         return backend.xp().matmul(a, b, out=out)
     xp = backend.xp()

@@ -1,8 +1,12 @@
-"""Byte-level BPE with RoBERTa's conventions, on the `tokenizers` library.
+"""Tokenizers on the `tokenizers` library: a model directory's own tokenizer (WordPiece for the BERT family,
+byte-level BPE for RoBERTa), and training RoBERTa's byte-level BPE from text.
 
-Special tokens `<s> <pad> </s> <unk>` are ids 0..3 and `<mask>` is the last id; texts are encoded as
-`<s> A </s>` and pairs as `<s> A </s></s> B </s>`. A saved tokenizer is a directory that both
-`Tokenizer.from_dir` and `transformers.AutoTokenizer` open.
+A loaded tokenizer keeps what its files say: the template that adds special tokens (`[CLS] A [SEP]`,
+`<s> A </s></s> B </s>`) and token types, the special tokens themselves, and how to truncate and pad. Every
+command goes through the one `Tokenizer` class; what a command needs and a tokenizer lacks (a mask token for
+fill-mask) is a one-line error naming it. A trained tokenizer follows roberta-base: `<s> <pad> </s> <unk>` are
+ids 0..3 and `<mask>` is the last id. A saved tokenizer is a directory that both `Tokenizer.from_dir` and
+`transformers.AutoTokenizer` open.
 """
 
 import contextlib
@@ -20,7 +24,19 @@ SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")   # ids 0, 1, 2, 3 in that order, a
 MASK = "<mask>"                                 # the last id
 MIN_VOCAB_SIZE = 256 + len(SPECIALS) + 1        # every byte, the specials and <mask>: not one merge yet
 
-Encoding = namedtuple("Encoding", "ids tokens offsets sequence_ids")   # sequence_ids: 0, 1 or None (special)
+# The special tokens a command may need, by role. bos opens a sequence and eos closes it (RoBERTa's <s> and </s>,
+# which also serve as its CLS and SEP; BERT's [CLS] and [SEP]). Each is found, in order: in the tokenizer's own
+# template (bos, eos), its padding or model settings (pad, unk), the directory's special_tokens_map.json and
+# tokenizer_config.json under these keys, and last by the two families' spellings.
+ROLES = ("bos", "eos", "pad", "unk", "mask")
+DECLARED_KEYS = {"bos": ("cls_token", "bos_token"), "eos": ("sep_token", "eos_token"), "pad": ("pad_token",),
+                 "unk": ("unk_token",), "mask": ("mask_token",)}
+SPELLINGS = {"bos": ("<s>", "[CLS]"), "eos": ("</s>", "[SEP]"), "pad": ("<pad>", "[PAD]"), "unk": ("<unk>", "[UNK]"),
+             "mask": ("<mask>", "[MASK]")}
+SPECIAL_TOKEN_FILES = ("special_tokens_map.json", "tokenizer_config.json")   # the first names a role first
+
+Encoding = namedtuple("Encoding", "ids tokens offsets sequence_ids type_ids")   # sequence_ids: 0, 1 or None (special)
+Ids = namedtuple("Ids", "ids type_ids")                                         # one unpadded text: what the model reads
 
 
 def _roberta_pipeline(raw):
@@ -61,31 +77,82 @@ def _first_line(exc):
     return lines[0][:200] if lines else type(exc).__name__
 
 
+def _template_ends(raw, source):
+    """The ids the tokenizer's own template puts first and last around one text (None where it adds none):
+    [CLS] and [SEP] for BERT, <s> and </s> for RoBERTa."""
+    try:
+        encoding = raw.encode("a")
+    except Exception as exc:   # a file that parses can still fail to encode (a model without its vocabulary)
+        raise MinRobertaError(f"{source}: cannot encode a text ({_first_line(exc)})") from None
+    ids, sides = encoding.ids, encoding.sequence_ids
+    text = [i for i, side in enumerate(sides) if side is not None]
+    if not text:   # the probe left no token of its own: every id is the template's
+        return (ids[0], ids[-1]) if len(ids) >= 2 else (None, None)
+    before, after = ids[:text[0]], ids[text[-1] + 1:]
+    return (before[0] if before else None), (after[-1] if after else None)
+
+
 class Tokenizer:
-    """A RoBERTa tokenizer: encode texts and pairs, decode ids, save and load.
+    """A model's tokenizer: encode texts and pairs, decode ids, save and load.
 
-    `raw` is the underlying tokenizers.Tokenizer; truncation is set on it only for the length of one call."""
+    `raw` is the underlying tokenizers.Tokenizer; truncation and padding are set on it only for the length of
+    one call (a file's own settings, such as a fixed padding to 128, would waste compute on padding). `declared`
+    maps roles to the tokens a directory's special_tokens_map.json names; `companions` are that directory's
+    other tokenizer files (name -> bytes), written back by `save`."""
 
-    def __init__(self, raw, source="tokenizer"):
-        missing = [token for token in (*SPECIALS, MASK) if raw.token_to_id(token) is None]
-        if missing:
-            raise MinRobertaError(f"{source}: has no {missing[0]} token (RoBERTa needs {' '.join(SPECIALS)} {MASK})")
-        raw.no_truncation()   # a loaded tokenizer.json may carry its own; lengths are per call here
+    def __init__(self, raw, source="tokenizer", declared=None, companions=None):
+        self.source = source
+        self._truncation_settings = dict(raw.truncation or {})   # the file's strategy and direction are kept
+        self._padding_settings = dict(raw.padding or {})         # its direction and pad type id too
+        raw.no_truncation()
         raw.no_padding()
         self.raw = raw
-        self.bos_id, self.pad_id, self.eos_id, self.unk_id = (raw.token_to_id(t) for t in SPECIALS)
-        self.mask_id = raw.token_to_id(MASK)
-        self.special_ids = tuple(sorted({self.bos_id, self.pad_id, self.eos_id, self.unk_id, self.mask_id}))
+        self.companions = dict(companions or {})
+        declared = declared or {}
+        first, last = _template_ends(raw, source)
+
+        def find(role, *own):
+            for token in (*own, declared.get(role), *SPELLINGS[role]):
+                if token is not None and raw.token_to_id(token) is not None:
+                    return raw.token_to_id(token)
+            return None
+        self.bos_id = first if first is not None else find("bos")
+        self.eos_id = last if last is not None else find("eos")
+        self.pad_id = find("pad", self._padding_settings.get("pad_token"))
+        self.unk_id = find("unk", getattr(raw.model, "unk_token", None))
+        self.mask_id = find("mask")
+        if self.follows_roberta:   # a tokenizer of RoBERTa's spelling without all of them is a damaged one
+            missing = [token for token in (*SPECIALS, MASK) if raw.token_to_id(token) is None]
+            if missing:
+                raise MinRobertaError(f"{source}: has no {missing[0]} token (RoBERTa needs {' '.join(SPECIALS)} {MASK})")
+        flagged = {i for i, token in raw.get_added_tokens_decoder().items() if token.special}
+        roles = {getattr(self, f"{role}_id") for role in ROLES}
+        self.special_ids = tuple(sorted((flagged | roles) - {None}))
 
     @property
     def vocab_size(self):
         return self.raw.get_vocab_size(with_added_tokens=True)
 
+    @property
+    def follows_roberta(self):
+        """Whether the template opens with <s>: roberta-base's conventions, and its files when saved."""
+        return self.bos_id is not None and self.raw.id_to_token(self.bos_id) == SPECIALS[0]
+
+    def require(self, role, purpose):
+        """The id of the special token `role` (one of ROLES) that `purpose` needs, or a one-line error."""
+        token_id = getattr(self, f"{role}_id")
+        if token_id is None:
+            raise MinRobertaError(f"{self.source}: has no {role} token, which {purpose} needs (looked for "
+                                  f"{DECLARED_KEYS[role][0]} in {' / '.join(SPECIAL_TOKEN_FILES)}, then "
+                                  f"{' and '.join(SPELLINGS[role])})")
+        return token_id
+
     # --- loading
     @classmethod
     def from_dir(cls, path):
         """Open a saved tokenizer: `path`/tokenizer.json, or else `path`/vocab.json + merges.txt (what
-        roberta-base ships), given RoBERTa's pre- and post-processing. `path` may also be a tokenizer.json."""
+        roberta-base ships), given RoBERTa's pre- and post-processing. `path` may also be a tokenizer.json.
+        The directory's special_tokens_map.json and tokenizer_config.json say which tokens play which role."""
         path = os.fspath(path)
         if os.path.isfile(path):
             return cls.from_json(_read_text(path, "a tokenizer file"), source=path)
@@ -93,14 +160,16 @@ class Tokenizer:
             raise MinRobertaError(f"{path}: no such tokenizer directory")
         tokenizer_json = os.path.join(path, "tokenizer.json")
         vocab, merges = os.path.join(path, "vocab.json"), os.path.join(path, "merges.txt")
+        declared, companions = _special_token_files(path)
         if os.path.exists(tokenizer_json):
-            return cls.from_json(_read_text(tokenizer_json, "a tokenizer file"), source=tokenizer_json)
+            return cls.from_json(_read_text(tokenizer_json, "a tokenizer file"), source=tokenizer_json,
+                                 declared=declared, companions=companions)
         if os.path.exists(vocab) and os.path.exists(merges):
             return cls.from_vocab_and_merges(vocab, merges)
         raise MinRobertaError(f"{path}: holds no tokenizer.json, nor vocab.json + merges.txt")
 
     @classmethod
-    def from_json(cls, text, source="tokenizer JSON"):
+    def from_json(cls, text, source="tokenizer JSON", declared=None, companions=None):
         """A tokenizer from the text of a tokenizer.json (also how the ranks of a distributed run share one)."""
         from tokenizers import Tokenizer as RawTokenizer
         try:
@@ -113,7 +182,7 @@ class Tokenizer:
             raw = RawTokenizer.from_str(text)
         except Exception as exc:   # the library raises bare Exceptions for malformed files
             raise MinRobertaError(f"{source}: not a tokenizer file ({_first_line(exc)})") from None
-        return cls(raw, source=source)
+        return cls(raw, source=source, declared=declared, companions=companions)
 
     @classmethod
     def from_vocab_and_merges(cls, vocab_path, merges_path):
@@ -148,7 +217,8 @@ class Tokenizer:
     # --- encoding
     @contextlib.contextmanager
     def _truncation(self, max_length, is_pair):
-        """Truncate to max_length tokens (the longer text first, specials kept) inside the `with` block."""
+        """Truncate to max_length tokens (the file's strategy: by default the longer text first; specials
+        kept) inside the `with` block."""
         if max_length is None:
             yield
             return
@@ -156,36 +226,49 @@ class Tokenizer:
         if max_length < specials:   # the library would silently return more than max_length tokens
             raise MinRobertaError(f"max_length {max_length} cannot hold even the {specials} special tokens of a "
                                   f"{'pair' if is_pair else 'text'}")
-        self.raw.enable_truncation(max_length)
+        settings = self._truncation_settings
+        self.raw.enable_truncation(max_length, strategy=settings.get("strategy", "longest_first"),
+                                   direction=settings.get("direction", "right"))
         try:
             yield
         finally:
             self.raw.no_truncation()
 
-    def encode(self, text, pair=None, max_length=None):
-        """One text (or pair) with special tokens -> Encoding(ids, tokens, offsets, sequence_ids); offsets
-        are (start, end) character spans in the text their sequence_id names, (0, 0) for specials."""
-        with self._truncation(max_length, pair is not None):
-            encoding = self.raw.encode(text, pair) if pair is not None else self.raw.encode(text)
-        return Encoding(encoding.ids, encoding.tokens, encoding.offsets, encoding.sequence_ids)
-
-    def encode_batch(self, texts, pairs=None, max_length=None):
-        """-> input_ids, attention_mask: (B, T) int64 arrays padded with <pad> to the longest (T = 0 when
-        B = 0)."""
+    def _encode_raw(self, texts, pairs, max_length):
         texts = list(texts)
         if pairs is not None:
             pairs = list(pairs)
             if len(pairs) != len(texts):
                 raise MinRobertaError(f"{len(texts)} texts but {len(pairs)} pairs")
         with self._truncation(max_length, pairs is not None):
-            encodings = self.raw.encode_batch(texts if pairs is None else list(zip(texts, pairs)))
+            return self.raw.encode_batch(texts if pairs is None else list(zip(texts, pairs)))
+
+    def encode(self, text, pair=None, max_length=None):
+        """One text (or pair) with special tokens -> Encoding(ids, tokens, offsets, sequence_ids, type_ids);
+        offsets are (start, end) character spans in the text their sequence_id names, (0, 0) for specials."""
+        with self._truncation(max_length, pair is not None):
+            encoding = self.raw.encode(text, pair) if pair is not None else self.raw.encode(text)
+        return Encoding(encoding.ids, encoding.tokens, encoding.offsets, encoding.sequence_ids, encoding.type_ids)
+
+    def encode_many(self, texts, pairs=None, max_length=None):
+        """Each text (or pair) with special tokens, unpadded: [Ids(ids, type_ids)], all in one call on every
+        core. Length-bucketed batches are cut from these."""
+        return [Ids(e.ids, e.type_ids) for e in self._encode_raw(texts, pairs, max_length)]
+
+    def encode_batch(self, texts, pairs=None, max_length=None, with_types=False):
+        """-> input_ids, attention_mask (and token_type_ids with `with_types`): (B, T) int64 arrays padded to
+        the longest as the file says (pad token, side, pad type id); T = 0 when B = 0."""
+        encodings = self._encode_raw(texts, pairs, max_length)
         longest = max((len(e.ids) for e in encodings), default=0)
-        input_ids = np.full((len(encodings), longest), self.pad_id, dtype=np.int64)       # (B, T)
-        attention_mask = np.zeros((len(encodings), longest), dtype=np.int64)             # (B, T)
-        for row, encoding in enumerate(encodings):
-            input_ids[row, :len(encoding.ids)] = encoding.ids
-            attention_mask[row, :len(encoding.ids)] = 1
-        return input_ids, attention_mask
+        if any(len(e.ids) != longest for e in encodings):
+            settings = self._padding_settings
+            pad_id = self.require("pad", "a batch of texts of different lengths")
+            for e in encodings:
+                e.pad(longest, direction=settings.get("direction", "right"), pad_id=pad_id,
+                      pad_type_id=settings.get("pad_type_id", 0), pad_token=self.raw.id_to_token(pad_id))
+        fields = ("ids", "attention_mask", "type_ids") if with_types else ("ids", "attention_mask")
+        return tuple(np.array([getattr(e, field) for e in encodings], dtype=np.int64).reshape(len(encodings), longest)
+                     for field in fields)
 
     def encode_plain(self, text):
         """Token ids of one text with no special tokens added (a piece of a pretraining sequence)."""
@@ -211,17 +294,22 @@ class Tokenizer:
 
     # --- saving
     def save(self, directory, model_max_length=None):
-        """tokenizer.json, vocab.json + merges.txt (roberta-base's layout, `<mask>` in vocab.json), and the
-        small config files transformers reads; each written atomically."""
+        """tokenizer.json and the files of the model's own format, each written atomically. A RoBERTa
+        tokenizer writes roberta-base's layout (vocab.json with `<mask>`, merges.txt) and the small config
+        files transformers reads; another keeps the special-token files it was loaded with."""
         os.makedirs(directory, exist_ok=True)
         atomic.write_text(os.path.join(directory, "tokenizer.json"), self.to_json())
+        if not self.follows_roberta:
+            for name, data in self._model_files().items():
+                atomic.write_bytes(os.path.join(directory, name), data)
+            companions = self.companions or self._special_token_configs(model_max_length)
+            for name, data in companions.items():
+                atomic.write_bytes(os.path.join(directory, name), data)
+            return
         vocab = self.raw.get_vocab(with_added_tokens=True)
         atomic.write_text(os.path.join(directory, "vocab.json"),
                           json.dumps(dict(sorted(vocab.items(), key=lambda item: item[1])), ensure_ascii=False))
-        with tempfile.TemporaryDirectory() as scratch:   # the library writes merges.txt only by itself
-            self.raw.model.save(scratch)
-            with open(os.path.join(scratch, "merges.txt"), "rb") as handle:
-                atomic.write_bytes(os.path.join(directory, "merges.txt"), handle.read())
+        atomic.write_bytes(os.path.join(directory, "merges.txt"), self._model_files()["merges.txt"])
         tokens = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "sep_token": "</s>",
                   "cls_token": "<s>", "pad_token": "<pad>",
                   "mask_token": {"content": MASK, "lstrip": True, "rstrip": False, "normalized": False,
@@ -232,6 +320,51 @@ class Tokenizer:
             config["model_max_length"] = model_max_length
         atomic.write_json(os.path.join(directory, "tokenizer_config.json"), config)
         atomic.write_json(os.path.join(directory, "special_tokens_map.json"), tokens)
+
+    def _model_files(self):
+        """name -> bytes of what the tokenizer's model writes by itself (merges.txt, vocab.txt, ...)."""
+        files = {}
+        with tempfile.TemporaryDirectory() as scratch:
+            for path in self.raw.model.save(scratch):
+                with open(path, "rb") as handle:
+                    files[os.path.basename(path)] = handle.read()
+        return files
+
+    def _special_token_configs(self, model_max_length):
+        """special_tokens_map.json and tokenizer_config.json naming this tokenizer's special tokens by role."""
+        keys = {"bos": "cls_token", "eos": "sep_token", "pad": "pad_token", "unk": "unk_token", "mask": "mask_token"}
+        tokens = {key: self.raw.id_to_token(getattr(self, f"{role}_id")) for role, key in keys.items()
+                  if getattr(self, f"{role}_id") is not None}
+        config = {"tokenizer_class": "PreTrainedTokenizerFast", **tokens}
+        if model_max_length:
+            config["model_max_length"] = model_max_length
+        as_bytes = lambda value: (json.dumps(value, indent=2, sort_keys=True) + "\n").encode("utf-8")
+        return {"special_tokens_map.json": as_bytes(tokens), "tokenizer_config.json": as_bytes(config)}
+
+
+def _special_token_files(directory):
+    """-> (role -> token named by the directory's special_tokens_map.json or tokenizer_config.json, name -> bytes
+    of those files). transformers writes them; tokenizer.json itself does not say which token masks."""
+    declared, companions = {}, {}
+    for name in SPECIAL_TOKEN_FILES:
+        path = os.path.join(directory, name)
+        if not os.path.isfile(path):
+            continue
+        text = _read_text(path, "a JSON file")
+        try:
+            values = json.loads(text)
+        except ValueError as exc:
+            raise MinRobertaError(f"{path}: not valid JSON ({exc})") from None
+        if not isinstance(values, dict):
+            raise MinRobertaError(f"{path}: expected a JSON object, got {type(values).__name__}")
+        companions[name] = text.encode("utf-8")
+        for role, keys in DECLARED_KEYS.items():
+            for key in keys:
+                token = values.get(key)
+                token = token.get("content") if isinstance(token, dict) else token
+                if isinstance(token, str) and role not in declared:
+                    declared[role] = token
+    return declared, companions
 
 
 def _read_text(path, what):

@@ -21,7 +21,10 @@ def reference_mlm(model):
     classes = {("roberta", "mlm"): transformers.RobertaForMaskedLM,
                ("roberta", "classification"): transformers.RobertaForSequenceClassification,
                ("roberta", "qa"): transformers.RobertaForQuestionAnswering,
-               ("roberta", None): transformers.RobertaModel, ("bert", None): transformers.BertModel}
+               ("roberta", None): transformers.RobertaModel, ("bert", None): transformers.BertModel,
+               ("bert", "mlm"): transformers.BertForMaskedLM,
+               ("bert", "classification"): transformers.BertForSequenceClassification,
+               ("bert", "qa"): transformers.BertForQuestionAnswering}
     config_class = transformers.RobertaConfig if model.config.model_type == "roberta" else transformers.BertConfig
     hf_config = config_class(**config, attn_implementation="eager")
     reference = classes[model.config.model_type, model.head](hf_config)
@@ -30,7 +33,8 @@ def reference_mlm(model):
     missing, unexpected = reference.load_state_dict(state, strict=False)
     assert not unexpected, unexpected
     assert set(missing) <= {"lm_head.decoder.weight", "lm_head.decoder.bias", "bert.pooler.dense.weight",
-                            "bert.pooler.dense.bias", "pooler.dense.weight", "pooler.dense.bias"}, missing
+                            "bert.pooler.dense.bias", "pooler.dense.weight", "pooler.dense.bias",
+                            "cls.predictions.decoder.weight", "cls.predictions.decoder.bias"}, missing
     reference.tie_weights()
     return reference
 

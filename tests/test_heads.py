@@ -149,3 +149,129 @@ def test_wrong_head_and_bad_labels_are_clear_errors(numpy_backend):
         classifier.classification_loss_and_grads([[0, 5, 2]], None, [2])
     with pytest.raises(minroberta.MinRobertaError, match=r"labels has shape \(2,\), expected \(1,\)"):
         classifier.classification_loss_and_grads([[0, 5, 2]], None, [1, 0])
+
+
+# --- BERT's heads: the pooler + classifier, the MLM head under cls.predictions, QA --------------------------
+
+BERT = dict(SMALL, model_type="bert", pad_token_id=0, layer_norm_eps=1e-12, type_vocab_size=2)
+
+
+@EXAMPLES
+@given(batch=st.integers(1, 3), seq=st.integers(1, 4), channels=st.integers(1, 4), labels=st.integers(1, 3),
+       seed=st.integers(0, 2**32 - 1), p=st.sampled_from([0.0, 0.3]))
+def test_bert_classifier_head_gradients(xp, batch, seq, channels, labels, seed, p):
+    config = minroberta.Config(**{**BERT, "hidden_size": channels, "num_attention_heads": 1, "hidden_dropout_prob": p})
+    layout = heads.classifier_layout(config, "bert.")
+    assert layout == ("bert.pooler.dense", "classifier", False)
+    shapes = heads.classifier_shapes(config, labels, "bert.")
+    names = sorted(shapes)
+    inputs = {"hidden": values(seed, batch, seq, channels)}
+    inputs.update({name: values(seed + i + 1, *shapes[name]) for i, name in enumerate(names)})
+
+    def forward(hidden, **params):
+        dropout = Dropout(config, backend.generator(seed)) if p else None
+        return heads.classifier_forward(params, hidden, dropout, layout)
+
+    def backward(dlogits, cache):
+        grads = {}
+        grads["hidden"] = heads.classifier_backward(dlogits, cache, grads)
+        return grads
+    check_gradients(forward, backward, inputs, ["hidden"] + names)
+
+
+def bert_batch(config, seed):
+    """ids with [CLS]-like first token, padding, and a second segment of token type 1."""
+    ids, mask = batch(config, seed)
+    ids = np.where(mask == 1, ids, config.pad_token_id)
+    types = np.zeros_like(ids)
+    types[0, 5:] = 1
+    types[1, 3:6] = 1
+    return ids, mask, types
+
+
+# float32 gradients within 1e-3: through BERT's pooler the float32 sums cancel, and transformers' float32
+# gradients are as far from its float64 ones as these are (6e-5 and 6e-5 on classifier.weight)
+@pytest.mark.parametrize("dtype,output_tol,grad_tol", [("float64", 1e-10, 1e-8), ("float32", 1e-4, 1e-3)])
+@pytest.mark.parametrize("head,num_labels", [("classification", 3), ("classification", 1), ("qa", 2), ("mlm", 2)])
+def test_bert_heads_match_transformers(xp, dtype, output_tol, grad_tol, head, num_labels):
+    torch, _ = transformers_or_skip()
+    config = minroberta.Config(**BERT, extra={"id2label": {str(i): f"L{i}" for i in range(num_labels)}})
+    model = minroberta.Roberta(config, seed=6, dtype=dtype, head=head, prefix="bert.", pooler=head == "classification")
+    reference = reference_mlm(model)
+    ids, mask, types = bert_batch(config, 2)
+    inputs = dict(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), token_type_ids=torch.tensor(types))
+    torch_float = torch.float64 if dtype == "float64" else torch.float32
+    if head == "classification":
+        labels = np.array([0.5, -1.0, 2.0]) if num_labels == 1 else np.array([0, 2, 1])
+        expected = reference(**inputs, labels=torch.tensor(labels, dtype=torch_float if num_labels == 1 else None))
+        loss, grads = model.classification_loss_and_grads(ids, mask, labels, types)
+        outputs = [(model(ids, mask, types).logits, expected.logits)]
+    elif head == "qa":
+        starts, ends = np.array([2, 4, 11]), np.array([3, 5, 12])
+        expected = reference(**inputs, start_positions=torch.tensor(starts), end_positions=torch.tensor(ends))
+        loss, grads = model.qa_loss_and_grads(ids, mask, starts, ends, types)
+        out = model(ids, mask, types)
+        outputs = [(out.start_logits, expected.start_logits), (out.end_logits, expected.end_logits)]
+    else:
+        labels = np.where(np.random.default_rng(0).random(ids.shape) < 0.3, ids, -100)
+        labels[0, 1] = ids[0, 1]
+        expected = reference(**inputs, labels=torch.tensor(labels))
+        loss, grads = model.loss_and_grads(ids, mask, labels, types)
+        outputs = [(model(ids, mask, types).logits, expected.logits)]
+    for got, want in outputs:
+        assert relative_error(backend.to_host(got), want.detach().numpy()) <= output_tol
+    assert relative_error(backend.to_host(loss), expected.loss.item()) <= output_tol
+    expected.loss.backward()
+    assert_gradients_match(grads, reference, grad_tol, skip=() if head == "classification" else ("pooler.",))
+
+
+def test_with_head_gives_a_bert_encoder_the_head_models_names_and_keeps_its_pooler(numpy_backend):
+    encoder = minroberta.Roberta(minroberta.Config(**BERT), seed=0, prefix="", head=None)   # as MiniLM is stored
+    classifier = encoder.with_head("classification", seed=1, extra={"id2label": {"0": "a", "1": "b"}})
+    assert classifier.prefix == "bert." and classifier.params["classifier.weight"].shape == (2, 8)
+    assert classifier.params["bert.pooler.dense.weight"] is encoder.params["pooler.dense.weight"]
+    assert classifier.params["bert.encoder.layer.1.output.dense.weight"] is \
+        encoder.params["encoder.layer.1.output.dense.weight"]
+    assert not any(k.startswith(("pooler.", "embeddings.", "encoder.")) for k in classifier.params)
+    qa = encoder.with_head("qa", seed=1)
+    assert "qa_outputs.weight" in qa.params and not any("pooler" in k for k in qa.params)
+
+
+def test_a_bert_classifier_saved_by_minroberta_loads_in_transformers(tmp_path, numpy_backend):
+    torch, transformers = transformers_or_skip()
+    config = minroberta.Config(**BERT, extra={"id2label": {"0": "no", "1": "yes"}, "label2id": {"no": 0, "yes": 1}})
+    model = minroberta.Roberta(config, seed=5, head="classification")
+    model.save_pretrained(str(tmp_path))
+    loaded, info = transformers.BertForSequenceClassification.from_pretrained(
+        str(tmp_path), attn_implementation="eager", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    ids, mask, types = bert_batch(config, 0)
+    expected = loaded.eval()(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                             token_type_ids=torch.tensor(types)).logits.detach().numpy()
+    assert relative_error(model(ids, mask, types).logits, expected) <= 1e-5
+    again = minroberta.load_pretrained(str(tmp_path))
+    assert again.head == "classification" and again.prefix == "bert." and "bert.pooler.dense.weight" in again.params
+
+
+@pytest.mark.parametrize("architecture,head", [("BertForMaskedLM", "mlm"), ("BertForPreTraining", "mlm"),
+                                               ("BertForQuestionAnswering", "qa")])
+def test_bert_head_checkpoints_written_by_transformers_load_with_their_head(tmp_path, numpy_backend, architecture,
+                                                                           head):
+    """transformers' own files (the tied decoder, BertForPreTraining's next-sentence head, no pooler): the same
+    logits from minroberta."""
+    torch, _ = transformers_or_skip()
+    from tests.bert import write_tiny_bert
+    reference = write_tiny_bert(tmp_path, architecture)
+    model = minroberta.load_pretrained(str(tmp_path))
+    assert model.head == head and model.config.model_type == "bert"
+    ids = np.array([[2, 40, 41, 42, 3, 50, 51, 3], [2, 60, 61, 3, 0, 0, 0, 0]])
+    mask, types = (ids != 0).astype(np.int64), np.array([[0] * 5 + [1] * 3, [0] * 8])
+    with torch.no_grad():
+        expected = reference(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                             token_type_ids=torch.tensor(types))
+    out = model(ids, mask, types)
+    if head == "mlm":
+        want = expected.logits if architecture == "BertForMaskedLM" else expected.prediction_logits
+        assert relative_error(out.logits, want.numpy()) <= 1e-5
+    else:
+        assert relative_error(out.start_logits, expected.start_logits.numpy()) <= 1e-5

@@ -102,3 +102,36 @@ def test_the_gpu_check_dry_run_reports_every_stage(tmp_path):
 def test_the_gpu_check_names_its_usage():
     done = subprocess.run(["bash", os.path.join(ROOT, "scripts", "gpu_check.sh")], capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.strip() == "usage: bash scripts/gpu_check.sh [--dry-run] OUT_DIR"
+
+
+def test_the_embedding_benchmark_compares_both_on_minilm(tmp_path):
+    """Six texts, one process each: the table, the JSON and identical vectors (speed itself is not tested)."""
+    pytest.importorskip("sentence_transformers", reason="the embedding benchmark's reference is sentence-transformers")
+    from tests.bert import minilm_dir
+    out = tmp_path / "bench_embed.json"
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "bench_embed.py"), "--model", minilm_dir(),
+                           "--texts", "6", "--repeats", "1", "--threads", "1", "--json", str(out)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| encode, texts/s |" in done.stdout and "| end to end, texts/s |" in done.stdout
+    record = json.loads(out.read_text())
+    assert record["worst_cosine"] >= 0.99999
+    assert {m["impl"] for m in record["measurements"]} == {"minroberta", "sentence-transformers"}
+    assert all(m["texts"] == 6 and 0 < m["encode_s"] < m["end_to_end_s"] and m["encode_cpu_s"] > 0 and
+               m["end_to_end_cpu_s"] > m["encode_cpu_s"] and m["peak_rss_mib"] > 0
+               for m in record["measurements"])
+
+
+def test_the_fine_tuning_comparison_runs_both_on_minilm(tmp_path):
+    """Two tiny classes, one epoch each: the table and both runs' accuracies (neither speed nor accuracy tested)."""
+    pytest.importorskip("transformers", reason="the comparison's reference is transformers (the parity extra)")
+    from tests.bert import minilm_dir
+    out = tmp_path / "compare.json"
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "compare_finetune.py"), "--model", minilm_dir(),
+                           "--classes", "2", "--per-class", "5", "--epochs", "1", "--batch-size", "4", "--max-length",
+                           "32", "--threads", "1", "--json", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| minroberta |" in done.stdout and "| transformers |" in done.stdout
+    runs = json.loads(out.read_text())
+    assert [r["impl"] for r in runs] == ["minroberta", "transformers"]
+    assert all(r["train_s"] > 0 and len(r["accuracies"]) == 1 and 0 <= r["accuracies"][0] <= 1 for r in runs)

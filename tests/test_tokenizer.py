@@ -213,3 +213,97 @@ def test_missing_directory_or_files_are_named(tmp_path):
     (tmp_path / "vocab.json").write_text("{}")
     with pytest.raises(MinRobertaError, match="no tokenizer.json, nor vocab.json"):
         Tokenizer.from_dir(str(tmp_path))
+
+
+# --- other families: a model directory's own tokenizer.json (BERT's WordPiece here)
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory):
+    from tests.bert import write_wordpiece_tokenizer
+    directory = tmp_path_factory.mktemp("wordpiece")
+    write_wordpiece_tokenizer(directory)
+    return directory
+
+
+def assert_same_bert_encodings(mine, reference, texts):
+    """ids and token types of single texts, pairs, truncated pairs and a padded batch, against transformers."""
+    pairs = pairs_of(texts)
+    for text in texts:
+        expected = reference(text)
+        got = mine.encode(text)
+        assert (got.ids, got.type_ids) == (expected["input_ids"], expected["token_type_ids"]), text[:60]
+    for a, b in pairs:
+        expected = reference(a, b)
+        assert mine.encode(a, b).type_ids == expected["token_type_ids"], (a[:30], b[:30])
+        cut = reference(a, b, truncation=True, max_length=24)
+        got = mine.encode(a, b, max_length=24)
+        assert (got.ids, got.type_ids) == (cut["input_ids"], cut["token_type_ids"]), (a[:30], b[:30])
+    batch = [a for a, _ in pairs[:5]]
+    expected = reference(batch, [b for _, b in pairs[:5]], padding=True, truncation=True, max_length=40)
+    got = mine.encode_batch(batch, [b for _, b in pairs[:5]], max_length=40, with_types=True)
+    for array, key in zip(got, ("input_ids", "attention_mask", "token_type_ids")):
+        assert array.tolist() == expected[key], key
+
+
+def test_a_wordpiece_tokenizer_keeps_its_own_template_specials_and_types(bert_dir, texts):
+    transformers = pytest.importorskip("transformers", reason="transformers is the reference for these ids")
+    mine = Tokenizer.from_dir(str(bert_dir))
+    token = lambda role: mine.id_to_token(getattr(mine, f"{role}_id"))
+    assert [token(role) for role in ("bos", "eos", "pad", "unk", "mask")] == ["[CLS]", "[SEP]", "[PAD]", "[UNK]",
+                                                                              "[MASK]"]
+    assert not mine.follows_roberta and set(mine.special_ids) == {mine.token_to_id(t) for t in
+                                                                  ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")}
+    pair = mine.encode("An open file.", "It closes.")
+    assert pair.tokens[0] == "[CLS]" and pair.tokens.count("[SEP]") == 2 and pair.type_ids[-1] == 1
+    assert_same_bert_encodings(mine, transformers.AutoTokenizer.from_pretrained(str(bert_dir)), texts[:40])
+
+
+def test_the_minilm_tokenizer_matches_transformers(texts):
+    transformers = pytest.importorskip("transformers", reason="transformers is the reference for these ids")
+    from tests.bert import minilm_dir
+    directory = minilm_dir()
+    mine = Tokenizer.from_dir(directory)
+    assert mine.encode("Hello").tokens == ["[CLS]", "hello", "[SEP]"]   # the file's own padding to 128 is not kept
+    assert_same_bert_encodings(mine, transformers.AutoTokenizer.from_pretrained(directory), texts[:40])
+
+
+def test_a_saved_wordpiece_tokenizer_opens_in_transformers_and_loads_back(bert_dir, texts, tmp_path):
+    transformers = pytest.importorskip("transformers", reason="transformers is the reference for these ids")
+    Tokenizer.from_dir(str(bert_dir)).save(str(tmp_path))
+    assert {p.name for p in tmp_path.iterdir()} == {"tokenizer.json", "vocab.txt", "tokenizer_config.json",
+                                                    "special_tokens_map.json"}
+    assert json.loads((tmp_path / "tokenizer_config.json").read_text())["tokenizer_class"] == "BertTokenizer"
+    assert_same_bert_encodings(Tokenizer.from_dir(str(tmp_path)), transformers.AutoTokenizer.from_pretrained(
+        str(tmp_path)), texts[:20])
+
+
+def test_a_missing_mask_token_is_named_when_a_command_needs_one(bert_dir, tmp_path):
+    """Renamed [MASK] -> [HOLE]: the tokenizer loads, fill-mask's need is a one-line error; declaring [HOLE]
+    as mask_token in special_tokens_map.json makes it the mask."""
+    (tmp_path / "tokenizer.json").write_text((bert_dir / "tokenizer.json").read_text().replace("[MASK]", "[HOLE]"))
+    tokenizer = Tokenizer.from_dir(str(tmp_path))
+    assert tokenizer.mask_id is None and tokenizer.bos_id == tokenizer.token_to_id("[CLS]")
+    with pytest.raises(MinRobertaError) as caught:
+        tokenizer.require("mask", "fill-mask")
+    message = str(caught.value)
+    assert message.startswith(f"{tmp_path / 'tokenizer.json'}: has no mask token, which fill-mask needs")
+    assert "\n" not in message
+    (tmp_path / "special_tokens_map.json").write_text(json.dumps({"mask_token": {"content": "[HOLE]"}}))
+    tokenizer = Tokenizer.from_dir(str(tmp_path))
+    assert tokenizer.mask_id == tokenizer.token_to_id("[HOLE]") and tokenizer.mask_id in tokenizer.special_ids
+
+
+def test_a_batch_of_different_lengths_needs_a_pad_token(bert_dir, tmp_path):
+    (tmp_path / "tokenizer.json").write_text((bert_dir / "tokenizer.json").read_text().replace("[PAD]", "[NOPE]"))
+    tokenizer = Tokenizer.from_dir(str(tmp_path))
+    assert tokenizer.encode_batch(["same", "same"])[0].shape == (2, 3)   # equal lengths need no padding
+    with pytest.raises(MinRobertaError, match="has no pad token, which a batch of texts of different lengths"):
+        tokenizer.encode_batch(["one", "two words here"])
+
+
+@pytest.mark.parametrize("name", ["special_tokens_map.json", "tokenizer_config.json"])
+def test_a_damaged_special_tokens_file_is_named(bert_dir, tmp_path, name):
+    shutil.copy(bert_dir / "tokenizer.json", tmp_path / "tokenizer.json")
+    (tmp_path / name).write_text("{not json")
+    with pytest.raises(MinRobertaError, match=f"{name}: not valid JSON"):
+        Tokenizer.from_dir(str(tmp_path))

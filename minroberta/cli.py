@@ -611,8 +611,7 @@ def run_attention(args):
     tokenizer = Tokenizer.from_dir(args.model)
     ids = pictures.encode_for_picture(model, tokenizer, args.text)
     probs = pictures.attention_probabilities(model, np.array([ids]))[:, 0]            # (layers, heads, T, T)
-    pictures.draw_attention(pictures.token_labels(tokenizer, ids), probs, args.out,
-                            title=f"{os.path.basename(os.path.normpath(args.model))}: {args.text}")
+    pictures.draw_attention(pictures.token_labels(tokenizer, ids), probs, args.out, title=args.text)
     print(f"drew {probs.shape[0]} layers x {probs.shape[1]} heads over {len(ids)} tokens to {args.out}")
     return 0
 

@@ -40,10 +40,14 @@ def attention_probabilities(model, input_ids, attention_mask=None):
 
 
 def token_labels(tokenizer, ids):
-    """Each id as the text it stands for (a byte-level BPE marks a leading space with 'Ġ'; shown here as the
-    word piece alone), special tokens by name."""
-    return [tokenizer.decode([i], skip_special_tokens=False).strip() or repr(tokenizer.id_to_token(i))
-            for i in ids]
+    """Each id as the text it stands for, special tokens by name; a piece that starts a word (byte-level BPE's
+    'Ġ', a leading space) gets a '·' in front, so the words stay readable when they are cut into pieces."""
+    labels = []
+    for i in ids:
+        text = tokenizer.decode([i], skip_special_tokens=False)
+        labels.append(("·" if text[:1].isspace() and text.strip() else "") + (text.strip() or
+                                                                             repr(tokenizer.id_to_token(i))))
+    return labels
 
 
 def encode_for_picture(model, tokenizer, text):

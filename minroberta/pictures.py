@@ -144,8 +144,8 @@ def draw_masking(tokenizer, batches, path, title=None):
     from matplotlib.patches import Patch
     plt = pyplot()
     rows, width = batches[0][1]["ids"].shape
-    figure, axes = plt.subplots(len(batches), 1, figsize=(0.62 * width + 0.6, (0.45 * rows + 0.7) * len(batches) + 0.6),
-                                squeeze=False)
+    size = (0.62 * width + 0.6, (0.45 * rows + 0.7) * len(batches) + 0.6)
+    figure, axes = plt.subplots(len(batches), 1, figsize=size, squeeze=False)
     for ax, (caption, batch) in zip(axes[:, 0], batches):
         actions = masking_actions(batch, tokenizer.special_ids, tokenizer.mask_id)
         ax.imshow(actions, cmap=ListedColormap(ACTION_COLOURS), vmin=-0.5, vmax=len(ACTIONS) - 0.5, aspect="auto")
@@ -155,8 +155,9 @@ def draw_masking(tokenizer, batches, path, title=None):
             for column in range(width):
                 if batch["attention_mask"][row, column] == 0:
                     continue
-                text = words[column] if actions[row, column] != 2 else f"{words[column]}\n\u2192{shown[column]}"
-                ax.text(column, row, text, ha="center", va="center", fontsize=6.5 if actions[row, column] != 2 else 5.5)
+                replaced = actions[row, column] == 2
+                text = f"{words[column]}\n\u2192{shown[column]}" if replaced else words[column]
+                ax.text(column, row, text, ha="center", va="center", fontsize=5.5 if replaced else 6.5)
         ax.set_xticks(np.arange(width + 1) - 0.5, minor=True)
         ax.set_yticks(np.arange(rows + 1) - 0.5, minor=True)
         ax.grid(which="minor", color="#bbbbbb", linewidth=0.4)

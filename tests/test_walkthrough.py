@@ -12,6 +12,7 @@ import os
 import re
 import shlex
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -79,10 +80,11 @@ def same_output(got, expected):
     return True
 
 
-def test_every_python_block_runs_and_prints_what_the_document_shows(monkeypatch):
+def test_every_python_block_runs_and_prints_what_the_document_shows(numpy_backend, monkeypatch, tmp_path):
     pytest.importorskip("torch", reason="the walkthrough compares with torch (pip install -e '.[parity]')")
     pytest.importorskip("transformers", reason="the walkthrough compares with transformers (the parity extra)")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))   # the folders the blocks make land here
     blocks = python_blocks(read_doc())
     assert len(blocks) >= 10
     for number, ((code, expected, _), printed) in enumerate(zip(blocks, run_blocks(blocks)), 1):

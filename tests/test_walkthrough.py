@@ -105,7 +105,8 @@ def test_the_output_comparison_reads_digits():
 # --- links ---------------------------------------------------------------------------------------------
 
 # [`ops/layernorm.py`](../minroberta/ops/layernorm.py) `layernorm_forward`, `layernorm_backward`
-LINKED_NAMES = re.compile(r"\]\((\.\./[^)\s]+\.py)\)((?:\s*(?:,|and)?\s*`[A-Za-z_][\w.]*`)+)")
+GAP = r"(?:[ \t]|\n(?![ \t]*\n))*"   # spaces and single line breaks: the names stay in the link's paragraph
+LINKED_NAMES = re.compile(rf"\]\((\.\./[^)\s]+\.py)\)((?:{GAP}(?:,|and)?{GAP}`[A-Za-z_][\w.]*`)+)")
 
 
 def definitions(path):

@@ -278,7 +278,8 @@ IntermediateCache = namedtuple("IntermediateCache", "dense gelu")
 
 def intermediate_forward(params, layer, h):
     """h (B, T, C) -> gelu(dense(h)) (B, T, F)."""
-    i, c_dense = linear_forward(h, params[layer + "intermediate.dense.weight"], params[layer + "intermediate.dense.bias"])
+    name = layer + "intermediate.dense"
+    i, c_dense = linear_forward(h, params[name + ".weight"], params[name + ".bias"])           # (B, T, F)
     g, c_gelu = gelu_forward(i)
     return g, IntermediateCache(c_dense, c_gelu)
 
@@ -312,7 +313,8 @@ def layer_forward(params, config, layer, x, key_mask, dropout):
 def layer_backward(dy, cache, layer, grads):
     """The forward in reverse. Each residual sum sends its gradient down both branches, so the gradient
     of h is the FFN branch's plus the skip's, and that of x is the projections' plus the skip's."""
-    dg, dh_skip = dense_norm_backward(dy, cache.output, layer + "output", grads, x=intermediate_output(cache.intermediate))
+    g = intermediate_output(cache.intermediate)                                                   # (B, T, F)
+    dg, dh_skip = dense_norm_backward(dy, cache.output, layer + "output", grads, x=g)
     dh = dh_skip + intermediate_backward(dg, cache.intermediate, layer, grads)
     dctx, dx_skip = dense_norm_backward(dh, cache.attention_output, layer + "attention.output", grads)
     return dx_skip + self_attention_backward(dctx, cache.attention, layer, grads)
@@ -329,7 +331,7 @@ def layer_output(params, config, layer, x, key_mask):
     return y
 
 
-EncoderCache = namedtuple("EncoderCache", "embeddings layers")   # layers: one LayerCache a layer, used up by the backward
+EncoderCache = namedtuple("EncoderCache", "embeddings layers")   # layers: a LayerCache each, used up by the backward
 
 
 # --- the masked-LM head (RobertaLMHead) ---------------------------------------------------------------
@@ -353,7 +355,8 @@ def lm_head_backward(dlogits, cache, prefix, grads):
     dense, norm, bias = cache.names
     dn, grads[prefix + "embeddings.word_embeddings.weight"], grads[bias] = linear_backward(dlogits, cache.decoder)
     dg, grads[norm + ".weight"], grads[norm + ".bias"] = layernorm_backward(dn, cache.norm)
-    drows, grads[dense + ".weight"], grads[dense + ".bias"] = linear_backward(gelu_backward(dg, cache.gelu), cache.dense)
+    dd = gelu_backward(dg, cache.gelu)
+    drows, grads[dense + ".weight"], grads[dense + ".bias"] = linear_backward(dd, cache.dense)
     return drows
 
 

@@ -39,7 +39,7 @@ def adamw_update(p, g, m, v, decay, beta1, beta2, eps, step_size, bias_correctio
     """One tensor's AdamW update, p, m and v in place (the same operations, in the same order, as torch's):
     p <- p * decay;  m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;
     p <- p - m / (sqrt(v) / sqrt(1 - b2^t) + eps) * lr / (1 - b1^t)."""
-    if fast := fast_form("adamw_update", p):         # kernels/: in cache-sized blocks over the threads; one CUDA kernel
+    if fast := fast_form("adamw_update", p):         # kernels/: blocks over the threads, or one CUDA kernel
         return fast(p, g, m, v, decay, beta1, beta2, eps, step_size, bias_correction2_sqrt)
     if decay != 1.0:
         p *= decay

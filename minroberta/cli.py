@@ -11,7 +11,8 @@ import time
 
 import numpy as np
 
-from . import backend, collection, fused, precision, threads
+from . import backend, collection, precision
+from .kernels import fused, threads
 from .errors import MinRobertaError
 
 DEFAULT_OUT = os.path.join("runs", "pretrain")

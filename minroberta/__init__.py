@@ -1,5 +1,6 @@
 """minroberta: a complete RoBERTa in plain NumPy (or CuPy), every forward and backward pass written by hand."""
 
+from . import kernels  # noqa: F401  (registers the fast forms with dispatch)
 from .checkpoint import load_pretrained, save_pretrained
 from .config import Config
 from .errors import MinRobertaError

@@ -124,14 +124,14 @@ def load_pretrained(path, dtype=None):
         params[key] = value.astype(target or (np.float32 if value.dtype == np.float16 else value.dtype))
     dtype_name = {np.dtype(v): k for k, v in DTYPES.items()}[params[prefix + "embeddings.LayerNorm.weight"].dtype]
     params = {k: backend.to_device(v) for k, v in params.items()}
-    model = Roberta(config, dtype=dtype_name, params=params, prefix=prefix, head=head, pooler=has_pooler)
-    model.source_dir = path
-    return model
+    return Roberta(config, dtype=dtype_name, params=params, prefix=prefix, head=head, pooler=has_pooler)
 
 
 def save_pretrained(model, path, tokenizer=None):
     """Write config.json, model.safetensors (and tokenizer files) into `path`, each file atomically.
-    The tied decoder is not written: transformers re-ties it on load, as it does for its own saves."""
+    tokenizer: a Tokenizer to save, or a directory whose tokenizer files are copied (the one the model was
+    loaded from, say). The tied decoder is not written: transformers re-ties it on load, as it does for its own
+    saves."""
     from safetensors.numpy import save as safetensors_bytes
     os.makedirs(path, exist_ok=True)
     host = {k: np.ascontiguousarray(backend.to_host(v)) for k, v in model.params.items()}
@@ -140,12 +140,17 @@ def save_pretrained(model, path, tokenizer=None):
     config.extra.pop("_name_or_path", None)
     atomic.write_bytes(os.path.join(path, WEIGHTS), safetensors_bytes(host, metadata={"format": "pt"}))
     config.save(os.path.join(path, CONFIG))
-    if tokenizer is not None:
+    if isinstance(tokenizer, (str, os.PathLike)):
+        if os.path.abspath(tokenizer) != os.path.abspath(path):
+            _copy_tokenizer_files(tokenizer, path)
+    elif tokenizer is not None:
         tokenizer.save(path)
-    elif model.source_dir and os.path.abspath(model.source_dir) != os.path.abspath(path):
-        for name in TOKENIZER_FILES:
-            source = os.path.join(model.source_dir, name)
-            if os.path.exists(source):
-                with open(source, "rb") as handle:
-                    atomic.write_bytes(os.path.join(path, name), handle.read())
+
+
+def _copy_tokenizer_files(source_dir, path):
+    for name in TOKENIZER_FILES:
+        source = os.path.join(source_dir, name)
+        if os.path.exists(source):
+            with open(source, "rb") as handle:
+                atomic.write_bytes(os.path.join(path, name), handle.read())
 

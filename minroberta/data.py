@@ -7,8 +7,7 @@ import numpy as np
 from . import distributed
 from .corpus import split_sentences, train_valid_split
 from .errors import MinRobertaError
-
-IGNORE_INDEX = -100
+from .ops.cross_entropy import IGNORE_INDEX   # noqa: F401  (train.py and the tests take it from here too)
 VALID_EPOCH = 2**31 - 1   # the fixed "epoch" of the validation masks (the seed must be >= 0): same every time
 VALID_MASK_PROB = 0.15    # validation is masked at RoBERTa's rate whatever the training rate, so runs compare
 
@@ -83,7 +82,7 @@ def mask_tokens(ids, attention_mask, *, special_ids, mask_id, vocab_size, seed, 
     probability mask_fraction (80%), a random non-special token with probability random_fraction (10%), and
     stays as it is otherwise (10%).
     ids, attention_mask (or None: all real): (B, T); indices: (B,).
-    -> (input_ids, labels), both (B, T) int64; labels hold the original id where chosen, -100 elsewhere."""
+    -> (input_ids, labels), both (B, T) int64; labels hold the original id where chosen, IGNORE_INDEX elsewhere."""
     if not 0.0 <= mask_prob <= 1.0 or not 0.0 <= mask_fraction + random_fraction <= 1.0:
         raise MinRobertaError(f"mask_prob {mask_prob} and fractions {mask_fraction} + {random_fraction} "
                               "must be probabilities")
@@ -147,7 +146,7 @@ class PretrainingData:
         return max(1, self.num_train // batch_size)
 
     def _collate(self, samples, indices, epoch, mask_prob):
-        """Pad to the longest sample (<pad>, attention 0, label -100) and mask for `epoch`."""
+        """Pad to the longest sample (<pad>, attention 0, label IGNORE_INDEX) and mask for `epoch`."""
         longest = max(len(s) for s in samples)
         ids = np.full((len(samples), longest), self.pad_id, dtype=np.int64)           # (B, T)
         attention_mask = np.zeros((len(samples), longest), dtype=np.int64)            # (B, T)

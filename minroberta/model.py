@@ -1,25 +1,27 @@
 """The RoBERTa encoder and its masked-LM head: parameters by checkpoint name, forward, and full backward.
 
-Read top to bottom: embeddings -> N post-LN encoder layers -> MLM head. Each stage is a forward that returns
-(out, cache) and a backward that adds its parameters' gradients to a dict keyed like the parameters. The same
+Read top to bottom, as HuggingFace's module tree: embeddings; in each layer self-attention, self-output,
+intermediate and output; the layer; the encoder (Roberta.encode); the MLM head (the task heads: heads.py).
+Each stage is a forward that returns (out, cache), the cache a named tuple, and a backward that adds its
+parameters' gradients to a dict keyed like the parameters. The same
 code serves BERT-family checkpoints (positions 0..T-1, token types, BERT's names for the heads), selected by
 `config.model_type`.
 """
 
 import dataclasses
+from collections import namedtuple
 
 import numpy as np
 
-from . import backend, fused
-from .config import Config
+from . import backend
+from .dispatch import fast_form
 from .errors import MinRobertaError
 from .heads import (classifier_backward, classifier_forward, classifier_layout, classifier_shapes, qa_backward,
                     qa_forward, qa_shapes)
-from .ops import (attention_backward, attention_forward, cross_entropy_backward, cross_entropy_forward,
-                  dropout_backward, dropout_forward, embedding_backward, embedding_forward, gelu_backward, gelu_output,
-                  gelu_forward, layernorm_backward, layernorm_forward, linear_backward, linear_forward,
-                  mse_backward, mse_forward)
-from .ops.inference import attention_inference, layernorm_in_place
+from .ops import (IGNORE_INDEX, attention_backward, attention_forward, cross_entropy_backward, cross_entropy_forward,
+                  dropout_backward, dropout_forward, embedding_backward, embedding_forward, gelu_backward, gelu_forward,
+                  gelu_output, layernorm_backward, layernorm_forward, linear_backward, linear_forward, mse_backward,
+                  mse_forward)
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 HEADS = ("mlm", "classification", "qa")   # or None: the bare encoder
@@ -159,7 +161,10 @@ def _hidden_dropout(dropout, x):
     return (x, None) if dropout is None else dropout.hidden(x)
 
 
-# --- embeddings ---------------------------------------------------------------------------------------
+# --- embeddings (RobertaEmbeddings) -------------------------------------------------------------------
+
+EmbeddingsCache = namedtuple("EmbeddingsCache", "words positions token_types norm dropout")
+
 
 def position_ids_for(config, input_ids):
     """RoBERTa: pad + cumsum(ids != pad) on real tokens, pad on padding (real tokens start at pad + 1).
@@ -177,30 +182,37 @@ def embeddings_forward(params, config, prefix, input_ids, token_type_ids, dropou
     p = prefix + "embeddings."
     roberta = config.model_type == "roberta"
     words, c_words = embedding_forward(input_ids, params[p + "word_embeddings.weight"], config.pad_token_id)
-    positions, c_pos = embedding_forward(position_ids_for(config, input_ids), params[p + "position_embeddings.weight"],
-                                         config.pad_token_id if roberta else None)
+    positions, c_positions = embedding_forward(position_ids_for(config, input_ids),
+                                               params[p + "position_embeddings.weight"],
+                                               config.pad_token_id if roberta else None)
     types, c_types = embedding_forward(token_type_ids, params[p + "token_type_embeddings.weight"])
     x, c_norm = layernorm_forward(words + positions + types, params[p + "LayerNorm.weight"],
                                   params[p + "LayerNorm.bias"], config.layer_norm_eps)
     x, c_drop = _hidden_dropout(dropout, x)
-    return x, (c_words, c_pos, c_types, c_norm, c_drop)
+    return x, EmbeddingsCache(c_words, c_positions, c_types, c_norm, c_drop)
 
 
 def embeddings_backward(dx, cache, prefix, grads):
     """The three lookups are summed, so each table receives the same upstream gradient, scattered to its rows."""
-    c_words, c_pos, c_types, c_norm, c_drop = cache
     p = prefix + "embeddings."
     dsum, grads[p + "LayerNorm.weight"], grads[p + "LayerNorm.bias"] = layernorm_backward(
-        dropout_backward(dx, c_drop), c_norm)
+        dropout_backward(dx, cache.dropout), cache.norm)
     key = p + "word_embeddings.weight"
-    grads[key] = embedding_backward(dsum, c_words, into=grads.get(key))   # the tied decoder's share may be there
-    grads[p + "position_embeddings.weight"] = embedding_backward(dsum, c_pos)
-    grads[p + "token_type_embeddings.weight"] = embedding_backward(dsum, c_types)
+    grads[key] = embedding_backward(dsum, cache.words, into=grads.get(key))   # the tied decoder's share may be there
+    grads[p + "position_embeddings.weight"] = embedding_backward(dsum, cache.positions)
+    grads[p + "token_type_embeddings.weight"] = embedding_backward(dsum, cache.token_types)
 
 
-# --- one post-LN encoder layer ------------------------------------------------------------------------
+def _put(grads, name, dweight, dbias):
+    grads[name + ".weight"], grads[name + ".bias"] = dweight, dbias
 
-def qkv_forward(params, layer, x):
+
+# --- self-attention (RobertaSelfAttention: query, key, value, the attention itself) -------------------
+
+SelfAttentionCache = namedtuple("SelfAttentionCache", "projection attention")
+
+
+def query_key_value(params, layer, x):
     """The query, key and value projections as one (B*T, C) x (C, 3C) product: the same numbers as three
     linears, one pass over x and one large matrix multiply instead of three smaller ones.
     -> q, k, v (B, T, C) views into one array, and the product's cache."""
@@ -213,91 +225,138 @@ def qkv_forward(params, layer, x):
     return qkv[..., :C], qkv[..., C:2 * C], qkv[..., 2 * C:], cache
 
 
+def self_attention_forward(params, config, layer, x, key_mask, dropout):
+    """x (B, T, C) -> ctx (B, T, C): every token's mix of the values of the tokens it attends to."""
+    q, k, v, c_projection = query_key_value(params, layer, x)
+    training = dropout is not None
+    ctx, c_attention = attention_forward(q, k, v, key_mask, config.num_attention_heads,
+                                         dropout.attention_p if training else 0.0,
+                                         dropout.generator if training else None, training)
+    return ctx, SelfAttentionCache(c_projection, c_attention)
+
+
+def self_attention_backward(dctx, cache, layer, grads):
+    """The fused projection's weight gradient (3C, C) is cut back into the query, key and value gradients."""
+    xp = backend.xp()
+    dqkv = xp.concatenate(attention_backward(dctx, cache.attention), axis=-1)     # (B, T, 3C)
+    dx, dqkv_weight, dqkv_bias = linear_backward(dqkv, cache.projection)
+    C = dctx.shape[-1]
+    for n, name in enumerate(("query", "key", "value")):
+        _put(grads, f"{layer}attention.self.{name}", dqkv_weight[n * C:(n + 1) * C], dqkv_bias[n * C:(n + 1) * C])
+    return dx
+
+
+# --- self-output and output (RobertaSelfOutput, RobertaOutput): dense, dropout, LayerNorm(. + residual) ---
+
+DenseNormCache = namedtuple("DenseNormCache", "dense dropout norm")
+
+
+def dense_norm_forward(params, config, name, x, residual, dropout, keep_input=True):
+    """LN(drop(dense(x)) + residual): how both halves of a post-LN layer end. `name` is the module
+    ("attention.output" or "output" under the layer). x (B, T, I), residual (B, T, C) -> (B, T, C)."""
+    a, c_dense = linear_forward(x, params[name + ".dense.weight"], params[name + ".dense.bias"], keep_input)
+    a, c_drop = _hidden_dropout(dropout, a)
+    y, c_norm = layernorm_forward(a + residual, params[name + ".LayerNorm.weight"], params[name + ".LayerNorm.bias"],
+                                  config.layer_norm_eps)
+    return y, DenseNormCache(c_dense, c_drop, c_norm)
+
+
+def dense_norm_backward(dy, cache, name, grads, x=None):
+    """-> (dx, dresidual). The residual sum sends the layer norm's input gradient down both branches.
+    x: the forward's input, when the cache was made with keep_input=False."""
+    dsum, *norm = layernorm_backward(dy, cache.norm)                          # d(a + residual)
+    _put(grads, name + ".LayerNorm", *norm)
+    dx, *dense = linear_backward(dropout_backward(dsum, cache.dropout), cache.dense, x)
+    _put(grads, name + ".dense", *dense)
+    return dx, dsum
+
+
+# --- intermediate (RobertaIntermediate): dense, GELU ------------------------------------------------
+
+IntermediateCache = namedtuple("IntermediateCache", "dense gelu")
+
+
+def intermediate_forward(params, layer, h):
+    """h (B, T, C) -> gelu(dense(h)) (B, T, F)."""
+    name = layer + "intermediate.dense"
+    i, c_dense = linear_forward(h, params[name + ".weight"], params[name + ".bias"])           # (B, T, F)
+    g, c_gelu = gelu_forward(i)
+    return g, IntermediateCache(c_dense, c_gelu)
+
+
+def intermediate_output(cache):
+    """The forward's output again, from its cache: the layer does not keep it (F floats a token less)."""
+    return gelu_output(cache.gelu)
+
+
+def intermediate_backward(dg, cache, layer, grads):
+    dh, *dense = linear_backward(gelu_backward(dg, cache.gelu), cache.dense)
+    _put(grads, layer + "intermediate.dense", *dense)
+    return dh
+
+
+# --- the layer (RobertaLayer) and the encoder (RobertaEncoder) ---------------------------------------
+
+LayerCache = namedtuple("LayerCache", "attention attention_output intermediate output")
+
+
 def layer_forward(params, config, layer, x, key_mask, dropout):
     """h = LN(x + drop(dense(attention(x))));  y = LN(h + drop(dense2(gelu(dense1(h))))).  (B, T, C) -> (B, T, C)."""
-    P = lambda name: params[layer + name]
-    q, k, v, c_qkv = qkv_forward(params, layer, x)
-    training = dropout is not None
-    ctx, c_attn = attention_forward(q, k, v, key_mask, config.num_attention_heads,
-                                    dropout.attention_p if training else 0.0,
-                                    dropout.generator if training else None, training)            # (B, T, C)
-    a, c_a = linear_forward(ctx, P("attention.output.dense.weight"), P("attention.output.dense.bias"))
-    a, c_a_drop = _hidden_dropout(dropout, a)
-    h, c_h = layernorm_forward(a + x, P("attention.output.LayerNorm.weight"), P("attention.output.LayerNorm.bias"),
-                               config.layer_norm_eps)                                              # (B, T, C)
-    i, c_i = linear_forward(h, P("intermediate.dense.weight"), P("intermediate.dense.bias"))       # (B, T, F)
-    g, c_g = gelu_forward(i)
-    o, c_o = linear_forward(g, P("output.dense.weight"), P("output.dense.bias"))                   # (B, T, C)
-    c_o = (None,) + c_o[1:]   # g is not kept: the backward rebuilds it from the GELU's cache, F floats a token less
-    o, c_o_drop = _hidden_dropout(dropout, o)
-    y, c_y = layernorm_forward(o + h, P("output.LayerNorm.weight"), P("output.LayerNorm.bias"), config.layer_norm_eps)
-    return y, (c_qkv, c_attn, c_a, c_a_drop, c_h, c_i, c_g, c_o, c_o_drop, c_y)
-
-
-def layer_inference(params, config, layer, x, key_mask):
-    """layer_forward's y alone, for inference: the same equations through the fast forms of ops/inference.py
-    (attention blocked in the cache, layer norm and GELU in place), keeping nothing for a backward.
-    key_mask (B, T), or None where no token is padding. (B, T, C) -> (B, T, C)."""
-    P = lambda name: params[layer + name]
-    q, k, v, _ = qkv_forward(params, layer, x)
-    ctx = attention_inference(q, k, v, key_mask, config.num_attention_heads)                       # (B, T, C)
-    a, _ = linear_forward(ctx, P("attention.output.dense.weight"), P("attention.output.dense.bias"))
-    a += x
-    h = layernorm_in_place(a, P("attention.output.LayerNorm.weight"), P("attention.output.LayerNorm.bias"),
-                           config.layer_norm_eps)                                                  # (B, T, C)
-    g = backend.gelu_in_place(linear_forward(h, P("intermediate.dense.weight"), P("intermediate.dense.bias"))[0])
-    o, _ = linear_forward(g, P("output.dense.weight"), P("output.dense.bias"))                     # (B, T, C)
-    o += h
-    return layernorm_in_place(o, P("output.LayerNorm.weight"), P("output.LayerNorm.bias"), config.layer_norm_eps)
+    ctx, c_attention = self_attention_forward(params, config, layer, x, key_mask, dropout)          # (B, T, C)
+    h, c_attention_output = dense_norm_forward(params, config, layer + "attention.output", ctx, x, dropout)
+    g, c_intermediate = intermediate_forward(params, layer, h)                                      # (B, T, F)
+    # g is not kept by the output's dense: the backward rebuilds it from the intermediate's cache
+    y, c_output = dense_norm_forward(params, config, layer + "output", g, h, dropout, keep_input=False)
+    return y, LayerCache(c_attention, c_attention_output, c_intermediate, c_output)
 
 
 def layer_backward(dy, cache, layer, grads):
     """The forward in reverse. Each residual sum sends its gradient down both branches, so the gradient
-    of h is the FFN branch's plus the skip's, and that of x is the fused projection's plus the skip's.
-    The fused projection's weight gradient (3C, C) is cut back into the query, key and value gradients."""
-    xp = backend.xp()
-    c_qkv, c_attn, c_a, c_a_drop, c_h, c_i, c_g, c_o, c_o_drop, c_y = cache
-
-    def put(name, dweight, dbias):
-        grads[layer + name + ".weight"], grads[layer + name + ".bias"] = dweight, dbias
-
-    do_plus_dh, *norm2 = layernorm_backward(dy, c_y)                       # d(o + h)
-    put("output.LayerNorm", *norm2)
-    dg, *dense2 = linear_backward(dropout_backward(do_plus_dh, c_o_drop), (gelu_output(c_g),) + c_o[1:])
-    put("output.dense", *dense2)
-    dh_ffn, *dense1 = linear_backward(gelu_backward(dg, c_g), c_i)
-    put("intermediate.dense", *dense1)
-    da_plus_dx, *norm1 = layernorm_backward(do_plus_dh + dh_ffn, c_h)      # d(a + x)
-    put("attention.output.LayerNorm", *norm1)
-    dctx, *dense_out = linear_backward(dropout_backward(da_plus_dx, c_a_drop), c_a)
-    put("attention.output.dense", *dense_out)
-    dqkv = xp.concatenate(attention_backward(dctx, c_attn), axis=-1)      # (B, T, 3C)
-    dx_proj, dqkv_weight, dqkv_bias = linear_backward(dqkv, c_qkv)
-    C = dctx.shape[-1]
-    for n, name in enumerate(("query", "key", "value")):
-        put("attention.self." + name, dqkv_weight[n * C:(n + 1) * C], dqkv_bias[n * C:(n + 1) * C])
-    return da_plus_dx + dx_proj
+    of h is the FFN branch's plus the skip's, and that of x is the projections' plus the skip's."""
+    g = intermediate_output(cache.intermediate)                                                   # (B, T, F)
+    dg, dh_skip = dense_norm_backward(dy, cache.output, layer + "output", grads, x=g)
+    dh = dh_skip + intermediate_backward(dg, cache.intermediate, layer, grads)
+    dctx, dx_skip = dense_norm_backward(dh, cache.attention_output, layer + "attention.output", grads)
+    return dx_skip + self_attention_backward(dctx, cache.attention, layer, grads)
 
 
-# --- masked-LM head -----------------------------------------------------------------------------------
+def layer_output(params, config, layer, x, key_mask):
+    """layer_forward's y alone, for inference: nothing kept for a backward. key_mask (B, T), or None where no
+    token is padding."""
+    if fast := fast_form("layer_output"):             # kernels/inference.py: blocked attention, in-place norms
+        return fast(params, config, layer, x, key_mask)
+    if key_mask is None:
+        key_mask = backend.xp().ones(x.shape[:2], dtype=backend.xp().int64)
+    y, _ = layer_forward(params, config, layer, x, key_mask, None)
+    return y
+
+
+EncoderCache = namedtuple("EncoderCache", "embeddings layers")   # layers: a LayerCache each, used up by the backward
+
+
+# --- the masked-LM head (RobertaLMHead) ---------------------------------------------------------------
+
+LMHeadCache = namedtuple("LMHeadCache", "dense gelu norm decoder names")
+
 
 def lm_head_forward(params, config, prefix, rows):
     """rows (N, C) -> logits (N, V) = LN(gelu(dense(rows))) @ word_embeddings.T + bias (names: LM_HEADS)."""
     dense, norm, bias = LM_HEADS[config.model_type]
-    d, c_d = linear_forward(rows, params[dense + ".weight"], params[dense + ".bias"])
-    g, c_g = gelu_forward(d)
-    n, c_n = layernorm_forward(g, params[norm + ".weight"], params[norm + ".bias"], config.layer_norm_eps)
-    logits, c_dec = linear_forward(n, params[prefix + "embeddings.word_embeddings.weight"], params[bias])
-    return logits, (c_d, c_g, c_n, c_dec, LM_HEADS[config.model_type])
+    d, c_dense = linear_forward(rows, params[dense + ".weight"], params[dense + ".bias"])
+    g, c_gelu = gelu_forward(d)
+    n, c_norm = layernorm_forward(g, params[norm + ".weight"], params[norm + ".bias"], config.layer_norm_eps)
+    logits, c_decoder = linear_forward(n, params[prefix + "embeddings.word_embeddings.weight"], params[bias])
+    return logits, LMHeadCache(c_dense, c_gelu, c_norm, c_decoder, LM_HEADS[config.model_type])
 
 
 def lm_head_backward(dlogits, cache, prefix, grads):
     """The decoder's weight is the word-embedding table, so its gradient lands under that name (the lookup's
     gradient is added to it in the embeddings backward)."""
-    c_d, c_g, c_n, c_dec, (dense, norm, bias) = cache
-    dn, grads[prefix + "embeddings.word_embeddings.weight"], grads[bias] = linear_backward(dlogits, c_dec)
-    dg, grads[norm + ".weight"], grads[norm + ".bias"] = layernorm_backward(dn, c_n)
-    drows, grads[dense + ".weight"], grads[dense + ".bias"] = linear_backward(gelu_backward(dg, c_g), c_d)
+    dense, norm, bias = cache.names
+    dn, grads[prefix + "embeddings.word_embeddings.weight"], grads[bias] = linear_backward(dlogits, cache.decoder)
+    dg, grads[norm + ".weight"], grads[norm + ".bias"] = layernorm_backward(dn, cache.norm)
+    dd = gelu_backward(dg, cache.gelu)
+    drows, grads[dense + ".weight"], grads[dense + ".bias"] = linear_backward(dd, cache.dense)
     return drows
 
 
@@ -324,7 +383,6 @@ class Roberta:
         self.head = head
         shapes = self.param_shapes(pooler=config.model_type == "bert" if pooler is None else pooler)
         self.params = params if params is not None else init_params(shapes, config, seed, DTYPES[dtype])
-        self.source_dir = None   # where it was loaded from: tokenizer files there travel with save_pretrained
 
     @property
     def has_lm_head(self):
@@ -350,7 +408,6 @@ class Roberta:
             renamed = prefix + name[len(self.prefix):]
             if name in self.params and renamed in fresh.params:
                 fresh.params[renamed] = self.params[name]
-        fresh.source_dir = self.source_dir
         return fresh
 
     # --- forward pieces
@@ -372,27 +429,25 @@ class Roberta:
         keep_cache=False: inference runs the layers' fast forms, which keep nothing; without an attention
         mask no key counts as padding)."""
         ids, mask, types = self._inputs(input_ids, attention_mask, token_type_ids)
-        x, c_emb = embeddings_forward(self.params, self.config, self.prefix, ids, types, dropout)
-        fast = not keep_cache and dropout is None and not fused.enabled()   # the fused kernels are GPU fast forms
+        x, c_embeddings = embeddings_forward(self.params, self.config, self.prefix, ids, types, dropout)
         layer_caches = []
         for i in range(self.config.num_hidden_layers):
             layer = f"{self.prefix}encoder.layer.{i}."
-            if fast:
-                x = layer_inference(self.params, self.config, layer, x, None if attention_mask is None else mask)
-                continue
-            x, c_layer = layer_forward(self.params, self.config, layer, x, mask, dropout)
-            if keep_cache:
-                layer_caches.append(c_layer)
-        return x, (c_emb, layer_caches) if keep_cache else None
+            if keep_cache or dropout is not None:
+                x, c_layer = layer_forward(self.params, self.config, layer, x, mask, dropout)
+                if keep_cache:
+                    layer_caches.append(c_layer)
+            else:
+                x = layer_output(self.params, self.config, layer, x, None if attention_mask is None else mask)
+        return x, EncoderCache(c_embeddings, layer_caches) if keep_cache else None
 
     def encode_backward(self, dhidden, cache, grads):
         """The backward of `encode`. It uses up `cache`: each layer's activations are let go as soon as that
-        layer's gradients exist, so the activations shrink while the gradients grow (base-shape train step,
-        peak traced memory 3.21 -> 2.68 GiB, measured with tracemalloc)."""
-        c_emb, layer_caches = cache
+        layer's gradients exist, so the activations shrink while the gradients grow (a lower peak: see
+        docs/performance.md)."""
         for i in reversed(range(self.config.num_hidden_layers)):
-            dhidden = layer_backward(dhidden, layer_caches.pop(), f"{self.prefix}encoder.layer.{i}.", grads)
-        embeddings_backward(dhidden, c_emb, self.prefix, grads)
+            dhidden = layer_backward(dhidden, cache.layers.pop(), f"{self.prefix}encoder.layer.{i}.", grads)
+        embeddings_backward(dhidden, cache.embeddings, self.prefix, grads)
         return grads
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None):
@@ -463,7 +518,7 @@ class Roberta:
         loss = 0.0
         for logits, positions in ((start_logits, start_positions), (end_logits, end_positions)):
             positions = as_id_array("positions", positions, (hidden.shape[0],), ndim=1)
-            positions = xp.where((positions < 0) | (positions >= seq), -100, positions)
+            positions = xp.where((positions < 0) | (positions >= seq), IGNORE_INDEX, positions)
             part, cache = cross_entropy_forward(logits, positions)
             loss = loss + 0.5 * part
             dstart_end.append(cross_entropy_backward(0.5 * loss_scale, cache))
@@ -476,24 +531,24 @@ class Roberta:
         for a fraction of the head's work) -> logits (N, V), targets (N,), cache for the backward."""
         self._require_head("mlm")
         if labels is None:
-            raise MinRobertaError("the MLM loss needs labels (-100 where no prediction is scored)")
+            raise MinRobertaError(f"the MLM loss needs labels ({IGNORE_INDEX} where no prediction is scored)")
         xp = backend.xp()
         hidden, enc_cache = self.encode(input_ids, attention_mask, token_type_ids, dropout)
         batch, seq, channels = hidden.shape
         labels = as_id_array("labels", labels, (batch, seq)).reshape(-1)                  # (B*T,)
-        scored = xp.nonzero(labels != -100)[0]                                            # (N,) flat positions
+        scored = xp.nonzero(labels != IGNORE_INDEX)[0]                                            # (N,) flat positions
         rows = hidden.reshape(-1, channels)[scored]                                       # (N, C)
         logits, head_cache = lm_head_forward(self.params, self.config, self.prefix, rows)  # (N, V)
         return logits, labels[scored], (enc_cache, head_cache, scored, hidden.shape)
 
     def mlm_logits(self, input_ids, attention_mask=None, labels=None, token_type_ids=None):
-        """Logits (N, V) at the N positions whose label is not -100, and those labels (N,); no dropout."""
+        """Logits (N, V) at the N positions whose label is not IGNORE_INDEX, and those labels (N,); no dropout."""
         logits, targets, _ = self._scored_head(input_ids, attention_mask, labels, token_type_ids, None)
         return logits, targets
 
     def loss_and_grads(self, input_ids, attention_mask=None, labels=None, token_type_ids=None, dropout_key=None,
                        loss_scale=1.0):
-        """Masked-LM loss (mean cross-entropy over positions whose label is not -100) and the gradient of
+        """Masked-LM loss (mean cross-entropy over positions whose label is not IGNORE_INDEX) and the gradient of
         every parameter, keyed like `params`. `dropout_key`, a tuple of ints such as (seed, step, micro_batch),
         switches dropout on with a generator drawn from it; None means no dropout (evaluation numerics).
         The gradients are those of loss_scale x loss (the loss returned is not scaled): float16 products
@@ -509,7 +564,3 @@ class Roberta:
         dhidden[scored] = drows                                                           # positions are distinct
         self.encode_backward(dhidden.reshape(batch, seq, channels), enc_cache, grads)
         return loss, self._complete(grads)
-
-    def save_pretrained(self, path, tokenizer=None):
-        from .checkpoint import save_pretrained
-        save_pretrained(self, path, tokenizer=tokenizer)

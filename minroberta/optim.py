@@ -7,7 +7,8 @@ so the two agree to rounding.
 
 import math
 
-from . import backend, fused, threads
+from . import backend
+from .dispatch import fast_form
 
 
 def linear_schedule(update, peak_lr, warmup, total):
@@ -34,7 +35,19 @@ def clip_by_global_norm(grads, max_norm):
     return norm
 
 
-_BLOCK = 131072   # elements per block of the update (512 KiB in float32; see backend._BLOCK on the size)
+def adamw_update(p, g, m, v, decay, beta1, beta2, eps, step_size, bias_correction2_sqrt):
+    """One tensor's AdamW update, p, m and v in place (the same operations, in the same order, as torch's):
+    p <- p * decay;  m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;
+    p <- p - m / (sqrt(v) / sqrt(1 - b2^t) + eps) * lr / (1 - b1^t)."""
+    if fast := fast_form("adamw_update", p):         # kernels/: blocks over the threads, or one CUDA kernel
+        return fast(p, g, m, v, decay, beta1, beta2, eps, step_size, bias_correction2_sqrt)
+    if decay != 1.0:
+        p *= decay
+    m *= beta1
+    m += g * (1.0 - beta1)
+    v *= beta2
+    v += g * g * (1.0 - beta2)
+    p -= m / (backend.xp().sqrt(v) / bias_correction2_sqrt + eps) * step_size
 
 
 class AdamW:
@@ -57,51 +70,8 @@ class AdamW:
         bias_correction2_sqrt = math.sqrt(1.0 - self.beta2 ** self.step_count)
         for name, p in params.items():
             decay = 1.0 - lr * self.weight_decay if self.decays[name] and self.weight_decay else 1.0
-            if fused.enabled():   # the whole update of this tensor in one CUDA kernel
-                fused.adamw_update(p, grads[name], self.exp_avg[name], self.exp_avg_sq[name], decay, self.beta1,
-                                   self.beta2, self.eps, step_size, bias_correction2_sqrt)
-                continue
-            self._update_tensor(p, grads[name], self.exp_avg[name], self.exp_avg_sq[name], decay, step_size,
-                                bias_correction2_sqrt)
-
-    def _update_tensor(self, p, g, m, v, decay, step_size, bias_correction2_sqrt):
-        """One tensor's update, its rows cut over the threads (threads.py), each thread's rows block by block
-        along the first axis (slices are views, so the updates land in p, m and v): each block's arithmetic
-        stays in the CPU cache instead of streaming the whole tensor a dozen times. Measured on the base preset's
-        125M parameters, ms per update: one thread 210 / 190 / 188 with blocks of 16 / 32 / 128 Ki elements;
-        two threads 241 / 155 / 119 (small blocks make the threads queue for the interpreter lock). A GPU takes
-        each tensor whole: there every block would cost a dozen kernel launches."""
-        xp = backend.xp()
-        per_row = max(1, p.size // max(1, p.shape[0]))
-
-        def rows(part):
-            p_part = p[part]
-            if decay != 1.0:
-                p_part *= decay
-            block_rows = p_part.shape[0] if backend.name() == "cupy" else max(1, _BLOCK // per_row)
-            scratch = xp.empty_like(p_part[:block_rows])
-            for start in range(part.start, part.stop, block_rows):
-                block = slice(start, min(start + block_rows, part.stop))
-                self._update(p[block], g[block], m[block], v[block], scratch[:block.stop - block.start], step_size,
-                             bias_correction2_sqrt)
-        threads.over_rows(rows, p.shape[0], per_row)
-
-    def _update(self, p, g, m, v, scratch, step_size, bias_correction2_sqrt):
-        """The Adam update of one block, every step in place through the one scratch buffer."""
-        xp = backend.xp()
-        m *= self.beta1
-        xp.multiply(g, 1.0 - self.beta1, out=scratch)
-        m += scratch                                     # m = b1 m + (1 - b1) g
-        v *= self.beta2
-        xp.multiply(g, g, out=scratch)
-        scratch *= 1.0 - self.beta2
-        v += scratch                                     # v = b2 v + (1 - b2) g^2
-        xp.sqrt(v, out=scratch)
-        scratch /= bias_correction2_sqrt
-        scratch += self.eps                              # denom = sqrt(v) / sqrt(1 - b2^t) + eps
-        xp.divide(m, scratch, out=scratch)
-        scratch *= step_size
-        p -= scratch                                     # p -= lr / (1 - b1^t) * m / denom
+            adamw_update(p, grads[name], self.exp_avg[name], self.exp_avg_sq[name], decay, self.beta1, self.beta2,
+                         self.eps, step_size, bias_correction2_sqrt)
 
     # --- checkpointing: the moments as named arrays, the rest as plain numbers
     def state_arrays(self):

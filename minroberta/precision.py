@@ -18,7 +18,8 @@ Choose with `precision.use(name)` (the command line's --precision).
 
 import numpy as np
 
-from . import backend, threads
+from . import backend
+from .dispatch import fast_form
 from .errors import MinRobertaError
 
 MODES = ("float32", "tf32", "fp16")
@@ -59,38 +60,15 @@ def _set_cublas_compute_types(mode):
 
 
 def matmul(a, b):
-    """a @ b under the selected precision, returned in a's dtype. (..., M, K) x (..., K, N) -> (..., M, N).
-    On the NumPy backend with several threads (see threads.py) the product is cut into one product per
-    thread: a 2-D one by the rows of a or the columns of b, whichever operand is larger (each thread reads
-    all of the other one: the MLM decoder's table is read once, not once per thread), a batched one along its
-    leading batch axis."""
-    if backend.name() != "numpy" or threads.count() == 1:
-        return product(a, b)
-    K = a.shape[-1]
-    if a.ndim == 2 and b.ndim == 2:
-        M, N = a.shape[0], b.shape[1]
-        if b.size > a.size:
-            work, parts, cost = (lambda cols: product(a, b[:, cols], out[:, cols])), N, M * K
-        else:
-            work, parts, cost = (lambda rows: product(a[rows], b, out[rows])), M, K * N
-    elif a.ndim > 2 and a.shape[:-2] == b.shape[:-2]:   # attention's: both operands carry the same batch axes
-        batch = a.shape[0]
-        per_entry = a.size // max(1, batch) * b.shape[-1]                   # multiply-adds per batch entry
-        work, parts, cost = (lambda rows: product(a[rows], b[rows], out[rows])), batch, per_entry
-    else:
-        return product(a, b)
-    out = backend.xp().empty(a.shape[:-1] + b.shape[-1:], dtype=a.dtype)   # the chunks write into it
-    threads.over_rows(work, parts, cost, min_chunk=PRODUCT_MIN_CHUNK)
-    return out
-
-
-# multiply-adds below which a product's chunk is not worth a thread (a few microseconds of BLAS work)
-PRODUCT_MIN_CHUNK = 1 << 20
+    """a @ b under the selected precision, returned in a's dtype. (..., M, K) x (..., K, N) -> (..., M, N)."""
+    if fast := fast_form("matmul", a, b):            # kernels/products.py: one product per thread
+        return fast(a, b)
+    return product(a, b)
 
 
 def product(a, b, out=None):
     """One product under the selected precision, on the calling thread alone, written into out when given
-    (what matmul runs on each chunk; for work already cut over the threads)."""
+    (the reference of matmul, and what its fast form runs on each chunk)."""
     if _mode != "fp16":
         return backend.xp().matmul(a, b, out=out)
     xp = backend.xp()

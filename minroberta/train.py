@@ -22,7 +22,7 @@ import numpy as np
 
 from . import atomic, backend, distributed, precision
 from .checkpoint import load_pretrained, read_safetensors, save_pretrained
-from .data import IGNORE_INDEX
+from .ops import IGNORE_INDEX
 from .errors import MinRobertaError
 from .ops import cross_entropy_forward
 from .optim import AdamW, clip_by_global_norm, global_norm, linear_schedule

@@ -89,7 +89,8 @@ def minroberta_model(p):
 def worker_minroberta(p, mode, steps, warmup, precision_mode="float32", use_fused=False):
     import numpy as np
 
-    from minroberta import backend, fused, precision, threads
+    from minroberta import backend, precision
+    from minroberta.kernels import fused, threads
     from minroberta.ops import cross_entropy_forward
     from minroberta.optim import AdamW
     precision.use(precision_mode)
@@ -202,6 +203,7 @@ def profile_minroberta(p, mode, steps, warmup):
 
     from minroberta import model as model_module
     from minroberta import optim
+    from minroberta.kernels import rows
     from minroberta.ops import attention, linear
     own, inner = collections.Counter(), []
 
@@ -217,7 +219,7 @@ def profile_minroberta(p, mode, steps, warmup):
                 if inner:
                     inner[-1] += elapsed
         return call
-    for module in (linear, attention):
+    for module in (linear, attention, rows):
         module.matmul = timed("matrix products", module.matmul)
     for name in ("softmax_forward", "softmax_backward"):
         setattr(attention, name, timed(name, getattr(attention, name)))
@@ -309,7 +311,7 @@ def main():
         args.preset, args.mode = args.preset[0], args.mode[0]
         return run_worker(args)
     if args.profile:
-        from minroberta import threads
+        from minroberta.kernels import threads
         threads.use(args.threads)
         return profile_minroberta(PRESETS[args.preset[0]], args.mode[0], args.steps, args.warmup)
 

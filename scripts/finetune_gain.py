@@ -17,7 +17,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from minroberta import atomic  # noqa: E402
-from minroberta.checkpoint import load_pretrained  # noqa: E402
+from minroberta.checkpoint import load_pretrained, save_pretrained  # noqa: E402
 from minroberta.model import Roberta  # noqa: E402
 from minroberta.tokenizer import Tokenizer  # noqa: E402
 
@@ -50,7 +50,7 @@ def main():
     # the same architecture and tokenizer, weights drawn afresh as a new model's are
     pretrained = load_pretrained(args.model)
     scratch = os.path.join(out, "random-init")
-    Roberta(pretrained.config, seed=0).save_pretrained(scratch, tokenizer=Tokenizer.from_dir(args.model))
+    save_pretrained(Roberta(pretrained.config, seed=0), scratch, tokenizer=Tokenizer.from_dir(args.model))
 
     results = {}
     for name, model in (("pretrained", args.model), ("random init", scratch)):

@@ -3,7 +3,7 @@
 erfc(z) ~= t * P(t) * exp(-z^2),  t = 1 / (1 + p z),  z >= 0, P of degree 5 (the form of Hastings'
 approximations). For each p on a grid, P's coefficients come from a weighted least-squares fit iterated
 towards the minimax absolute error (Lawson's reweighting); the best p is kept. The printed constants are
-those of minroberta/backend.py (_ERFC_P, _ERFC_POLY). Run: python scripts/fit_erf.py
+those of minroberta/kernels/gelu32.py (_ERFC_P, _ERFC_POLY). Run: python scripts/fit_erf.py
 """
 
 import math
@@ -33,12 +33,13 @@ print("_ERFC_POLY = (" + ", ".join(repr(float(c)) for c in coefficients) + ")   
 print(f"max |erfc error| in float64: {error:.2e}")
 
 from minroberta import backend  # noqa: E402  (after the fit, which needs nothing of the package)
+from minroberta.ops import erf as minroberta_erf, normal_cdf_and_pdf  # noqa: E402
 
 backend.use("numpy")
 grid = np.linspace(-12, 12, 200_001).astype(np.float32)
-cdf, _ = backend.normal_cdf_and_pdf(grid)
+cdf, _ = normal_cdf_and_pdf(grid)
 reference = np.array([0.5 * math.erfc(-float(v) / math.sqrt(2)) for v in grid])
 print(f"minroberta float32 normal CDF: max abs error {np.max(np.abs(cdf - reference)):.2e}")
-erf = backend.erf(grid)
+erf = minroberta_erf(grid)
 reference = np.array([math.erf(float(v)) for v in grid])
 print(f"minroberta float32 erf: max abs error {np.max(np.abs(erf - reference)):.2e}")

@@ -27,7 +27,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from minroberta import atomic, corpus, threads  # noqa: E402
+from minroberta import atomic, corpus, save_pretrained  # noqa: E402
+from minroberta.kernels import threads  # noqa: E402
 from minroberta.cli import VOCAB_SIZES, build_parser, pretrain_config, pretrain_settings  # noqa: E402
 from minroberta.data import IGNORE_INDEX, PretrainingData  # noqa: E402
 from minroberta.model import Roberta  # noqa: E402
@@ -51,7 +52,7 @@ def prepare(args, work):
     else:
         tokenizer = train_tokenizer(train_docs, vocab_size=args.vocab_size or VOCAB_SIZES[args.preset])
     model = Roberta(pretrain_config(args, tokenizer), seed=args.seed)
-    model.save_pretrained(work, tokenizer=tokenizer)
+    save_pretrained(model, work, tokenizer=tokenizer)
 
 
 def load_data(args, tokenizer):

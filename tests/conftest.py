@@ -2,7 +2,8 @@
 
 import pytest
 
-from minroberta import backend, fused, precision, threads
+from minroberta import backend, precision
+from minroberta.kernels import fused, threads
 
 
 @pytest.fixture(params=["numpy", "standin"])

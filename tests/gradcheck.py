@@ -30,16 +30,40 @@ def numerical_gradient(loss_of, array):
     return grad
 
 
-def check_gradients(forward, backward, inputs, wrt, seed=0, tolerance=TOLERANCE):
+def host_leaves(value):
+    """Host copies of every array in a value (tuples, named tuples, lists flattened; other leaves as they are)."""
+    if isinstance(value, (tuple, list)):
+        return [leaf for item in value for leaf in host_leaves(item)]
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return [backend.to_host(value).copy()]
+    return [value]
+
+
+def assert_unchanged(before, after, what):
+    for i, (a, b) in enumerate(zip(before, after)):
+        if isinstance(a, np.ndarray):
+            assert np.array_equal(a, b), f"the backward changed {what} (item {i})"
+
+
+def check_gradients(forward, backward, inputs, wrt, seed=0, tolerance=TOLERANCE, dout=None):
     """forward(**device_inputs) -> (out, cache); backward(dout, cache) -> dict name -> gradient.
     `inputs` holds host float64 arrays (and any non-differentiable extras); `wrt` names those to check.
+    dout: the projection (host array of out's shape); drawn from `seed` when None. The backward must change
+    neither the inputs, nor dout, nor the cache.
     Returns the worst error found, and raises AssertionError naming the input when it exceeds tolerance."""
     def device_inputs():
         return {k: backend.to_device(v) if isinstance(v, np.ndarray) else v for k, v in inputs.items()}
 
-    out, cache = forward(**device_inputs())
-    dout = np.random.default_rng(seed).standard_normal(np.shape(backend.to_host(out)))
-    analytic = backward(backend.to_device(dout), cache)
+    given = device_inputs()
+    out, cache = forward(**given)
+    if dout is None:
+        dout = np.random.default_rng(seed).standard_normal(np.shape(backend.to_host(out)))
+    dout_device = backend.to_device(dout)
+    before = (host_leaves(list(given.values())), host_leaves(dout_device), host_leaves(cache))
+    analytic = backward(dout_device, cache)
+    for was, now, what in zip(before, (host_leaves(list(given.values())), host_leaves(dout_device), host_leaves(cache)),
+                              ("its inputs", "dout", "the cache")):
+        assert_unchanged(was, now, what)
 
     def loss():
         value, _ = forward(**device_inputs())

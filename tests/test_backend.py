@@ -1,4 +1,4 @@
-"""The backend: erf accuracy, scatter-add, seeded generators, and the stand-in's refusals."""
+"""The backend and the erf it lacks (ops/gelu.py): erf accuracy, scatter-add, seeded generators, and the stand-in's refusals."""
 
 import math
 
@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from minroberta import backend
+from minroberta.ops import erf, normal_cdf_and_pdf
 from minroberta.device_standin import HostConversionError
 from minroberta.errors import MinRobertaError
 
@@ -16,7 +17,7 @@ ERF_REFERENCE = np.array([math.erf(v) for v in GRID])
 
 
 def test_erf_float64_agrees_with_math_erf(xp):
-    got = backend.to_host(backend.erf(xp.asarray(GRID)))
+    got = backend.to_host(erf(xp.asarray(GRID)))
     assert np.max(np.abs(got - ERF_REFERENCE)) <= 2e-15
     nonzero = ERF_REFERENCE != 0
     assert np.max(np.abs(got - ERF_REFERENCE)[nonzero] / np.abs(ERF_REFERENCE[nonzero])) <= 2e-15
@@ -28,7 +29,7 @@ DENSE32 = np.concatenate([np.linspace(-9, 9, 400_001), np.linspace(-1, 1, 600_00
 
 def test_erf_float32_error_is_within_documented_bound(xp):
     reference = np.array([math.erf(float(v)) for v in DENSE32])
-    got = backend.to_host(backend.erf(xp.asarray(DENSE32)))
+    got = backend.to_host(erf(xp.asarray(DENSE32)))
     assert got.dtype == np.float32
     assert np.max(np.abs(got.astype(np.float64) - reference)) <= 3.0e-8     # half a float32 ulp below 1
 
@@ -96,13 +97,13 @@ def test_normal_cdf_and_pdf_match_references(xp):
     grid = np.linspace(-12, 12, 100_001)
     reference_cdf = np.array([0.5 * math.erfc(-v / math.sqrt(2)) for v in grid])
     reference_pdf = np.exp(-grid * grid / 2) / math.sqrt(2 * math.pi)
-    cdf, pdf = (backend.to_host(a) for a in backend.normal_cdf_and_pdf(xp.asarray(grid)))
+    cdf, pdf = (backend.to_host(a) for a in normal_cdf_and_pdf(xp.asarray(grid)))
     assert np.max(np.abs(cdf - reference_cdf)) <= 1e-15
     assert np.max(np.abs(pdf - reference_pdf)) <= 1e-16
     reference32 = np.array([0.5 * math.erfc(-float(v) / math.sqrt(2)) for v in DENSE32])
-    cdf32, pdf32 = (backend.to_host(a) for a in backend.normal_cdf_and_pdf(xp.asarray(DENSE32)))
+    cdf32, pdf32 = (backend.to_host(a) for a in normal_cdf_and_pdf(xp.asarray(DENSE32)))
     assert cdf32.dtype == np.float32 and pdf32.dtype == np.float32
-    assert np.max(np.abs(cdf32.astype(np.float64) - reference32)) <= 2.5e-7   # the bound backend.py states
+    assert np.max(np.abs(cdf32.astype(np.float64) - reference32)) <= 2.5e-7   # the bound kernels/gelu32.py states
     grid32_64 = DENSE32.astype(np.float64)
     assert np.max(np.abs(pdf32 - np.exp(-grid32_64 * grid32_64 / 2) / math.sqrt(2 * math.pi))) <= 1e-7
 

@@ -84,7 +84,7 @@ def test_minroberta_save_loads_in_transformers_with_the_same_logits(xp, tmp_path
     torch, transformers = transformers_or_skip()
     config = minroberta.Config(**PARITY)
     model = randomised(minroberta.Roberta(config, seed=1, dtype=dtype), seed=2)
-    model.save_pretrained(str(tmp_path))
+    minroberta.save_pretrained(model, str(tmp_path))
     reference, info = transformers.RobertaForMaskedLM.from_pretrained(
         str(tmp_path), attn_implementation="eager", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
@@ -121,7 +121,7 @@ def test_transformers_save_loads_in_minroberta_with_the_same_logits(xp, tmp_path
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_minroberta_save_then_load_is_bitwise_identical(xp, tmp_path, dtype):
     model = randomised(minroberta.Roberta(minroberta.Config(**TINY), seed=4, dtype=dtype), seed=5)
-    model.save_pretrained(str(tmp_path / "a"))
+    minroberta.save_pretrained(model, str(tmp_path / "a"))
     again = minroberta.load_pretrained(str(tmp_path / "a"))
     assert again.config == model.config.replace(extra={**model.config.extra, "architectures": ["RobertaForMaskedLM"]})
     assert again.dtype == dtype and again.head == model.head and again.prefix == model.prefix
@@ -129,7 +129,7 @@ def test_minroberta_save_then_load_is_bitwise_identical(xp, tmp_path, dtype):
     for key, value in model.params.items():
         original, loaded = backend.to_host(value), backend.to_host(again.params[key])
         assert loaded.dtype == original.dtype and loaded.tobytes() == original.tobytes(), key
-    again.save_pretrained(str(tmp_path / "b"))   # and a second generation writes the same bytes
+    minroberta.save_pretrained(again, str(tmp_path / "b"))   # and a second generation writes the same bytes
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
 
 
@@ -165,7 +165,7 @@ def test_tokenizer_files_travel_with_save_pretrained(numpy_backend, tmp_path):
                 ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")}
     for name, data in contents.items():
         (source / name).write_bytes(data)
-    minroberta.load_pretrained(str(source)).save_pretrained(str(target))
+    minroberta.save_pretrained(minroberta.load_pretrained(str(source)), str(target), tokenizer=str(source))
     for name, data in contents.items():
         assert (target / name).read_bytes() == data, name
     minroberta.load_pretrained(str(target))   # and the new directory is itself a checkpoint

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import minroberta
-from minroberta import backend, fused, precision
+from minroberta import backend, precision
+from minroberta.kernels import fused
 from minroberta.checkpoint import read_safetensors
 from minroberta.optim import AdamW
 from tests.reference import gradient_floor, relative_error

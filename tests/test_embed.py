@@ -134,7 +134,7 @@ def roberta_dir(tmp_path_factory):
     config = minroberta.Config(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=2,
                                num_attention_heads=2, intermediate_size=24, max_position_embeddings=66,
                                initializer_range=0.5)
-    minroberta.Roberta(config, seed=4, head=None).save_pretrained(str(directory), tokenizer=tokenizer)
+    minroberta.save_pretrained(minroberta.Roberta(config, seed=4, head=None), str(directory), tokenizer=tokenizer)
     return str(directory)
 
 
@@ -256,7 +256,7 @@ def roberta_classifier(roberta_dir, tmp_path_factory):
     directory = tmp_path_factory.mktemp("classifier")
     model = minroberta.load_pretrained(roberta_dir).with_head(
         "classification", seed=2, extra={"id2label": {"0": "no", "1": "yes", "2": "maybe"}})
-    model.save_pretrained(str(directory))
+    minroberta.save_pretrained(model, str(directory), tokenizer=roberta_dir)
     return str(directory)
 
 

@@ -1,4 +1,4 @@
-"""The fused CUDA kernels (minroberta/fused.py), checked without a GPU in two ways:
+"""The fused CUDA kernels (minroberta/kernels/fused.py), checked without a GPU in two ways:
 
 - each kernel body, wrapped as CuPy wraps it (inputs by value, outputs by reference, T the element type), is
   compiled by nvcc for the GPU, so a typo or a type error in the CUDA text fails here;
@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 import minroberta
-from minroberta import backend, fused
+from minroberta import backend
+from minroberta.kernels import fused
 from minroberta.optim import AdamW
 from tests.reference import gradient_floor, relative_error
 

@@ -120,7 +120,7 @@ def test_a_head_saved_by_minroberta_loads_in_transformers(tmp_path, numpy_backen
     torch, transformers = transformers_or_skip()
     config = minroberta.Config(**SMALL, extra={"id2label": {"0": "no", "1": "yes"}, "label2id": {"no": 0, "yes": 1}})
     model = minroberta.Roberta(config, seed=5, head="classification")
-    model.save_pretrained(str(tmp_path))
+    minroberta.save_pretrained(model, str(tmp_path))
     loaded, info = transformers.RobertaForSequenceClassification.from_pretrained(
         str(tmp_path), attn_implementation="eager", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"], info
@@ -241,7 +241,7 @@ def test_a_bert_classifier_saved_by_minroberta_loads_in_transformers(tmp_path, n
     torch, transformers = transformers_or_skip()
     config = minroberta.Config(**BERT, extra={"id2label": {"0": "no", "1": "yes"}, "label2id": {"no": 0, "yes": 1}})
     model = minroberta.Roberta(config, seed=5, head="classification")
-    model.save_pretrained(str(tmp_path))
+    minroberta.save_pretrained(model, str(tmp_path))
     loaded, info = transformers.BertForSequenceClassification.from_pretrained(
         str(tmp_path), attn_implementation="eager", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"], info

@@ -1,4 +1,4 @@
-"""The inference fast forms (ops/inference.py, backend.gelu_in_place, model.layer_inference) held to the reference
+"""The inference fast forms (kernels/inference.py: attention, layer norm, GELU and the whole layer) held to the reference
 ops they replace: the same outputs on drawn shapes, masks and backends, and the whole encoder without a cache
 against the encoder that keeps one."""
 
@@ -7,9 +7,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import minroberta
-from minroberta import backend, threads
+from minroberta import backend
+from minroberta.kernels import threads
+from minroberta.kernels.inference import attention_inference, gelu_in_place, layernorm_in_place
 from minroberta.ops import attention_forward, gelu_forward, layernorm_forward
-from minroberta.ops.inference import attention_inference, layernorm_in_place
 from tests.reference import relative_error
 
 EXAMPLES = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -24,7 +25,7 @@ def drawn(seed, dtype, *shape, scale=1.0):
 @given(batch=st.integers(1, 4), seq=st.integers(1, 9), heads=st.integers(1, 3), head_dim=st.integers(1, 5),
        padded=st.booleans(), dtype=st.sampled_from(["float64", "float32"]), seed=st.integers(0, 2**32 - 1))
 def test_blocked_attention_equals_the_reference(xp, batch, seq, heads, head_dim, padded, dtype, seed, monkeypatch):
-    from minroberta.ops import inference
+    from minroberta.kernels import inference
     monkeypatch.setattr(inference, "SCORES_BLOCK", 1)   # one sequence per block: the blocking is exercised
     q, k, v = (drawn(seed + i, dtype, batch, seq, heads * head_dim, scale=3.0) for i in range(3))
     lengths = np.random.default_rng(seed).integers(1, seq + 1, size=batch) if padded else np.full(batch, seq)
@@ -53,21 +54,21 @@ def test_gelu_in_place_equals_the_exact_gelu(numpy_backend):
     grid = grid.astype(np.float32).astype(np.float64)                   # values float32 can hold
     exact, _ = gelu_forward(grid)                                       # float64
     x32 = grid.astype(np.float32)
-    got, reference32 = backend.gelu_in_place(x32.copy()), gelu_forward(x32)[0]
+    got, reference32 = gelu_in_place(x32.copy()), gelu_forward(x32)[0]
     assert got.dtype == np.float32
     error = np.abs(got - exact) / np.maximum(1.0, np.abs(grid))          # float32 rounding: 6e-8 of max(1, |x|)
     assert error.max() <= 3e-7
     assert error.max() <= (np.abs(reference32 - exact) / np.maximum(1.0, np.abs(grid))).max()
     large = np.abs(exact) > 1e-2
     assert (np.abs(got - exact)[large] / np.abs(exact[large])).max() <= 2e-6
-    assert relative_error(backend.gelu_in_place(grid.copy()), exact) <= 1e-15
+    assert relative_error(gelu_in_place(grid.copy()), exact) <= 1e-15
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_gelu_in_place_equals_gelu_forward_on_every_backend(xp, dtype):
     x = drawn(0, dtype, 64, 48, scale=4.0)
     expected = backend.to_host(gelu_forward(x)[0])
-    assert relative_error(backend.to_host(backend.gelu_in_place(x.copy())), expected) <= TOLERANCE[dtype]
+    assert relative_error(backend.to_host(gelu_in_place(x.copy())), expected) <= TOLERANCE[dtype]
 
 
 @pytest.mark.parametrize("model_type", ["roberta", "bert"])

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis.extra import numpy as hnp
 
 from minroberta import backend, ops
 from tests.gradcheck import check_gradients
@@ -171,3 +172,88 @@ def test_checker_catches_a_transposed_weight_gradient(numpy_backend):
     inputs = {"x": values(5, 2, 3), "weight": values(1, 3, 3), "bias": None}
     with pytest.raises(AssertionError, match="gradient of weight"):
         check_gradients(ops.linear_forward, wrong_backward, inputs, ["weight"])
+
+
+# --- arrays drawn whole by hypothesis (they shrink to a small failing tensor), and the threaded forms ----------
+
+def drawn(data, shape, low=-3.0, high=3.0):
+    return data.draw(hnp.arrays(np.float64, tuple(shape), elements=st.floats(low, high)))
+
+
+def drawn_linear(data):
+    b, t, i, o = (data.draw(st.integers(1, 4)) for _ in range(4))
+    return (ops.linear_forward, lambda d, c: dict(zip(("x", "weight", "bias"), ops.linear_backward(d, c))),
+            {"x": drawn(data, (b, t, i)), "weight": drawn(data, (o, i)), "bias": drawn(data, (o,))},
+            ["x", "weight", "bias"])
+
+
+def drawn_layernorm(data):
+    n, c = data.draw(st.integers(1, 4)), data.draw(st.integers(2, 6))
+    return (ops.layernorm_forward, lambda d, cache: dict(zip(("x", "gamma", "beta"), ops.layernorm_backward(d, cache))),
+            {"x": drawn(data, (n, 3, c)), "gamma": drawn(data, (c,)), "beta": drawn(data, (c,)), "eps": 1e-5},
+            ["x", "gamma", "beta"])
+
+
+def drawn_gelu(data):
+    return (ops.gelu_forward, lambda d, c: {"x": ops.gelu_backward(d, c)},
+            {"x": drawn(data, (data.draw(st.integers(1, 6)), 5), -5.0, 5.0)}, ["x"])
+
+
+def drawn_softmax(data):
+    return (lambda x: ops.softmax_forward(x), lambda d, c: {"x": ops.softmax_backward(d, c)},
+            {"x": drawn(data, (data.draw(st.integers(1, 4)), 3, data.draw(st.integers(1, 6))))}, ["x"])
+
+
+def drawn_attention(data):
+    batch, seq, heads, head_dim = (data.draw(st.integers(1, 3)) for _ in range(4))
+    lengths = np.array(data.draw(st.lists(st.integers(1, seq), min_size=batch, max_size=batch)))
+    key_mask = (np.arange(seq)[None, :] < lengths[:, None]).astype(np.int64)
+    shape = (batch, seq, heads * head_dim)
+    return (ops.attention_forward, lambda d, c: dict(zip("qkv", ops.attention_backward(d, c))),
+            {"q": drawn(data, shape), "k": drawn(data, shape), "v": drawn(data, shape), "key_mask": key_mask,
+             "num_heads": heads}, ["q", "k", "v"])
+
+
+DRAWN = {"linear": drawn_linear, "layernorm": drawn_layernorm, "gelu": drawn_gelu, "softmax": drawn_softmax,
+         "attention": drawn_attention}
+
+
+@pytest.fixture
+def threaded_chunks(numpy_backend, monkeypatch):
+    """The fast CPU forms on two threads, their chunks cut so small that these arrays are split."""
+    from minroberta.kernels import gelu32, products, threads
+    monkeypatch.setattr(threads, "MIN_CHUNK", 8)
+    monkeypatch.setattr(products, "PRODUCT_MIN_CHUNK", 16)
+    monkeypatch.setattr(gelu32, "BLOCK", 7)
+    threads.use(2)
+
+
+@pytest.fixture(params=["numpy", "standin", "threaded"])
+def where(request):
+    """Each backend's reference, and the NumPy backend's fast forms on small chunks over two threads."""
+    if request.param == "threaded":
+        request.getfixturevalue("threaded_chunks")
+        yield request.param
+        return
+    previous = backend.name()
+    backend.use(request.param)
+    yield request.param
+    backend.use(previous)
+
+
+@pytest.mark.parametrize("op", sorted(DRAWN))
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_drawn_arrays(where, op, data):
+    forward, backward, inputs, wrt = DRAWN[op](data)
+    out, _ = forward(**{k: backend.to_device(v) if isinstance(v, np.ndarray) else v for k, v in inputs.items()})
+    dout = drawn(data, np.shape(backend.to_host(out)))
+    check_gradients(forward, backward, inputs, wrt, dout=dout)
+
+
+def test_checker_catches_a_backward_that_writes_into_dout(numpy_backend):
+    def overwriting_backward(dout, cache):
+        dout *= cache.cdf + cache.x * cache.pdf
+        return {"x": dout}
+    with pytest.raises(AssertionError, match="the backward changed dout"):
+        check_gradients(ops.gelu_forward, overwriting_backward, {"x": values(0, 3, 4)}, ["x"])

@@ -299,9 +299,18 @@ def test_accuracy_at_mask_counts_only_the_tokens_shown_as_mask(numpy_backend):
     assert metrics["valid_mask_accuracy"] == pytest.approx((predicted == ids)[shown].mean())
 
 
+def test_the_default_recipe_warms_up_over_15_percent_with_beta2_099():
+    from minroberta import cli
+    settings = cli.pretrain_settings(cli.build_parser().parse_args(["pretrain", "--steps", "1000"]))
+    assert settings.warmup_steps == 150 and settings.betas == (0.9, 0.99)
+    settings = cli.pretrain_settings(cli.build_parser().parse_args(["pretrain", "--warmup", "7", "--beta2", "0.98"]))
+    assert settings.warmup_steps == 7 and settings.betas == (0.9, 0.98)
+
+
 @pytest.mark.parametrize("flag,value,message", [("--mask-prob", "0", "--mask-prob must be in (0, 1], got 0.0"),
                                                 ("--dropout", "1.5", "--dropout must be in [0, 1), got 1.5"),
-                                                ("--init-range", "-1", "--init-range must be positive, got -1.0")])
+                                                ("--init-range", "-1", "--init-range must be positive, got -1.0"),
+                                                ("--beta2", "1", "--beta2 must be in [0, 1), got 1.0")])
 def test_bad_recipe_flags_are_one_line_errors_before_any_work(tmp_path, capsys, flag, value, message):
     assert run_cli("pretrain", flag, value, "--out", tmp_path / "run") == 2
     err = capsys.readouterr().err

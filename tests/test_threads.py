@@ -1,4 +1,4 @@
-"""The NumPy work cut over threads (minroberta/threads.py): the same numbers as on one thread, errors and NumPy's
+"""The NumPy work cut over threads (minroberta/kernels/threads.py): the same numbers as on one thread, errors and NumPy's
 error state carried across, bad thread counts refused. Chunks are made tiny here so that small arrays are cut."""
 
 import os
@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import minroberta
-from minroberta import MinRobertaError, ops, precision, threads
+from minroberta import MinRobertaError, ops
+from minroberta.kernels import products, threads
 from minroberta.optim import AdamW
 
 
@@ -15,7 +16,7 @@ from minroberta.optim import AdamW
 def tiny_chunks(numpy_backend, monkeypatch):
     """Every array and product of more than a few elements is cut; counts the chunks handed to other threads."""
     monkeypatch.setattr(threads, "MIN_CHUNK", 8)
-    monkeypatch.setattr(precision, "PRODUCT_MIN_CHUNK", 64)
+    monkeypatch.setattr(products, "PRODUCT_MIN_CHUNK", 64)
     handed = []
     submit = threads.ThreadPoolExecutor.submit
     monkeypatch.setattr(threads.ThreadPoolExecutor, "submit",
@@ -58,7 +59,7 @@ def test_elementwise_ops_give_the_same_bits_on_any_thread_count(tiny_chunks, mon
     rng = np.random.default_rng(0)
     arrays = {k: rng.standard_normal(s).astype(dtype) for k, s in shapes.items()}
     if name == "attention softmax and mask":   # only the softmax, scaling and mask are cut: whole products
-        monkeypatch.setattr(precision, "PRODUCT_MIN_CHUNK", 1 << 40)
+        monkeypatch.setattr(products, "PRODUCT_MIN_CHUNK", 1 << 40)
     one = on_threads(1, lambda: compute(arrays))
     for count in (2, 3):
         del tiny_chunks[:]

@@ -1,13 +1,18 @@
-"""Softmax cross-entropy over rows of logits, ignoring label -100, averaged over the counted rows."""
+"""Softmax cross-entropy over rows of logits, ignoring label IGNORE_INDEX (-100), averaged over the counted rows."""
+
+from collections import namedtuple
 
 from .. import backend
 from .checks import require_ids_in_range, require_shape
 
-IGNORE_INDEX = -100
+IGNORE_INDEX = -100   # a label that scores nothing (padding, unmasked tokens), as in the reference
+
+# probs (N, V); safe_labels (N,) with ignored rows pointed at 0; counted (N,) bool; count, a 0-d array >= 1
+CrossEntropyCache = namedtuple("CrossEntropyCache", "probs safe_labels counted count")
 
 
 def cross_entropy_forward(logits, labels):
-    """logits (N, V), labels (N,) ints in [0, V) or -100 -> loss, a 0-d array.
+    """logits (N, V), labels (N,) ints in [0, V) or IGNORE_INDEX -> loss, a 0-d array.
     loss = mean over counted rows n of  logsumexp(logits[n]) - logits[n, labels[n]].
     With no counted row the loss is 0 (and so is the gradient), not NaN."""
     xp = backend.xp()
@@ -22,7 +27,7 @@ def cross_entropy_forward(logits, labels):
     count = xp.maximum(counted.sum(), 1).astype(logits.dtype)
     loss = -(log_probs_true * counted).sum() / count
     probs = exp / sum_exp                                               # (N, V) kept for the backward
-    return loss, (probs, safe_labels, counted, count)
+    return loss, CrossEntropyCache(probs, safe_labels, counted, count)
 
 
 def cross_entropy_backward(dloss, cache):

@@ -1,15 +1,18 @@
 """Embedding lookup: rows of a table picked by integer ids (token, position and token-type embeddings)."""
 
+from collections import namedtuple
+
 from .. import backend
 from .checks import require_ids_in_range
+
+EmbeddingCache = namedtuple("EmbeddingCache", "ids table_shape padding_idx")   # the ids say where the gradient goes
 
 
 def embedding_forward(ids, weight, padding_idx=None):
     """ids (B, T) integers in [0, V), weight (V, C) -> out (B, T, C) = weight[ids]."""
     require_ids_in_range("ids", ids, weight.shape[0])
     out = weight[ids]                                   # (B, T, C)
-    cache = (ids, weight.shape, padding_idx)            # the ids say where the gradient goes
-    return out, cache
+    return out, EmbeddingCache(ids, weight.shape, padding_idx)
 
 
 def embedding_backward(dout, cache, into=None):

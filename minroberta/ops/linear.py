@@ -1,32 +1,39 @@
 """Linear layer y = x @ W.T + b, with W stored (out, in) as checkpoints store it."""
 
-from .. import backend, threads
+from collections import namedtuple
+
+from ..dispatch import fast_form
 from ..precision import matmul
 from .checks import require_last_dim, require_shape
 
+LinearCache = namedtuple("LinearCache", "x weight has_bias")   # x is None when the caller keeps it instead
 
-def linear_forward(x, weight, bias=None):
+
+def linear_forward(x, weight, bias=None, keep_input=True):
     """x (..., I), weight (O, I), bias (O,) or None -> y (..., O).
-    The leading dimensions are flattened first so the BLAS sees one large (N, I) x (I, O) product
-    rather than a loop of small ones. Its products (here and in the backward) are `precision.matmul`: plain
-    `@` unless a lower precision was chosen."""
+    The leading dimensions are flattened so the BLAS sees one large (N, I) x (I, O) product rather than a loop
+    of small ones; `matmul` is plain `@` unless a lower precision was chosen (precision.py).
+    keep_input=False leaves x out of the cache, for a caller that can hand it back to the backward."""
     require_last_dim("x", x, weight.shape[1], f"weight's input size, weight shape {tuple(weight.shape)}")
     if bias is not None:
         require_shape("bias", bias, (weight.shape[0],))
+    if fast := fast_form("linear_forward", x):       # kernels/rows.py: the bias added over the threads
+        return fast(x, weight, bias, keep_input)
     y = matmul(x.reshape(-1, x.shape[-1]), weight.T)     # (N, O)
-    if bias is not None:   # y += bias, its rows cut over the threads (threads.py)
-        threads.over_rows(lambda rows: backend.xp().add(y[rows], bias, out=y[rows]), y.shape[0], y.shape[1])
-    return y.reshape(*x.shape[:-1], weight.shape[0]), (x, weight, bias is not None)
+    if bias is not None:
+        y += bias
+    return y.reshape(*x.shape[:-1], weight.shape[0]), LinearCache(x if keep_input else None, weight, bias is not None)
 
 
-def linear_backward(dy, cache):
+def linear_backward(dy, cache, x=None):
     """y[n,o] = sum_i x[n,i] W[o,i] + b[o] over rows n of the flattened leading dims, so
     dx = dy @ W  (..., I);   dW[o,i] = sum_n dy[n,o] x[n,i] = dy.T @ x  (O, I);   db = sum_n dy[n]  (O,).
+    x: the forward's input, when its cache was made with keep_input=False.
     Returns (dx, dweight, dbias); dbias is None when the layer has no bias."""
-    x, weight, has_bias = cache
+    x = cache.x if x is None else x
     dy2 = dy.reshape(-1, dy.shape[-1])                  # (N, O)
     x2 = x.reshape(-1, x.shape[-1])                     # (N, I)
-    dx = matmul(dy2, weight).reshape(x.shape)           # (..., I)
+    dx = matmul(dy2, cache.weight).reshape(x.shape)     # (..., I)
     dweight = matmul(dy2.T, x2)                         # (O, I)
-    dbias = dy2.sum(axis=0) if has_bias else None       # (O,)
+    dbias = dy2.sum(axis=0) if cache.has_bias else None   # (O,)
     return dx, dweight, dbias

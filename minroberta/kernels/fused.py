@@ -1,7 +1,8 @@
 """Fused elementwise kernels for CuPy: each does in one pass over GPU memory what the plain op does in several
 array operations (each a kernel launch and a full read and write of its arrays). Opt-in with `fused.use(True)`
 (the command line's --fused) on the cupy backend; the plain ops in ops/ and optim.py stay the reference, and
-each op sends its work here only when fused kernels are on.
+each op sends its work here only when fused kernels are on. Also here: CuPy's own erf and normal CDF, which
+stand in for the series of ops/gelu.py on the GPU whether or not the fused kernels are on.
 
 The kernels are `cupy.ElementwiseKernel`s: a few lines of CUDA C applied at every element, with inputs
 broadcast against each other and outputs written through references (an output may also be read: that is how
@@ -11,8 +12,11 @@ Reductions (a row's max, sum, mean) stay CuPy's own.
 
 import math
 
-from . import backend
-from .errors import MinRobertaError
+from .. import backend
+from ..dispatch import register
+from ..errors import MinRobertaError
+from ..ops.layernorm import LayerNormCache
+from ..ops.gelu import GeluCache
 
 # name -> (inputs, outputs, CUDA C body); tests/test_fused.py compiles these same bodies for the CPU and for
 # the GPU (nvcc) and checks them against the plain ops
@@ -69,39 +73,76 @@ def kernel(name):
     return _compiled[name]
 
 
+def when_enabled(*_):
+    return _enabled
+
+
+@register("gelu_forward", when_enabled)
 def gelu_forward(x):
     y, cdf, pdf = kernel("gelu_forward")(x)
-    return y, (x, cdf, pdf)
+    return y, GeluCache(x, cdf, pdf)
 
 
+@register("gelu_backward", when_enabled)
 def gelu_backward(dout, cache):
     x, cdf, pdf = cache
     return kernel("gelu_backward")(dout, x, cdf, pdf)
 
 
+@register("layernorm_forward", when_enabled)
 def layernorm_forward(x, gamma, beta, eps):
     xp = backend.xp()
     mean = x.mean(axis=-1, keepdims=True)                          # (..., 1)
     rstd = 1.0 / xp.sqrt(x.var(axis=-1, keepdims=True) + eps)      # (..., 1), biased variance
     xhat, y = kernel("layernorm_normalize")(x, mean, rstd, gamma, beta)
-    return y, (xhat, rstd, gamma)
+    return y, LayerNormCache(xhat, rstd, gamma)
 
 
-def layernorm_dx(g, xhat, rstd, g_mean, g_xhat_mean, dx):
-    """Written into dx."""
-    return kernel("layernorm_dx")(g, xhat, rstd, g_mean, g_xhat_mean, dx)
+@register("layernorm_backward", when_enabled)
+def layernorm_backward(dy, cache):
+    """The row means as CuPy reductions, then the last line of the formula in one kernel."""
+    xhat, rstd, gamma = cache
+    channels = xhat.shape[-1]
+    g = dy * gamma                                                 # (..., C)
+    g_mean = g.mean(axis=-1, keepdims=True)                        # (..., 1)
+    g_xhat_mean = (g * xhat).mean(axis=-1, keepdims=True)
+    dx = kernel("layernorm_dx")(g, xhat, rstd, g_mean, g_xhat_mean)
+    dgamma = (dy * xhat).reshape(-1, channels).sum(axis=0)         # (C,)
+    dbeta = dy.reshape(-1, channels).sum(axis=0)                   # (C,)
+    return dx, dgamma, dbeta
 
 
+@register("masked_softmax", when_enabled)
 def masked_softmax(scores, additive, scale):
     """softmax(scores * scale + additive) over the last axis, computed in the scores' buffer."""
-    kernel("scale_and_mask")(scores.dtype.type(scale), additive, scores)
+    kernel("scale_and_mask")(scores.dtype.type(scale), additive[:, None, None, :], scores)
     kernel("exp_shifted")(scores.max(axis=-1, keepdims=True), scores)
     scores /= scores.sum(axis=-1, keepdims=True)
     return scores
 
 
+@register("adamw_update", when_enabled)
 def adamw_update(p, g, m, v, decay, beta1, beta2, eps, step_size, bias_correction2_sqrt):
     """The plain update's arithmetic (its scalars rounded to p's dtype as NumPy rounds them), one kernel."""
     f = p.dtype.type
     kernel("adamw")(g, f(decay), f(beta1), f(1.0 - beta1), f(beta2), f(1.0 - beta2), f(eps), f(step_size),
                     f(bias_correction2_sqrt), p, m, v)
+
+
+def on_cupy(*_):
+    return backend.name() == "cupy"
+
+
+@register("erf", on_cupy)
+def erf(x):
+    import cupyx.scipy.special
+    return cupyx.scipy.special.erf(x)
+
+
+@register("normal_cdf_and_pdf", on_cupy)
+def normal_cdf_and_pdf(x):
+    import cupyx.scipy.special
+    return cupyx.scipy.special.ndtr(x), _INV_SQRT_2PI * backend.xp().exp(-0.5 * x * x)
+
+
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)

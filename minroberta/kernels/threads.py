@@ -2,16 +2,15 @@
 
 NumPy runs an elementwise operation on one core; only matrix products use more, through the BLAS's own
 threads. Those threads spin for a while after each product, waiting for the next, and so hold the other cores
-exactly when the single-threaded elementwise work that follows could use them (measured on 2 cores: GELU cut
-over two Python threads right after a product ran no faster than on one).
+exactly when the single-threaded elementwise work that follows could use them (docs/performance.md).
 
 So with more than one thread the BLAS is pinned to one, and the model's heavy work (every matrix product,
-through `precision.matmul`, and the large elementwise passes: GELU, layer norm, softmax, bias adds, AdamW)
-runs as contiguous chunks of rows, one per thread, each chunk the plain computation on its slice. NumPy lets
-go of the interpreter lock inside operations on large arrays, so the chunks run in parallel. The elementwise
-and row-wise work gives the same bits on any thread count (tested); a product cut into row chunks can differ
-from the whole product in the last bit (the BLAS's kernels round a row by where it falls, measured), so results
-on different thread counts agree to float32 rounding, and runs on the same count repeat exactly.
+kernels/products.py, and the large elementwise passes of kernels/rows.py: GELU, layer norm, softmax, bias adds,
+AdamW) runs as contiguous chunks of rows, one per thread. NumPy lets go of the interpreter lock inside
+operations on large arrays, so the chunks run in parallel. The elementwise and row-wise work gives the same
+bits on any thread count (tested); a product cut into row chunks can differ from the whole product in the last
+bit (the BLAS's kernels round a row by where it falls), so results on different thread counts agree to float32
+rounding, and runs on the same count repeat exactly.
 
 Choose with `threads.use(n)` (the command line's --threads) or MINROBERTA_THREADS; the default is the cores
 this process may run on, shared among the MPI ranks on the machine. Only the numpy backend is threaded (CuPy
@@ -25,8 +24,8 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from . import backend
-from .errors import MinRobertaError
+from .. import backend
+from ..errors import MinRobertaError
 
 _PREFIX = "minroberta-worker"   # the pool's thread names
 

@@ -1,13 +1,18 @@
-"""Fast forms of the ops for inference alone, where no backward pass needs a cache: each computes what its
-reference's forward returns as `out`, in place or block by block, and keeps nothing else (GELU's is
-backend.gelu_in_place, beside the erfc it shares). tests/test_inference.py holds every one to its reference.
-"""
+"""Fast forms for inference alone, where no backward pass needs a cache: each computes what its reference's
+forward returns as `out`, in place or block by block, and keeps nothing else. `layer_output`, the encoder layer
+made of them, is registered as the fast form of model.layer_output; tests/test_inference.py holds every one to
+its reference."""
 
 import math
 
-from .. import backend, threads
+from .. import backend
+from ..dispatch import register
+from ..model import query_key_value
+from ..ops.attention import merge_heads, padding_mask, split_heads
+from ..ops.linear import linear_forward
 from ..precision import product
-from .attention import _merge_heads, _split_heads
+from . import fused, threads
+from .gelu32 import gelu_in_place
 
 # attention scores (float32 elements) made and used in one go: a few sequences' (heads, T, T) blocks, which
 # stay in the CPU cache between the product that makes them and the one that uses them
@@ -22,9 +27,9 @@ def attention_inference(q, k, v, key_mask, num_heads):
     xp = backend.xp()
     batch, seq, channels = q.shape
     head_dim = channels // num_heads
-    qh, kh, vh = (_split_heads(t, num_heads) for t in (q, k, v))            # (B, nh, T, hd) fresh copies
+    qh, kh, vh = (split_heads(t, num_heads) for t in (q, k, v))             # (B, nh, T, hd) fresh copies
     qh *= 1.0 / math.sqrt(head_dim)
-    additive = None if key_mask is None else (1.0 - key_mask.astype(q.dtype)) * xp.finfo(q.dtype).min   # (B, T)
+    additive = None if key_mask is None else padding_mask(key_mask, q.dtype)   # (B, T)
     ctx = xp.empty(qh.shape, q.dtype)                                       # (B, nh, T, hd)
     step = max(1, SCORES_BLOCK // max(1, num_heads * seq * seq))
 
@@ -39,7 +44,7 @@ def attention_inference(q, k, v, key_mask, num_heads):
             scores /= scores.sum(axis=-1, keepdims=True)
             product(scores, vh[b], out=ctx[b])
     threads.over_rows(sequences, batch, num_heads * seq * seq * head_dim)
-    return _merge_heads(ctx)
+    return merge_heads(ctx)
 
 
 def layernorm_in_place(x, gamma, beta, eps):
@@ -58,3 +63,23 @@ def layernorm_in_place(x, gamma, beta, eps):
     threads.over_rows(normalise, *x2.shape)
     return x
 
+
+def fused_kernels_off(*_):
+    return not fused.enabled()   # with them on, the layer's own ops run the GPU's fused forms
+
+
+@register("layer_output", fused_kernels_off)
+def layer_output(params, config, layer, x, key_mask):
+    """model.layer_forward's y alone: the same equations with attention blocked in the cache and layer norm
+    and GELU in place. key_mask (B, T), or None where no token is padding. (B, T, C) -> (B, T, C)."""
+    P = lambda name: params[layer + name]
+    q, k, v, _ = query_key_value(params, layer, x)                                               # (B, T, C) each
+    ctx = attention_inference(q, k, v, key_mask, config.num_attention_heads)                     # (B, T, C)
+    a, _ = linear_forward(ctx, P("attention.output.dense.weight"), P("attention.output.dense.bias"))
+    a += x
+    h = layernorm_in_place(a, P("attention.output.LayerNorm.weight"), P("attention.output.LayerNorm.bias"),
+                           config.layer_norm_eps)                                                # (B, T, C)
+    g = gelu_in_place(linear_forward(h, P("intermediate.dense.weight"), P("intermediate.dense.bias"))[0])
+    o, _ = linear_forward(g, P("output.dense.weight"), P("output.dense.bias"))                   # (B, T, C)
+    o += h
+    return layernorm_in_place(o, P("output.LayerNorm.weight"), P("output.LayerNorm.bias"), config.layer_norm_eps)

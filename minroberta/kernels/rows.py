@@ -1,0 +1,183 @@
+"""The NumPy backend's fast forms of the row-wise and elementwise ops: the reference's arithmetic, in the same
+order (so the same bits), written into preallocated buffers and cut into row chunks over the threads
+(threads.py). tests/test_kernels.py holds each to its reference."""
+
+import numpy as np
+
+from .. import backend
+from ..dispatch import register
+from ..ops.gelu import GeluCache
+from ..ops.layernorm import LayerNormCache
+from ..ops.linear import LinearCache
+from ..ops import attention
+from ..precision import matmul
+from . import threads
+
+
+def on_numpy(*_):
+    return backend.name() == "numpy"
+
+
+@register("linear_forward", on_numpy)
+def linear_forward(x, weight, bias=None, keep_input=True):
+    """The product whole (it has its own fast form), then y += bias with y's rows over the threads."""
+    y = matmul(x.reshape(-1, x.shape[-1]), weight.T)     # (N, O)
+    if bias is not None:
+        threads.over_rows(lambda rows: np.add(y[rows], bias, out=y[rows]), y.shape[0], y.shape[1])
+    return y.reshape(*x.shape[:-1], weight.shape[0]), LinearCache(x if keep_input else None, weight, bias is not None)
+
+
+@register("layernorm_forward", on_numpy)
+def layernorm_forward(x, gamma, beta, eps):
+    channels = x.shape[-1]
+    x2 = x.reshape(-1, channels)                                           # (N, C) rows
+    y = np.empty(x2.shape, np.result_type(x, gamma, beta))
+    xhat = np.empty(x2.shape, x.dtype)
+    rstd = np.empty((x2.shape[0], 1), x.dtype)
+
+    def normalise(rows):   # one thread's rows; rows are independent
+        xhat_r = xhat[rows]
+        mean = x2[rows].mean(axis=-1, keepdims=True)                       # (n, 1)
+        np.subtract(x2[rows], mean, out=xhat_r)                            # centred, normalised in place below
+        var = (xhat_r * xhat_r).mean(axis=-1, keepdims=True)
+        rstd[rows] = 1.0 / (var + eps) ** 0.5                              # (n, 1)
+        xhat_r *= rstd[rows]
+        y_r = y[rows]
+        np.multiply(xhat_r, gamma, out=y_r)
+        y_r += beta
+    threads.over_rows(normalise, x2.shape[0], channels)
+    shape = x.shape
+    return y.reshape(shape), LayerNormCache(xhat.reshape(shape), rstd.reshape(shape[:-1] + (1,)), gamma)
+
+
+@register("layernorm_backward", on_numpy)
+def layernorm_backward(dy, cache):
+    xhat, rstd, gamma = cache
+    channels = xhat.shape[-1]
+    dy2, xhat2, rstd2 = dy.reshape(-1, channels), xhat.reshape(-1, channels), rstd.reshape(-1, 1)   # (N, C) rows
+    dx = np.empty(dy2.shape, np.result_type(dy, gamma))
+    dy_xhat = np.empty(dy2.shape, np.result_type(dy, xhat))    # summed over rows into dgamma below
+
+    def dx_rows(rows):   # one thread's rows
+        np.multiply(dy2[rows], xhat2[rows], out=dy_xhat[rows])
+        g = dy2[rows] * gamma                                    # (n, C)
+        g_mean = g.mean(axis=-1, keepdims=True)                  # (n, 1)
+        g_xhat_mean = (g * xhat2[rows]).mean(axis=-1, keepdims=True)
+        dx_r = dx[rows]
+        np.subtract(g, g_mean, out=dx_r)
+        dx_r -= xhat2[rows] * g_xhat_mean
+        dx_r *= rstd2[rows]
+    threads.over_rows(dx_rows, dy2.shape[0], channels)
+    dgamma = dy_xhat.sum(axis=0)                                 # (C,) whole: the same sums on any thread count
+    dbeta = dy2.sum(axis=0)                                      # (C,)
+    return dx.reshape(dy.shape), dgamma, dbeta
+
+
+@register("softmax_forward", on_numpy)
+def softmax_forward(scores):
+    """In one buffer, in place, rows over the threads."""
+    scores2 = scores.reshape(-1, scores.shape[-1])                          # (N, K) rows
+    probs = np.empty(scores2.shape, scores.dtype)
+
+    def rows(r):
+        p = probs[r]
+        np.subtract(scores2[r], scores2[r].max(axis=-1, keepdims=True), out=p)
+        np.exp(p, out=p)
+        p /= p.sum(axis=-1, keepdims=True)
+    threads.over_rows(rows, *scores2.shape)
+    probs = probs.reshape(scores.shape)
+    return probs, probs
+
+
+@register("softmax_backward", on_numpy)
+def softmax_backward(dprobs, probs):
+    dprobs2, probs2 = dprobs.reshape(-1, dprobs.shape[-1]), probs.reshape(-1, probs.shape[-1])   # (N, K)
+    dscores = np.empty(dprobs2.shape, np.result_type(dprobs, probs))
+
+    def rows(r):
+        d = dscores[r]
+        np.multiply(dprobs2[r], probs2[r], out=d)
+        np.subtract(dprobs2[r], d.sum(axis=-1, keepdims=True), out=d)
+        d *= probs2[r]
+    threads.over_rows(rows, *dprobs2.shape)
+    return dscores.reshape(dprobs.shape)
+
+
+@register("masked_softmax", on_numpy)
+def masked_softmax(scores, additive, scale):
+    """Scale and mask in the scores' own buffer, a thread's sequences at a time, then the softmax."""
+    batch = scores.shape[0]
+
+    def scale_and_mask(b):
+        scores_b = scores[b]
+        scores_b *= scale
+        scores_b += additive[b, None, None, :]
+    threads.over_rows(scale_and_mask, batch, scores.size // max(1, batch))
+    probs, _ = attention.softmax_forward(scores)
+    return probs
+
+
+@register("masked_softmax_backward", on_numpy)
+def masked_softmax_backward(dprobs, probs, scale):
+    dscores = attention.softmax_backward(dprobs, probs)
+    return threads.elementwise(lambda d: np.multiply(d, scale, out=d), dscores)
+
+
+@register("gelu_backward", on_numpy)
+def gelu_backward(dout, cache):
+    """In one buffer, in place, in parts over the threads."""
+    x, cdf, pdf = cache
+
+    def compute(dx, x, cdf, pdf, dout):
+        np.multiply(x, pdf, out=dx)
+        dx += cdf
+        dx *= dout
+    return threads.elementwise(compute, np.empty(x.shape, np.result_type(x, dout)), x, cdf, pdf, dout)
+
+
+@register("gelu_output", on_numpy)
+def gelu_output(cache):
+    return threads.elementwise(lambda y, x, cdf: np.multiply(x, cdf, out=y), np.empty(cache.x.shape, cache.x.dtype),
+                               cache.x, cache.cdf)
+
+
+# elements per block of the AdamW update: 512 KiB in float32, large enough that two threads do not queue for the
+# interpreter lock (docs/performance.md)
+ADAMW_BLOCK = 131072
+
+
+@register("adamw_update", on_numpy)
+def adamw_update(p, g, m, v, decay, beta1, beta2, eps, step_size, bias_correction2_sqrt):
+    """The tensor's rows cut over the threads, each thread's rows block by block along the first axis (slices
+    are views, so the updates land in p, m and v): a block's arithmetic stays in the CPU cache instead of
+    streaming the whole tensor a dozen times."""
+    per_row = max(1, p.size // max(1, p.shape[0]))
+
+    def rows(part):
+        p_part = p[part]
+        if decay != 1.0:
+            p_part *= decay
+        block_rows = max(1, ADAMW_BLOCK // per_row)
+        scratch = np.empty_like(p_part[:block_rows])
+        for start in range(part.start, part.stop, block_rows):
+            block = slice(start, min(start + block_rows, part.stop))
+            _adam_block(p[block], g[block], m[block], v[block], scratch[:block.stop - block.start], beta1, beta2,
+                        eps, step_size, bias_correction2_sqrt)
+    threads.over_rows(rows, p.shape[0], per_row)
+
+
+def _adam_block(p, g, m, v, scratch, beta1, beta2, eps, step_size, bias_correction2_sqrt):
+    """The Adam update of one block, every step in place through the one scratch buffer."""
+    m *= beta1
+    np.multiply(g, 1.0 - beta1, out=scratch)
+    m += scratch                                     # m = b1 m + (1 - b1) g
+    v *= beta2
+    np.multiply(g, g, out=scratch)
+    scratch *= 1.0 - beta2
+    v += scratch                                     # v = b2 v + (1 - b2) g^2
+    np.sqrt(v, out=scratch)
+    scratch /= bias_correction2_sqrt
+    scratch += eps                                   # denom = sqrt(v) / sqrt(1 - b2^t) + eps
+    np.divide(m, scratch, out=scratch)
+    scratch *= step_size
+    p -= scratch                                     # p -= lr / (1 - b1^t) * m / denom

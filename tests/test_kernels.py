@@ -1,0 +1,220 @@
+"""Every registered fast form (minroberta/kernels/) against the reference op it stands in for, on arrays drawn by
+hypothesis. Registering a new form for an op listed in CASES is enough to have it checked here; a new op needs
+its case. Row-wise and elementwise forms must give identical bits (with chunks forced small, so the threaded
+path itself runs); cut products, the fitted float32 erfc, the fused kernels and the inference layer are held to
+the stated tolerances."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis.extra import numpy as hnp
+
+import minroberta
+from minroberta import backend, dispatch, model, ops, optim, precision
+from minroberta.kernels import fused, gelu32, inference, products, threads
+from tests.test_fused import HostKernel, host_library  # noqa: F401  (the host-compiled kernels fixture)
+
+EXAMPLES = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+REFERENCES = {"matmul": precision.matmul, "adamw_update": optim.adamw_update, "layer_output": model.layer_output}
+CUPY_ONLY = {fused.erf, fused.normal_cdf_and_pdf}   # CuPy's own special functions: checked by tests/test_cupy.py
+# (absolute, relative) tolerance by form; a form not named gives identical bits
+TOLERANCES = {products.matmul: {"float64": (0, 1e-12), "float32": (0, 1e-5)},
+              gelu32.normal_cdf_and_pdf: {"float32": (2.5e-7, 0)},
+              inference.layer_output: {"float64": (0, 1e-11), "float32": (0, 2e-5)}}
+FUSED = {"float64": (0, 1e-12), "float32": (1e-7, 2e-6)}
+OVERWRITES = {"masked_softmax"}   # ops whose contract lets them use up an input; the others' inputs must end alike
+
+
+def array(data, dtype, shape, low=-4.0, high=4.0):
+    width = 32 if dtype == "float32" else 64
+    return data.draw(hnp.arrays(dtype, shape, elements=st.floats(low, high, width=width)))
+
+
+def dims(data, count, low=1, high=5):
+    return [data.draw(st.integers(low, high)) for _ in range(count)]
+
+
+def softmax_rows(x):
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def linear_case(data, dtype):
+    b, t, i, o = dims(data, 4)
+    bias = array(data, dtype, (o,)) if data.draw(st.booleans()) else None
+    return (array(data, dtype, (b, t, i)), array(data, dtype, (o, i)), bias, data.draw(st.booleans()))
+
+
+def layernorm_case(data, dtype):
+    n, t, c = dims(data, 3, high=6)
+    return (array(data, dtype, (n, t, c)), array(data, dtype, (c,)), array(data, dtype, (c,)), 1e-5)
+
+
+def layernorm_backward_case(data, dtype):
+    x, gamma, beta, eps = layernorm_case(data, dtype)
+    with dispatch.reference_only():
+        _, cache = ops.layernorm_forward(x, gamma, beta, eps)
+    return (array(data, dtype, x.shape), cache)
+
+
+def scores_case(data, dtype):
+    b, h, t = dims(data, 3)
+    return array(data, dtype, (b, h, t, t))
+
+
+def masked_softmax_case(data, dtype):
+    scores = scores_case(data, dtype)
+    lengths = np.array(data.draw(st.lists(st.integers(1, scores.shape[-1]), min_size=scores.shape[0],
+                                          max_size=scores.shape[0])))
+    key_mask = (np.arange(scores.shape[-1])[None, :] < lengths[:, None]).astype(np.int64)
+    return (scores, ops.attention.padding_mask(key_mask, scores.dtype), 1.0 / math.sqrt(data.draw(st.integers(1, 9))))
+
+
+def gelu_cache(data, dtype):
+    x = array(data, dtype, tuple(dims(data, 2, high=8)), -6.0, 6.0)
+    with dispatch.reference_only():
+        return ops.gelu_forward(x)[1]
+
+
+def matmul_case(data, dtype):
+    if data.draw(st.booleans()):
+        m, k, n = dims(data, 3, high=12)
+        return (array(data, dtype, (m, k)), array(data, dtype, (k, n)))
+    b, h, m, k, n = dims(data, 5)
+    return (array(data, dtype, (b, h, m, k)), array(data, dtype, (b, h, k, n)))
+
+
+def adamw_case(data, dtype):
+    shape = tuple(dims(data, data.draw(st.integers(1, 2)), high=9))
+    p, g, m = (array(data, dtype, shape) for _ in range(3))
+    v = array(data, dtype, shape, 0.0, 4.0)
+    decay = data.draw(st.sampled_from([1.0, 0.999]))
+    return (p, g, m, v, decay, 0.9, 0.98, 1e-6, 1e-2, 0.3)
+
+
+def layer_output_case(data, dtype):
+    heads, head_dim, batch, seq = dims(data, 4, high=3)
+    config = minroberta.Config(vocab_size=10, hidden_size=heads * head_dim, num_hidden_layers=1,
+                               num_attention_heads=heads, intermediate_size=data.draw(st.integers(1, 8)),
+                               max_position_embeddings=10)
+    params = model.init_params(model.encoder_shapes(config, ""), config, data.draw(st.integers(0, 99)), dtype)
+    key_mask = None
+    if data.draw(st.booleans()):
+        lengths = np.array(data.draw(st.lists(st.integers(1, seq), min_size=batch, max_size=batch)))
+        key_mask = (np.arange(seq)[None, :] < lengths[:, None]).astype(np.int64)
+    return (params, config, "encoder.layer.0.", array(data, dtype, (batch, seq, config.hidden_size)), key_mask)
+
+
+CASES = {   # op -> draw(data, dtype) -> the op's arguments (host arrays)
+    "linear_forward": linear_case,
+    "layernorm_forward": layernorm_case,
+    "layernorm_backward": layernorm_backward_case,
+    "softmax_forward": lambda data, dtype: (scores_case(data, dtype),),
+    "softmax_backward": lambda data, dtype: (lambda s: (array(data, dtype, s.shape), softmax_rows(s)))(
+        scores_case(data, dtype)),
+    "masked_softmax": masked_softmax_case,
+    "masked_softmax_backward": lambda data, dtype: (lambda s: (array(data, dtype, s.shape), softmax_rows(s), 0.25))(
+        scores_case(data, dtype)),
+    "gelu_forward": lambda data, dtype: (gelu_cache(data, dtype).x,),
+    "gelu_backward": lambda data, dtype: (lambda c: (array(data, dtype, c.x.shape), c))(gelu_cache(data, dtype)),
+    "gelu_output": lambda data, dtype: (gelu_cache(data, dtype),),
+    "normal_cdf_and_pdf": lambda data, dtype: (array(data, dtype, tuple(dims(data, 2, high=40)), -9.0, 9.0),),
+    "erf": lambda data, dtype: (array(data, dtype, tuple(dims(data, 2, high=40)), -9.0, 9.0),),
+    "matmul": matmul_case,
+    "adamw_update": adamw_case,
+    "layer_output": layer_output_case,
+}
+
+FORMS = [(op, form) for op, forms in dispatch.registered().items() for form in forms]
+
+
+def test_every_registered_op_has_a_case():
+    assert set(dispatch.registered()) <= set(CASES), sorted(set(dispatch.registered()) - set(CASES))
+
+
+def copies(args):
+    """Fresh copies of every array (some fast forms write over their inputs, and AdamW updates in place)."""
+    def copy(a):
+        if isinstance(a, np.ndarray):
+            return a.copy()
+        if isinstance(a, tuple) and hasattr(a, "_fields"):
+            return type(a)(*(copy(x) for x in a))
+        if isinstance(a, dict):
+            return {k: copy(v) for k, v in a.items()}
+        return a
+    return tuple(copy(a) for a in args)
+
+
+def leaves(value):
+    """The arrays and plain values of a result, in order (namedtuples and tuples flattened)."""
+    if isinstance(value, dict):
+        return leaves([value[k] for k in sorted(value)])
+    if isinstance(value, (tuple, list)):
+        return [leaf for item in value for leaf in leaves(item)]
+    return [value]
+
+
+def assert_close(got, expected, tolerance, where):
+    got, expected = leaves(got), leaves(expected)
+    assert len(got) == len(expected), where
+    for i, (a, b) in enumerate(zip(got, expected)):
+        if not isinstance(b, np.ndarray):
+            assert a == b or (a is None and b is None), f"{where}, item {i}: {a!r} != {b!r}"
+            continue
+        assert a.dtype == b.dtype and a.shape == b.shape, f"{where}, item {i}: {a.dtype}{a.shape} != {b.dtype}{b.shape}"
+        if tolerance is None:
+            assert np.array_equal(a, b), f"{where}, item {i}: largest difference {np.abs(a - b).max()}"
+        else:
+            absolute, relative = tolerance
+            bound = absolute + relative * max(1.0, float(np.abs(b).max(initial=0.0)))
+            assert np.abs(a.astype(np.float64) - b).max(initial=0.0) <= bound, f"{where}, item {i}"
+
+
+@pytest.fixture
+def small_chunks(numpy_backend, monkeypatch):
+    """Two threads, and chunks so small that the arrays drawn here are cut."""
+    monkeypatch.setattr(threads, "MIN_CHUNK", 8)
+    monkeypatch.setattr(products, "PRODUCT_MIN_CHUNK", 16)
+    monkeypatch.setattr(gelu32, "BLOCK", 7)
+    monkeypatch.setattr(inference, "SCORES_BLOCK", 1)
+    threads.use(2)
+
+
+@pytest.fixture
+def fused_kernels(request, monkeypatch):
+    """For a fused form: the kernel bodies compiled for the CPU stand in for CuPy's."""
+    calls = {}
+    library = request.getfixturevalue("host_library")
+    monkeypatch.setattr(fused, "_enabled", True)
+    monkeypatch.setattr(fused, "kernel", lambda name: HostKernel(library, name, *fused.KERNELS[name][:2], calls))
+    return calls
+
+
+@pytest.mark.parametrize("op,form", FORMS, ids=[f"{op}-{form.__module__.rsplit('.', 1)[-1]}" for op, form in FORMS])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_each_fast_form_equals_its_reference(small_chunks, request, op, form, dtype):
+    if form in CUPY_ONLY:
+        pytest.skip("CuPy's own special function: tests/test_cupy.py checks it on a GPU")
+    if form.__module__ == fused.__name__:
+        request.getfixturevalue("fused_kernels")
+    if form is gelu32.normal_cdf_and_pdf and dtype == "float64":
+        pytest.skip("the fitted erfc is a float32 form")
+    reference = REFERENCES.get(op) or getattr(ops, op)
+    tolerance = FUSED[dtype] if form.__module__ == fused.__name__ else TOLERANCES.get(form, {}).get(dtype)
+
+    @EXAMPLES
+    @given(data=st.data())
+    def check(data):
+        args = CASES[op](data, dtype)
+        with dispatch.reference_only():
+            expected_args = copies(args)
+            expected = reference(*expected_args)
+        got_args = copies(args)
+        got = form(*got_args)
+        assert_close(got, expected, tolerance, f"{op} by {form.__module__}")
+        if op not in OVERWRITES:
+            assert_close(got_args, expected_args, tolerance, f"{op} by {form.__module__}: its inputs afterwards")
+    check()

@@ -32,11 +32,10 @@ def attention_probabilities(model, input_ids, attention_mask=None):
     """Every layer's attention probabilities softmax(q k^T / sqrt(hd) + mask), on the host:
     (layers, B, heads, T, T), row i of a head's map is how query token i shares its attention among the keys.
 
-    The one place that reads the model's internals: the training forward keeps each layer's probabilities in
-    its cache for the backward (model.layer_forward's cache, entry 1, is attention_forward's; its entry 3 is
-    the probabilities before dropout)."""
-    _, (_, layer_caches) = model.encode(input_ids, attention_mask, keep_cache=True)
-    return np.stack([backend.to_host(layer_cache[1][3]) for layer_cache in layer_caches])
+    The one place that reads the model's internals: the training forward keeps each layer's probabilities
+    (before dropout) in its cache for the backward."""
+    _, cache = model.encode(input_ids, attention_mask, keep_cache=True)
+    return np.stack([backend.to_host(layer.attention.attention.probs) for layer in cache.layers])
 
 
 def token_labels(tokenizer, ids):

@@ -155,7 +155,7 @@ def tiny_model_dir(tmp_path_factory):
     config = minroberta.Config(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=2,
                                num_attention_heads=2, intermediate_size=32, max_position_embeddings=34)
     path = str(tmp_path_factory.mktemp("tiny-model"))
-    minroberta.Roberta(config, seed=0).save_pretrained(path, tokenizer)
+    minroberta.save_pretrained(minroberta.Roberta(config, seed=0), path, tokenizer=tokenizer)
     return path
 
 

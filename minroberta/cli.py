@@ -1,4 +1,4 @@
-"""The `minroberta` command: pretrain, fill-mask, finetune, predict, embed.
+"""The `minroberta` command: pretrain, fill-mask, finetune, predict, embed, and the pictures attention and masking.
 
 Every user error ends as one line on stderr and exit status 2; no traceback.
 """
@@ -153,6 +153,30 @@ def build_parser():
                                                               "lines of text and vector (.jsonl)")
     add_device_arguments(embed)
     embed.add_argument("text", nargs="*", help="texts to embed")
+
+    attention = commands.add_parser("attention", help="draw every layer's attention heads over a text (needs "
+                                                      "matplotlib)", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    attention.add_argument("--model", required=True, metavar="DIR", help="a model directory (with tokenizer)")
+    attention.add_argument("--out", default="attention.png", metavar="PNG", help="where to write the picture")
+    add_device_arguments(attention)
+    attention.add_argument("text", help='the text, e.g. "Return the number of items in the list."')
+
+    masking = commands.add_parser("masking", help="draw one batch as dynamic masking leaves it: which tokens were "
+                                                  "masked, replaced, kept (needs matplotlib)",
+                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    masking.add_argument("--model", required=True, metavar="DIR", help="a model directory: its tokenizer and length")
+    masking.add_argument("--corpus", nargs="+", metavar="PATH",
+                         help="text files, directories or globs, as for pretrain (default: the standard library's "
+                              "docstrings)")
+    masking.add_argument("--out", default="masking.png", metavar="PNG", help="where to write the picture")
+    masking.add_argument("--batch-size", type=int, default=6, help="sequences in the batch")
+    masking.add_argument("--seq-len", type=int, default=None,
+                         help="block length in tokens (default: the model's, at most 32)")
+    masking.add_argument("--mask-prob", type=float, default=0.15,
+                         help="share of tokens chosen (RoBERTa's 15%%; the default pretraining recipe uses 0.5)")
+    masking.add_argument("--epochs", type=int, default=2, help="the same sequences masked for this many epochs, one "
+                                                               "panel each: the masks are drawn afresh every epoch")
+    masking.add_argument("--seed", type=int, default=0, help="the seed the masks are drawn from")
     return parser
 
 
@@ -179,7 +203,8 @@ def main(argv=None):
         if getattr(args, "threads", None) is not None:
             threads.use(args.threads)
         commands = {"pretrain": run_pretrain, "fill-mask": run_fill_mask, "finetune": run_finetune,
-                    "predict": run_predict, "embed": run_embed}
+                    "predict": run_predict, "embed": run_embed, "attention": run_attention,
+                    "masking": run_masking}
         return commands[args.command](args)
     except MinRobertaError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -583,6 +608,56 @@ def _save_numpy(path, value):
     buffer = io.BytesIO()
     np.savez(buffer, **value)
     atomic.write_bytes(path, buffer.getvalue())
+
+
+# --- pictures ------------------------------------------------------------------------------------------
+
+def run_attention(args):
+    from . import pictures
+    from .checkpoint import load_pretrained
+    from .tokenizer import Tokenizer
+    pictures.pyplot()   # before the model is read: without matplotlib, say so at once
+    model = load_pretrained(args.model)
+    tokenizer = Tokenizer.from_dir(args.model)
+    ids = pictures.encode_for_picture(model, tokenizer, args.text)
+    probs = pictures.attention_probabilities(model, np.array([ids]))[:, 0]            # (layers, heads, T, T)
+    pictures.draw_attention(pictures.token_labels(tokenizer, ids), probs, args.out, title=args.text)
+    print(f"drew {probs.shape[0]} layers x {probs.shape[1]} heads over {len(ids)} tokens to {args.out}")
+    return 0
+
+
+def run_masking(args):
+    from . import corpus, pictures
+    from .config import Config
+    from .tokenizer import Tokenizer
+    pictures.pyplot()
+    config = Config.load(os.path.join(args.model, "config.json"))
+    tokenizer = Tokenizer.from_dir(args.model)
+    tokenizer.require("mask", "masking")
+    tokenizer.require("pad", "a padded batch")
+    limit = config.max_sequence_length
+    seq_len = args.seq_len if args.seq_len is not None else min(limit, 32)
+    if not 3 <= seq_len <= limit:
+        raise MinRobertaError(f"--seq-len {seq_len} is outside 3..{limit} (the model's positions)")
+    if args.batch_size < 1 or args.epochs < 1:
+        raise MinRobertaError("--batch-size and --epochs must be at least 1")
+    if not 0.0 < args.mask_prob <= 1.0:
+        raise MinRobertaError(f"--mask-prob must be in (0, 1], got {args.mask_prob}")
+    if args.seed < 0:
+        raise MinRobertaError(f"--seed must be >= 0, got {args.seed}")
+    documents = corpus.stdlib_documents() if not args.corpus else corpus.read_documents(args.corpus)
+    samples = pictures.packed_samples(tokenizer, documents, seq_len, args.batch_size)
+    panels = []
+    for epoch in range(args.epochs):
+        batch = pictures.mask_batch(tokenizer, samples, args.seed, epoch, args.mask_prob)
+        counts = pictures.masking_counts(batch, tokenizer.special_ids, tokenizer.mask_id)
+        summary = ", ".join(f"{name} {count}" for name, count in counts.items())
+        print(f"epoch {epoch}: {summary}")
+        panels.append((f"epoch {epoch}: " + summary, batch))
+    pictures.draw_masking(tokenizer, panels, args.out, title=f"{len(samples)} sequences masked at "
+                                                             f"{args.mask_prob:g} (80% <mask>, 10% random, 10% kept)")
+    print(f"drew {len(samples)} sequences x {args.epochs} epochs to {args.out}")
+    return 0
 
 
 if __name__ == "__main__":

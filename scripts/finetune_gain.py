@@ -55,9 +55,14 @@ def main():
     results = {}
     for name, model in (("pretrained", args.model), ("random init", scratch)):
         run = os.path.join(out, "finetune-" + name.replace(" ", "-"))
-        subprocess.run([sys.executable, "-m", "minroberta.cli", "finetune", "--model", model, "--task", "classify",
-                        "--train", os.path.join(task, "train.csv"), "--eval", os.path.join(task, "eval.csv"),
-                        "--out", run, "--epochs", str(args.epochs), *args.finetune], check=True, env=env)
+        done = subprocess.run([sys.executable, "-m", "minroberta.cli", "finetune", "--model", model, "--task",
+                               "classify", "--train", os.path.join(task, "train.csv"), "--eval",
+                               os.path.join(task, "eval.csv"), "--out", run, "--epochs", str(args.epochs),
+                               *args.finetune], env=env)
+        if done.returncode != 0:   # finetune has said why in one line (a finished run in the way, a bad flag)
+            print(f"error: fine-tuning from {name} failed (exit status {done.returncode}); "
+                  f"a fresh --out starts over", file=sys.stderr)
+            return 2
         results[name] = best_accuracy(run)
     lines = [f"Fine-tuning on the demo task ({args.classes} packages, {args.epochs:g} epochs, the same recipe):", "",
              "| start | best evaluation accuracy |", "| --- | --- |"]

@@ -108,6 +108,17 @@ def mask_tokens(ids, attention_mask, *, special_ids, mask_id, vocab_size, seed, 
 
 # --- batches
 
+def pad_samples(samples, pad_id):
+    """Samples (1-D id arrays) -> ids padded to the longest with `pad_id`, and the attention mask, both (B, T)."""
+    longest = max(len(s) for s in samples)
+    ids = np.full((len(samples), longest), pad_id, dtype=np.int64)                # (B, T)
+    attention_mask = np.zeros((len(samples), longest), dtype=np.int64)            # (B, T)
+    for row, sample in enumerate(samples):
+        ids[row, :len(sample)] = sample
+        attention_mask[row, :len(sample)] = 1
+    return ids, attention_mask
+
+
 class PretrainingData:
     """Packed training and validation samples (host memory, 1-D int32 arrays) and the masked batches made
     from them. Every batch is a pure function of (seed, epoch, batch index): nothing to save to resume."""
@@ -147,12 +158,7 @@ class PretrainingData:
 
     def _collate(self, samples, indices, epoch, mask_prob):
         """Pad to the longest sample (<pad>, attention 0, label IGNORE_INDEX) and mask for `epoch`."""
-        longest = max(len(s) for s in samples)
-        ids = np.full((len(samples), longest), self.pad_id, dtype=np.int64)           # (B, T)
-        attention_mask = np.zeros((len(samples), longest), dtype=np.int64)            # (B, T)
-        for row, sample in enumerate(samples):
-            ids[row, :len(sample)] = sample
-            attention_mask[row, :len(sample)] = 1
+        ids, attention_mask = pad_samples(samples, self.pad_id)
         input_ids, labels = mask_tokens(ids, attention_mask, special_ids=self.special_ids, mask_id=self.mask_id,
                                         vocab_size=self.vocab_size, seed=self.seed, epoch=epoch, indices=indices,
                                         mask_prob=mask_prob)

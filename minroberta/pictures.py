@@ -3,11 +3,13 @@ masking chose in a batch (masked, replaced, kept). Drawing needs matplotlib (the
 numbers does not.
 """
 
+import os
+
 import numpy as np
 
-from . import backend
+from . import atomic, backend
 from .corpus import is_validation
-from .data import IGNORE_INDEX, mask_tokens, pack_full_sentences, tokenize_documents
+from .data import IGNORE_INDEX, mask_tokens, pack_full_sentences, pad_samples, tokenize_documents
 from .errors import MinRobertaError
 
 INSTALL_HINT = "drawing needs matplotlib: pip install matplotlib (or pip install -e '.[plot]')"
@@ -80,8 +82,14 @@ def draw_attention(tokens, probs, path, title=None):
     figure.colorbar(image, ax=axes, shrink=0.6, label="attention probability")
     if title:
         figure.suptitle(title, fontsize=9)
-    figure.savefig(path, dpi=100)
+    save_figure(figure, path)
     plt.close(figure)
+
+
+def save_figure(figure, path):
+    """Written atomically, as every file minroberta writes; the format from the file's extension (PNG if none)."""
+    with atomic.replacing(path) as handle:
+        figure.savefig(handle, format=os.path.splitext(path)[1][1:].lower() or "png", dpi=100)
 
 
 # --- a masked batch ------------------------------------------------------------------------------------
@@ -112,12 +120,7 @@ def packed_samples(tokenizer, documents, block_size, count):
 def mask_batch(tokenizer, samples, seed, epoch, mask_prob):
     """Pad the samples into one batch and mask it for `epoch` with data.mask_tokens, as the trainer does.
     -> dict of (B, T) arrays: ids (before masking), attention_mask, input_ids (after), labels."""
-    longest = max(len(s) for s in samples)
-    ids = np.full((len(samples), longest), tokenizer.pad_id, dtype=np.int64)           # (B, T)
-    attention_mask = np.zeros_like(ids)
-    for row, sample in enumerate(samples):
-        ids[row, :len(sample)] = sample
-        attention_mask[row, :len(sample)] = 1
+    ids, attention_mask = pad_samples(samples, tokenizer.pad_id)                       # (B, T) each
     input_ids, labels = mask_tokens(ids, attention_mask, special_ids=tokenizer.special_ids,
                                     mask_id=tokenizer.mask_id, vocab_size=tokenizer.vocab_size, seed=seed,
                                     epoch=epoch, indices=np.arange(len(samples)), mask_prob=mask_prob)
@@ -170,7 +173,7 @@ def draw_masking(tokenizer, batches, path, title=None):
     if title:
         figure.suptitle(title, fontsize=9)
     figure.tight_layout(rect=(0, 0.04, 1, 1))
-    figure.savefig(path, dpi=100)
+    save_figure(figure, path)
     plt.close(figure)
 
 

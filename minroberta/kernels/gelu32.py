@@ -40,7 +40,7 @@ def normal_cdf_and_pdf(x):
     cdf, pdf = np.empty_like(flat), np.empty_like(flat)
 
     def block(part, scratch):
-        _normal_cdf_and_pdf_block(flat[part], cdf[part], pdf[part], scratch[:2])
+        _normal_cdf_and_pdf_block(flat[part], cdf[part], pdf[part], scratch)
     _blockwise(flat, 2, block)
     return cdf.reshape(x.shape), pdf.reshape(x.shape)
 
@@ -49,7 +49,7 @@ def gelu_in_place(x):
     """x * Phi(x) written over x: GELU where nothing is kept for a backward (inference). float32 on NumPy
     goes block by block through the same erfc fit, computing no density and keeping no Phi; elsewhere the
     reference's Phi."""
-    if backend.name() != "numpy" or x.dtype != np.float32 or not x.flags.c_contiguous:
+    if not float32_on_numpy(x) or not x.flags.c_contiguous:
         x *= gelu.normal_cdf_and_pdf(x)[0]
         return x
     flat = x.reshape(-1)

@@ -321,6 +321,12 @@ def pretrain_config(args, tokenizer):
     return config.replace(hidden_dropout_prob=dropout_prob(args), attention_probs_dropout_prob=dropout_prob(args))
 
 
+def check_mask_prob(value):
+    """pretrain and masking take the same --mask-prob."""
+    if not 0.0 < value <= 1.0:
+        raise MinRobertaError(f"--mask-prob must be in (0, 1], got {value}")
+
+
 def dropout_prob(args):
     if not 0.0 <= args.dropout < 1.0:
         raise MinRobertaError(f"--dropout must be in [0, 1), got {args.dropout}")
@@ -336,8 +342,7 @@ def run_pretrain(args):
     from .train import Trainer, checkpoint_to_resume, list_checkpoints
 
     settings = pretrain_settings(args)
-    if not 0.0 < args.mask_prob <= 1.0:
-        raise MinRobertaError(f"--mask-prob must be in (0, 1], got {args.mask_prob}")
+    check_mask_prob(args.mask_prob)
     if not args.init_range > 0:
         raise MinRobertaError(f"--init-range must be positive, got {args.init_range}")
     if not 0.0 <= args.beta2 < 1.0:
@@ -641,8 +646,7 @@ def run_masking(args):
         raise MinRobertaError(f"--seq-len {seq_len} is outside 3..{limit} (the model's positions)")
     if args.batch_size < 1 or args.epochs < 1:
         raise MinRobertaError("--batch-size and --epochs must be at least 1")
-    if not 0.0 < args.mask_prob <= 1.0:
-        raise MinRobertaError(f"--mask-prob must be in (0, 1], got {args.mask_prob}")
+    check_mask_prob(args.mask_prob)
     if args.seed < 0:
         raise MinRobertaError(f"--seed must be >= 0, got {args.seed}")
     documents = corpus.stdlib_documents() if not args.corpus else corpus.read_documents(args.corpus)

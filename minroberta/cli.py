@@ -189,8 +189,8 @@ def add_collection_arguments(command, printed, saved):
                          help="tokens per text; longer ones are cut (default: a sentence-transformers directory's "
                               "sentence_bert_config.json, else the model's limit)")
     command.add_argument("--batch-tokens", type=int, default=None, metavar="N",
-                         help=f"tokens per batch: texts of one length, at most this many tokens together "
-                              f"(default {collection.MAX_TOKENS})")
+                         help=f"tokens run together: batches of texts of one length each, at most this many "
+                              f"tokens in all (default {collection.MAX_TOKENS})")
 
 
 def main(argv=None):

@@ -1,6 +1,6 @@
-"""Inference over collections of texts: read them from files or standard input, run the model on batches of
-texts of one token length (so no compute is spent on padding), and write the results in input order as they
-come (.npy rows or JSON lines), with a progress line on long inputs.
+"""Inference over collections of texts: read them from files or standard input, run the model on packs of
+batches of texts of one token length each (so no compute is spent on padding), and write the results in input
+order as they come (.npy rows or JSON lines), with a progress line on long inputs.
 
 Memory stays flat however many texts there are: texts are read, encoded and answered a chunk at a time.
 """
@@ -17,7 +17,7 @@ from . import atomic, backend
 from .errors import MinRobertaError
 
 CHUNK_TEXTS = 4096      # texts read, sorted by length and answered together; the rest wait unread
-MAX_TOKENS = 4096       # tokens per batch (rows x length): bounds the activations, whatever the lengths
+MAX_TOKENS = 4096       # tokens per pack (texts x length): bounds the activations, whatever the lengths
 OUTPUT_KINDS = (".npy", ".jsonl")
 
 
@@ -59,34 +59,45 @@ def chunks(items, size=None):
         yield chunk
 
 
-# --- batches of one length
+# --- packs of batches of one length
 
-def equal_length_batches(encodings, max_tokens=MAX_TOKENS, max_rows=None):
-    """Cut encodings (tokenizer.Ids) into batches whose texts all have the same number of tokens: sorted by
-    length, a batch ends where the length changes or it reaches max_tokens tokens (or max_rows texts).
-    -> (indices into encodings, input_ids (b, T), token_type_ids (b, T)); no position is padding, so the
-    batch needs no attention mask."""
+def packed_batches(encodings, max_tokens=MAX_TOKENS, max_rows=None):
+    """Cut encodings (tokenizer.Ids) into packs of at most max_tokens tokens (and max_rows texts), each a list of
+    batches whose texts all have the same number of tokens: sorted by length, the texts fill a pack in order, a
+    new batch where the length changes (a text longer than max_tokens goes alone). No position is padding, so
+    no batch needs an attention mask. -> lists of (indices into encodings, input_ids (b, T), token_type_ids (b, T))."""
     order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
+    pack, tokens, texts = [], 0, 0
     for length, group in itertools.groupby(order, key=lambda i: len(encodings[i].ids)):
         group = list(group)
-        rows = max(1, max_tokens // max(1, length))
-        if max_rows:
-            rows = min(rows, max_rows)
-        for start in range(0, len(group), rows):
-            indices = group[start:start + rows]
+        while group:
+            room = (max_tokens - tokens) // max(1, length)
+            if max_rows:
+                room = min(room, max_rows - texts)
+            if room < 1 and pack:   # full: the rest of the group starts the next pack
+                yield pack
+                pack, tokens, texts = [], 0, 0
+                continue
+            indices, group = group[:max(1, room)], group[max(1, room):]
             ids = np.array([encodings[i].ids for i in indices], dtype=np.int64).reshape(len(indices), length)
             types = np.array([encodings[i].type_ids for i in indices], dtype=np.int64).reshape(len(indices), length)
-            yield indices, ids, types
+            pack.append((indices, ids, types))
+            tokens, texts = tokens + ids.size, texts + len(indices)
+    if pack:
+        yield pack
 
 
 def infer(model, encodings, head, width, max_tokens=MAX_TOKENS, max_rows=None, on_batch=None):
-    """The model over equal-length batches of `encodings`; head(model output) gives each batch's rows (b, width)
-    on the device. -> (N, width) float32 host array in the order of `encodings`."""
+    """The model over packs of equal-length batches of `encodings` (Roberta.outputs runs a pack's tokens
+    together); head(model output) gives each batch's rows (b, width) on the device. -> (N, width) float32 host
+    array in the order of `encodings`."""
     out = np.empty((len(encodings), width), dtype=np.float32)
-    for indices, ids, types in equal_length_batches(encodings, max_tokens, max_rows):
-        out[indices] = backend.to_host(head(model(ids, None, types)))
+    for pack in packed_batches(encodings, max_tokens, max_rows):
+        outputs = model.outputs([(ids, types) for _, ids, types in pack])
+        for (indices, _, _), output in zip(pack, outputs):
+            out[indices] = backend.to_host(head(output))
         if on_batch is not None:
-            on_batch(len(indices))
+            on_batch(sum(len(indices) for indices, _, _ in pack))
     return out
 
 

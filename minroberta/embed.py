@@ -124,8 +124,9 @@ def check_pooling(modes):
 def sentence_embeddings(model, tokenizer, texts, pooling="mean", batch_size=None, normalize=False, max_length=None,
                         max_tokens=collection.MAX_TOKENS, on_batch=None):
     """One vector per text, pooled as `pooling` says (a mode of POOLINGS, or several side by side), optionally
-    scaled to unit length. Texts are cut to max_length tokens (default: the model's limit) and run in batches
-    of one length (at most max_tokens tokens or batch_size texts each). -> float32 host array (N, C * modes)."""
+    scaled to unit length. Texts are cut to max_length tokens (default: the model's limit) and run in packs of
+    batches of one length (at most max_tokens tokens or batch_size texts a pack). -> float32 host array
+    (N, C * modes)."""
     modes = check_pooling(pooling)
     encodings = tokenizer.encode_many(texts, max_length=max_length or model.config.max_sequence_length)
     return collection.infer(model, encodings, lambda out: pool(out.hidden_states, modes, normalize),

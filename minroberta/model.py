@@ -331,6 +331,14 @@ def layer_output(params, config, layer, x, key_mask):
     return y
 
 
+def encode_many(model, batches):
+    """model.encode without a cache on each of batches, [(input_ids (b, T), token_type_ids (b, T))] of texts
+    without padding: -> [hidden (b, T, C)]."""
+    if fast := fast_form("encode_many"):              # kernels/inference.py: all the batches' tokens in one array
+        return fast(model, batches)
+    return [model.encode(ids, None, types, keep_cache=False)[0] for ids, types in batches]
+
+
 EncoderCache = namedtuple("EncoderCache", "embeddings layers")   # layers: a LayerCache each, used up by the backward
 
 
@@ -452,6 +460,17 @@ class Roberta:
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None):
         hidden, _ = self.encode(input_ids, attention_mask, token_type_ids, keep_cache=False)
+        return self.head_output(hidden)
+
+    def outputs(self, batches):
+        """The model on each of several batches of texts without padding, [(input_ids (b, T), token_type_ids
+        (b, T) or None)], the lengths T free to differ: a list of what self(input_ids, None, token_type_ids)
+        gives for each."""
+        hiddens = encode_many(self, [self._inputs(ids, None, types)[::2] for ids, types in batches])
+        return [self.head_output(hidden) for hidden in hiddens]
+
+    def head_output(self, hidden):
+        """ModelOutput of the encoder's hidden (B, T, C): the states and what this model's head makes of them."""
         out = ModelOutput(hidden_states=hidden)
         if self.head == "mlm":
             batch, seq, channels = hidden.shape

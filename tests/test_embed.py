@@ -163,16 +163,22 @@ def test_roberta_embeddings_equal_a_padded_transformers_batch(roberta_dir, numpy
 @settings(max_examples=200, deadline=None)
 @given(lengths=st.lists(st.integers(1, 40), max_size=60), max_tokens=st.integers(1, 100),
        max_rows=st.one_of(st.none(), st.integers(1, 5)))
-def test_batches_hold_texts_of_one_length_each_once(lengths, max_tokens, max_rows):
+def test_packs_hold_batches_of_one_length_and_every_text_once(lengths, max_tokens, max_rows):
     encodings = [Ids(list(range(n)), [0] * n) for n in lengths]
     seen = []
-    for indices, ids, types in collection.equal_length_batches(encodings, max_tokens, max_rows):
-        assert ids.shape == types.shape == (len(indices), lengths[indices[0]])
-        assert {lengths[i] for i in indices} == {ids.shape[1]}
-        assert len(indices) == 1 or ids.size <= max_tokens
-        assert max_rows is None or len(indices) <= max_rows
-        seen += indices
+    for pack in collection.packed_batches(encodings, max_tokens, max_rows):
+        assert pack
+        for indices, ids, types in pack:
+            assert ids.shape == types.shape == (len(indices), lengths[indices[0]])
+            assert {lengths[i] for i in indices} == {ids.shape[1]}
+            assert np.array_equal(ids, [encodings[i].ids for i in indices])
+            seen += indices
+        texts, tokens = sum(len(b[0]) for b in pack), sum(b[1].size for b in pack)
+        assert texts == 1 or tokens <= max_tokens
+        assert max_rows is None or texts <= max_rows
+        assert len({b[1].shape[1] for b in pack}) == len(pack)   # one batch per length
     assert sorted(seen) == list(range(len(lengths)))
+    assert [lengths[i] for i in seen] == sorted(lengths)          # shortest first, packs filled in order
 
 
 def test_texts_are_read_a_chunk_at_a_time_and_answered_in_order(roberta_dir, tmp_path, monkeypatch):

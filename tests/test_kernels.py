@@ -18,12 +18,14 @@ from tests.test_fused import HostKernel, host_library  # noqa: F401  (the host-c
 
 EXAMPLES = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
-REFERENCES = {"matmul": precision.matmul, "adamw_update": optim.adamw_update, "layer_output": model.layer_output}
+REFERENCES = {"matmul": precision.matmul, "adamw_update": optim.adamw_update, "layer_output": model.layer_output,
+              "encode_many": model.encode_many}
 CUPY_ONLY = {fused.erf, fused.normal_cdf_and_pdf}   # CuPy's own special functions: checked by tests/test_cupy.py
 # (absolute, relative) tolerance by form; a form not named gives identical bits
 TOLERANCES = {products.matmul: {"float64": (0, 1e-12), "float32": (0, 1e-5)},
               gelu32.normal_cdf_and_pdf: {"float32": (2.5e-7, 0)},
-              inference.layer_output: {"float64": (0, 1e-11), "float32": (0, 2e-5)}}
+              inference.layer_output: {"float64": (0, 1e-11), "float32": (0, 2e-5)},
+              inference.encode_many: {"float64": (0, 1e-11), "float32": (0, 2e-5)}}
 FUSED = {"float64": (0, 1e-12), "float32": (1e-7, 2e-6)}
 OVERWRITES = {"masked_softmax"}   # ops whose contract lets them use up an input; the others' inputs must end alike
 
@@ -108,6 +110,19 @@ def layer_output_case(data, dtype):
     return (params, config, "encoder.layer.0.", array(data, dtype, (batch, seq, config.hidden_size)), key_mask)
 
 
+def encode_many_case(data, dtype):
+    heads, head_dim = dims(data, 2, high=3)
+    config = minroberta.Config(vocab_size=10, hidden_size=heads * head_dim, num_hidden_layers=data.draw(st.integers(1, 2)),
+                               num_attention_heads=heads, intermediate_size=data.draw(st.integers(1, 8)),
+                               max_position_embeddings=12, type_vocab_size=2)
+    roberta = minroberta.Roberta(config, seed=data.draw(st.integers(0, 99)), dtype=dtype)
+    batches = []
+    for b, t in data.draw(st.lists(st.tuples(st.integers(1, 3), st.integers(1, 9)), min_size=1, max_size=4)):
+        ids = data.draw(hnp.arrays(np.int64, (b, t), elements=st.integers(0, 9)))
+        batches.append((ids, data.draw(hnp.arrays(np.int64, (b, t), elements=st.integers(0, 1)))))
+    return (roberta, batches)
+
+
 CASES = {   # op -> draw(data, dtype) -> the op's arguments (host arrays)
     "linear_forward": linear_case,
     "layernorm_forward": layernorm_case,
@@ -126,6 +141,7 @@ CASES = {   # op -> draw(data, dtype) -> the op's arguments (host arrays)
     "matmul": matmul_case,
     "adamw_update": adamw_case,
     "layer_output": layer_output_case,
+    "encode_many": encode_many_case,
 }
 
 FORMS = [(op, form) for op, forms in dispatch.registered().items() for form in forms]

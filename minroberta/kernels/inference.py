@@ -1,50 +1,57 @@
 """Fast forms for inference alone, where no backward pass needs a cache: each computes what its reference's
 forward returns as `out`, in place or block by block, and keeps nothing else. `layer_output`, the encoder layer
-made of them, is registered as the fast form of model.layer_output; tests/test_inference.py holds every one to
-its reference."""
+made of them, is registered as the fast form of model.layer_output, and `encode_many`, the encoder over several
+batches of texts at once, as that of Roberta.outputs; tests/test_inference.py holds every one to its reference."""
 
+import itertools
 import math
 
 from .. import backend
 from ..dispatch import register
-from ..model import query_key_value
+from ..model import embeddings_forward, query_key_value
 from ..ops.attention import merge_heads, padding_mask, split_heads
 from ..ops.linear import linear_forward
 from ..precision import product
 from . import fused, threads
 from .gelu32 import gelu_in_place
 
-# attention scores (float32 elements) made and used in one go: a few sequences' (heads, T, T) blocks, which
-# stay in the CPU cache between the product that makes them and the one that uses them
+# attention scores (float32 elements) made and used in one go: a few (sequence, head) pairs' (T, T) blocks,
+# which stay in the CPU cache between the product that makes them and the one that uses them
 SCORES_BLOCK = 1 << 18
 
 
-def attention_inference(q, k, v, key_mask, num_heads):
-    """attention_forward's ctx (B, T, C). key_mask (B, T), or None when no key is padding (no mask to add).
-    The scale 1/sqrt(hd) multiplies q (T x hd numbers per head) instead of the scores (T x T), which can
-    round the last bit differently; then, a few sequences at a time, scores = q k^T (+ mask), the softmax in
-    place while the scores are in the cache, and ctx = probs v."""
+def attention_inference(q, k, v, key_mask, num_heads, out=None):
+    """attention_forward's ctx (B, T, C), written into out (B, T, C) when given. key_mask (B, T), or None when no
+    key is padding (no mask to add). The scale 1/sqrt(hd) multiplies q (T x hd numbers per head) instead of the
+    scores (T x T), which can round the last bit differently; then, a few (sequence, head) pairs at a time (so
+    the threads share even one long sequence), scores = q k^T (+ mask), the softmax in place while the scores
+    are in the cache, and ctx = probs v."""
     xp = backend.xp()
     batch, seq, channels = q.shape
     head_dim = channels // num_heads
-    qh, kh, vh = (split_heads(t, num_heads) for t in (q, k, v))             # (B, nh, T, hd) fresh copies
+    pairs = batch * num_heads
+    qh, kh, vh = (split_heads(t, num_heads).reshape(pairs, seq, head_dim) for t in (q, k, v))   # (B*nh, T, hd)
     qh *= 1.0 / math.sqrt(head_dim)
-    additive = None if key_mask is None else padding_mask(key_mask, q.dtype)   # (B, T)
-    ctx = xp.empty(qh.shape, q.dtype)                                       # (B, nh, T, hd)
-    step = max(1, SCORES_BLOCK // max(1, num_heads * seq * seq))
+    additive = None if key_mask is None else xp.repeat(padding_mask(key_mask, q.dtype), num_heads, axis=0)  # (B*nh, T)
+    ctx = xp.empty(qh.shape, q.dtype)                                       # (B*nh, T, hd)
+    step = max(1, SCORES_BLOCK // max(1, seq * seq))
 
-    def sequences(rows):   # one thread's sequences (threads.py), a block at a time
+    def blocks(rows):   # one thread's (sequence, head) pairs (threads.py), a block at a time
         for start in range(rows.start, rows.stop, step):
-            b = slice(start, min(start + step, rows.stop))
-            scores = product(qh[b], kh[b].transpose(0, 1, 3, 2))           # (n, nh, T, T)
+            r = slice(start, min(start + step, rows.stop))
+            scores = product(qh[r], kh[r].transpose(0, 2, 1))               # (n, T, T)
             if additive is not None:
-                scores += additive[b, None, None, :]
+                scores += additive[r, None, :]
             scores -= scores.max(axis=-1, keepdims=True)
             xp.exp(scores, out=scores)
             scores /= scores.sum(axis=-1, keepdims=True)
-            product(scores, vh[b], out=ctx[b])
-    threads.over_rows(sequences, batch, num_heads * seq * seq * head_dim)
-    return merge_heads(ctx)
+            product(scores, vh[r], out=ctx[r])
+    threads.over_rows(blocks, pairs, seq * seq * head_dim)
+    ctx = ctx.reshape(batch, num_heads, seq, head_dim)
+    if out is None:
+        return merge_heads(ctx)                                             # (B, T, C)
+    out.reshape(batch, seq, num_heads, head_dim)[...] = ctx.transpose(0, 2, 1, 3)   # merged straight into out
+    return out
 
 
 def layernorm_in_place(x, gamma, beta, eps):
@@ -72,14 +79,44 @@ def fused_kernels_off(*_):
 def layer_output(params, config, layer, x, key_mask):
     """model.layer_forward's y alone: the same equations with attention blocked in the cache and layer norm
     and GELU in place. key_mask (B, T), or None where no token is padding. (B, T, C) -> (B, T, C)."""
+    rows = layer_rows(params, config, layer, x.reshape(-1, x.shape[-1]), [x.shape], key_mask)
+    return rows.reshape(x.shape)
+
+
+def layer_rows(params, config, layer, x, shapes, key_mask=None):
+    """The layer over the tokens of several batches as rows x (N, C), batch after batch; shapes: each batch's
+    (b, T, C), b T rows of x each. Attention runs batch by batch (key_mask (b, T) for a single batch, or None);
+    everything else is per token, so it runs on all N rows at once. -> (N, C)."""
     P = lambda name: params[layer + name]
-    q, k, v, _ = query_key_value(params, layer, x)                                               # (B, T, C) each
-    ctx = attention_inference(q, k, v, key_mask, config.num_attention_heads)                     # (B, T, C)
+    q, k, v, _ = query_key_value(params, layer, x)                                               # (N, C) each
+    ctx = backend.xp().empty(q.shape, q.dtype)                                                   # (N, C)
+    start = 0
+    for shape in shapes:
+        rows = slice(start, start + shape[0] * shape[1])
+        attention_inference(*(t[rows].reshape(shape) for t in (q, k, v)), key_mask, config.num_attention_heads,
+                            out=ctx[rows].reshape(shape))
+        start = rows.stop
     a, _ = linear_forward(ctx, P("attention.output.dense.weight"), P("attention.output.dense.bias"))
     a += x
     h = layernorm_in_place(a, P("attention.output.LayerNorm.weight"), P("attention.output.LayerNorm.bias"),
-                           config.layer_norm_eps)                                                # (B, T, C)
+                           config.layer_norm_eps)                                                # (N, C)
     g = gelu_in_place(linear_forward(h, P("intermediate.dense.weight"), P("intermediate.dense.bias"))[0])
-    o, _ = linear_forward(g, P("output.dense.weight"), P("output.dense.bias"))                   # (B, T, C)
+    o, _ = linear_forward(g, P("output.dense.weight"), P("output.dense.bias"))                   # (N, C)
     o += h
     return layernorm_in_place(o, P("output.LayerNorm.weight"), P("output.LayerNorm.bias"), config.layer_norm_eps)
+
+
+@register("encode_many", fused_kernels_off)
+def encode_many(model, batches):
+    """Roberta.outputs' hidden states: each batch's embeddings, then every layer over all the batches' tokens at
+    once (layer_rows), so the products, norms and GELU see one large array however short the texts are.
+    batches: [(input_ids (b, T), token_type_ids (b, T))], no padding. -> [(b, T, C)]."""
+    xp = backend.xp()
+    embedded = [embeddings_forward(model.params, model.config, model.prefix, ids, types, None)[0]
+                for ids, types in batches]                                                       # (b, T, C) each
+    shapes = [x.shape for x in embedded]
+    x = xp.concatenate([e.reshape(-1, e.shape[-1]) for e in embedded])                          # (N, C)
+    for i in range(model.config.num_hidden_layers):
+        x = layer_rows(model.params, model.config, f"{model.prefix}encoder.layer.{i}.", x, shapes)
+    bounds = list(itertools.accumulate((b * t for b, t, _ in shapes), initial=0))
+    return [x[start:stop].reshape(shape) for start, stop, shape in zip(bounds, bounds[1:], shapes)]

@@ -1,6 +1,8 @@
-"""The NumPy backend's fast forms of the row-wise and elementwise ops: the reference's arithmetic, in the same
-order (so the same bits), written into preallocated buffers and cut into row chunks over the threads
-(threads.py). tests/test_kernels.py holds each to its reference."""
+"""In-place forms of the row-wise and elementwise ops, on every backend: the reference's arithmetic, in the same
+order (so the same bits), written into preallocated buffers instead of fresh temporaries. On NumPy the rows are
+cut into chunks over the threads (threads.py); on CuPy each pass is one kernel over the whole array, and the
+fused kernels of fused.py, registered first, win when they are on. tests/test_kernels.py holds each to its
+reference on NumPy and on the device stand-in."""
 
 from .. import backend
 from ..dispatch import register
@@ -12,11 +14,15 @@ from ..precision import matmul
 from . import threads
 
 
-def on_numpy(*_):
-    return backend.name() == "numpy"
+# array modules whose arrays take `out=` and write through views: the same in-place code runs on each
+IN_PLACE_BACKENDS = ("numpy", "cupy", "standin")
 
 
-@register("linear_forward", on_numpy)
+def in_place(*_):
+    return backend.name() in IN_PLACE_BACKENDS
+
+
+@register("linear_forward", in_place)
 def linear_forward(x, weight, bias=None, keep_input=True):
     """The product whole (it has its own fast form), then y += bias in place (y's rows over the threads on NumPy)."""
     xp = backend.xp()
@@ -26,7 +32,7 @@ def linear_forward(x, weight, bias=None, keep_input=True):
     return y.reshape(*x.shape[:-1], weight.shape[0]), LinearCache(x if keep_input else None, weight, bias is not None)
 
 
-@register("layernorm_forward", on_numpy)
+@register("layernorm_forward", in_place)
 def layernorm_forward(x, gamma, beta, eps):
     xp = backend.xp()
     channels = x.shape[-1]
@@ -50,7 +56,7 @@ def layernorm_forward(x, gamma, beta, eps):
     return y.reshape(shape), LayerNormCache(xhat.reshape(shape), rstd.reshape(shape[:-1] + (1,)), gamma)
 
 
-@register("layernorm_backward", on_numpy)
+@register("layernorm_backward", in_place)
 def layernorm_backward(dy, cache):
     xp = backend.xp()
     xhat, rstd, gamma = cache
@@ -74,7 +80,7 @@ def layernorm_backward(dy, cache):
     return dx.reshape(dy.shape), dgamma, dbeta
 
 
-@register("softmax_forward", on_numpy)
+@register("softmax_forward", in_place)
 def softmax_forward(scores):
     """In one buffer, in place (rows over the threads on NumPy)."""
     xp = backend.xp()
@@ -91,7 +97,7 @@ def softmax_forward(scores):
     return probs, probs
 
 
-@register("softmax_backward", on_numpy)
+@register("softmax_backward", in_place)
 def softmax_backward(dprobs, probs):
     xp = backend.xp()
     dprobs2, probs2 = dprobs.reshape(-1, dprobs.shape[-1]), probs.reshape(-1, probs.shape[-1])   # (N, K)
@@ -106,7 +112,7 @@ def softmax_backward(dprobs, probs):
     return dscores.reshape(dprobs.shape)
 
 
-@register("masked_softmax", on_numpy)
+@register("masked_softmax", in_place)
 def masked_softmax(scores, additive, scale):
     """Scale and mask in the scores' own buffer (a thread's sequences at a time on NumPy), then the softmax."""
     batch = scores.shape[0]
@@ -120,14 +126,14 @@ def masked_softmax(scores, additive, scale):
     return probs
 
 
-@register("masked_softmax_backward", on_numpy)
+@register("masked_softmax_backward", in_place)
 def masked_softmax_backward(dprobs, probs, scale):
     xp = backend.xp()
     dscores = attention.softmax_backward(dprobs, probs)
     return threads.elementwise(lambda d: xp.multiply(d, scale, out=d), dscores)
 
 
-@register("gelu_backward", on_numpy)
+@register("gelu_backward", in_place)
 def gelu_backward(dout, cache):
     """In one buffer, in place (in parts over the threads on NumPy)."""
     xp = backend.xp()
@@ -140,7 +146,7 @@ def gelu_backward(dout, cache):
     return threads.elementwise(compute, xp.empty(x.shape, xp.result_type(x.dtype, dout.dtype)), x, cdf, pdf, dout)
 
 
-@register("gelu_output", on_numpy)
+@register("gelu_output", in_place)
 def gelu_output(cache):
     xp = backend.xp()
     return threads.elementwise(lambda y, x, cdf: xp.multiply(x, cdf, out=y), xp.empty(cache.x.shape, cache.x.dtype),
@@ -152,7 +158,7 @@ def gelu_output(cache):
 ADAMW_BLOCK = 131072
 
 
-@register("adamw_update", on_numpy)
+@register("adamw_update", in_place)
 def adamw_update(p, g, m, v, decay, beta1, beta2, eps, step_size, bias_correction2_sqrt):
     """On NumPy the tensor's rows cut over the threads, each thread's rows block by block along the first axis
     (slices are views, so the updates land in p, m and v): a block's arithmetic stays in the CPU cache instead

@@ -162,8 +162,8 @@ ADAMW_BLOCK = 131072
 def adamw_update(p, g, m, v, decay, beta1, beta2, eps, step_size, bias_correction2_sqrt):
     """On NumPy the tensor's rows cut over the threads, each thread's rows block by block along the first axis
     (slices are views, so the updates land in p, m and v): a block's arithmetic stays in the CPU cache instead
-    of streaming the whole tensor a dozen times. On a GPU there is no such cache to fit: the whole tensor is one
-    block, through one scratch buffer of its size."""
+    of streaming the whole tensor a dozen times. On CuPy (and the stand-in) the tensor is one block: each step
+    one kernel over all of it, through one scratch buffer of its size, as small blocks would only add launches."""
     xp = backend.xp()
     per_row = max(1, p.size // max(1, p.shape[0]))
 

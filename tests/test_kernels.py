@@ -1,8 +1,9 @@
 """Every registered fast form (minroberta/kernels/) against the reference op it stands in for, on arrays drawn by
 hypothesis. Registering a new form for an op listed in CASES is enough to have it checked here; a new op needs
 its case. Row-wise and elementwise forms must give identical bits (with chunks forced small, so the threaded
-path itself runs); cut products, the fitted float32 erfc, the fused kernels and the inference layer are held to
-the stated tolerances."""
+path itself runs), and so must the in-place forms of rows.py on the device stand-in, where they run as on CuPy;
+cut products, the fitted float32 erfc, the fused kernels and the inference layer are held to the stated
+tolerances."""
 
 import math
 
@@ -13,7 +14,8 @@ from hypothesis.extra import numpy as hnp
 
 import minroberta
 from minroberta import backend, dispatch, model, ops, optim, precision
-from minroberta.kernels import fused, gelu32, inference, products, threads
+from minroberta.device_standin import DeviceArray
+from minroberta.kernels import fused, gelu32, inference, products, rows, threads
 from tests.test_fused import HostKernel, host_library  # noqa: F401  (the host-compiled kernels fixture)
 
 EXAMPLES = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -28,6 +30,9 @@ TOLERANCES = {products.matmul: {"float64": (0, 1e-12), "float32": (0, 1e-5)},
               inference.encode_many: {"float64": (0, 1e-11), "float32": (0, 2e-5)}}
 FUSED = {"float64": (0, 1e-12), "float32": (1e-7, 2e-6)}
 OVERWRITES = {"masked_softmax"}   # ops whose contract lets them use up an input; the others' inputs must end alike
+# where each form is checked: NumPy, and the device stand-in for the forms that run on CuPy without --fused
+BACKENDS = {form: ("numpy", "standin") if form.__module__ == rows.__name__ else ("numpy",)
+            for forms in dispatch.registered().values() for form in forms}
 
 
 def array(data, dtype, shape, low=-4.0, high=4.0):
@@ -144,24 +149,44 @@ CASES = {   # op -> draw(data, dtype) -> the op's arguments (host arrays)
     "encode_many": encode_many_case,
 }
 
-FORMS = [(op, form) for op, forms in dispatch.registered().items() for form in forms]
+FORMS = [(op, form, where) for op, forms in dispatch.registered().items() for form in forms
+         for where in BACKENDS[form]]
 
 
 def test_every_registered_op_has_a_case():
     assert set(dispatch.registered()) <= set(CASES), sorted(set(dispatch.registered()) - set(CASES))
 
 
+def mapped(move, value):
+    """value with move(a) for each of its arrays (in tuples, namedtuples, lists and dicts)."""
+    if isinstance(value, (np.ndarray, DeviceArray)):
+        return move(value)
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return type(value)(*(mapped(move, x) for x in value))
+    if isinstance(value, (tuple, list)):
+        return type(value)(mapped(move, x) for x in value)
+    if isinstance(value, dict):
+        return {k: mapped(move, v) for k, v in value.items()}
+    return value
+
+
 def copies(args):
     """Fresh copies of every array (some fast forms write over their inputs, and AdamW updates in place)."""
-    def copy(a):
-        if isinstance(a, np.ndarray):
-            return a.copy()
-        if isinstance(a, tuple) and hasattr(a, "_fields"):
-            return type(a)(*(copy(x) for x in a))
-        if isinstance(a, dict):
-            return {k: copy(v) for k, v in a.items()}
-        return a
-    return tuple(copy(a) for a in args)
+    return mapped(np.copy, tuple(args))
+
+
+def run_on(where, form, args):
+    """form(*args) on the backend `where`, its arguments copied there: (result, the arguments afterwards), on
+    the host."""
+    if where == "numpy":
+        return form(*args), args
+    previous = backend.name()
+    backend.use(where)
+    try:
+        device_args = mapped(backend.to_device, args)
+        return mapped(backend.to_host, form(*device_args)), mapped(backend.to_host, device_args)
+    finally:
+        backend.use(previous)
 
 
 def leaves(value):
@@ -209,9 +234,10 @@ def fused_kernels(request, monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("op,form", FORMS, ids=[f"{op}-{form.__module__.rsplit('.', 1)[-1]}" for op, form in FORMS])
+@pytest.mark.parametrize("op,form,where", FORMS,
+                         ids=[f"{op}-{form.__module__.rsplit('.', 1)[-1]}-{where}" for op, form, where in FORMS])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_each_fast_form_equals_its_reference(small_chunks, request, op, form, dtype):
+def test_each_fast_form_equals_its_reference(small_chunks, request, op, form, where, dtype):
     if form in CUPY_ONLY:
         pytest.skip("CuPy's own special function: tests/test_cupy.py checks it on a GPU")
     if form.__module__ == fused.__name__:
@@ -228,9 +254,29 @@ def test_each_fast_form_equals_its_reference(small_chunks, request, op, form, dt
         with dispatch.reference_only():
             expected_args = copies(args)
             expected = reference(*expected_args)
-        got_args = copies(args)
-        got = form(*got_args)
-        assert_close(got, expected, tolerance, f"{op} by {form.__module__}")
+        got, got_args = run_on(where, form, copies(args))
+        assert_close(got, expected, tolerance, f"{op} by {form.__module__} on {where}")
         if op not in OVERWRITES:
-            assert_close(got_args, expected_args, tolerance, f"{op} by {form.__module__}: its inputs afterwards")
+            assert_close(got_args, expected_args, tolerance, f"{op} by {form.__module__} on {where}: its inputs "
+                                                             f"afterwards")
     check()
+
+
+@pytest.mark.parametrize("where", ["numpy", "standin"])
+def test_the_in_place_forms_run_on_every_backend_and_fused_kernels_first(where, monkeypatch):
+    """The stand-in gets the forms CuPy would: rows.py's without --fused, fused.py's (registered first) with it."""
+    previous = backend.name()
+    xp = backend.use(where)
+    try:
+        x = xp.ones((2, 3))
+        for op, forms in dispatch.registered().items():
+            in_place = [form for form in forms if form.__module__ == rows.__name__]
+            if not in_place:
+                continue
+            assert dispatch.fast_form(op, x) is in_place[0], op
+            monkeypatch.setattr(fused, "_enabled", True)
+            fused_form = next((form for form in forms if form.__module__ == fused.__name__), in_place[0])
+            assert dispatch.fast_form(op, x) is fused_form, op
+            monkeypatch.setattr(fused, "_enabled", False)
+    finally:
+        backend.use(previous)

@@ -230,7 +230,8 @@ def threaded_chunks(numpy_backend, monkeypatch):
 
 @pytest.fixture(params=["numpy", "standin", "threaded"])
 def where(request):
-    """Each backend's reference, and the NumPy backend's fast forms on small chunks over two threads."""
+    """Each backend as it runs by default (the stand-in through rows.py's in-place forms, as CuPy), and the NumPy
+    backend's fast forms on small chunks over two threads."""
     if request.param == "threaded":
         request.getfixturevalue("threaded_chunks")
         yield request.param

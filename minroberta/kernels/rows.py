@@ -1,8 +1,8 @@
-"""The NumPy backend's fast forms of the row-wise and elementwise ops: the reference's arithmetic, in the same
-order (so the same bits), written into preallocated buffers and cut into row chunks over the threads
-(threads.py). tests/test_kernels.py holds each to its reference."""
-
-import numpy as np
+"""In-place forms of the row-wise and elementwise ops, on every backend: the reference's arithmetic, in the same
+order (so the same bits), written into preallocated buffers instead of fresh temporaries. On NumPy the rows are
+cut into chunks over the threads (threads.py); on CuPy each pass is one kernel over the whole array, and the
+fused kernels of fused.py, registered first, win when they are on. tests/test_kernels.py holds each to its
+reference on NumPy and on the device stand-in."""
 
 from .. import backend
 from ..dispatch import register
@@ -14,57 +14,64 @@ from ..precision import matmul
 from . import threads
 
 
-def on_numpy(*_):
-    return backend.name() == "numpy"
+# array modules whose arrays take `out=` and write through views: the same in-place code runs on each
+IN_PLACE_BACKENDS = ("numpy", "cupy", "standin")
 
 
-@register("linear_forward", on_numpy)
+def in_place(*_):
+    return backend.name() in IN_PLACE_BACKENDS
+
+
+@register("linear_forward", in_place)
 def linear_forward(x, weight, bias=None, keep_input=True):
-    """The product whole (it has its own fast form), then y += bias with y's rows over the threads."""
+    """The product whole (it has its own fast form), then y += bias in place (y's rows over the threads on NumPy)."""
+    xp = backend.xp()
     y = matmul(x.reshape(-1, x.shape[-1]), weight.T)     # (N, O)
     if bias is not None:
-        threads.over_rows(lambda rows: np.add(y[rows], bias, out=y[rows]), y.shape[0], y.shape[1])
+        threads.over_rows(lambda rows: xp.add(y[rows], bias, out=y[rows]), y.shape[0], y.shape[1])
     return y.reshape(*x.shape[:-1], weight.shape[0]), LinearCache(x if keep_input else None, weight, bias is not None)
 
 
-@register("layernorm_forward", on_numpy)
+@register("layernorm_forward", in_place)
 def layernorm_forward(x, gamma, beta, eps):
+    xp = backend.xp()
     channels = x.shape[-1]
     x2 = x.reshape(-1, channels)                                           # (N, C) rows
-    y = np.empty(x2.shape, np.result_type(x, gamma, beta))
-    xhat = np.empty(x2.shape, x.dtype)
-    rstd = np.empty((x2.shape[0], 1), x.dtype)
+    y = xp.empty(x2.shape, xp.result_type(x.dtype, gamma.dtype, beta.dtype))
+    xhat = xp.empty(x2.shape, x.dtype)
+    rstd = xp.empty((x2.shape[0], 1), x.dtype)
 
     def normalise(rows):   # one thread's rows; rows are independent
         xhat_r = xhat[rows]
         mean = x2[rows].mean(axis=-1, keepdims=True)                       # (n, 1)
-        np.subtract(x2[rows], mean, out=xhat_r)                            # centred, normalised in place below
+        xp.subtract(x2[rows], mean, out=xhat_r)                            # centred, normalised in place below
         var = (xhat_r * xhat_r).mean(axis=-1, keepdims=True)
         rstd[rows] = 1.0 / (var + eps) ** 0.5                              # (n, 1)
         xhat_r *= rstd[rows]
         y_r = y[rows]
-        np.multiply(xhat_r, gamma, out=y_r)
+        xp.multiply(xhat_r, gamma, out=y_r)
         y_r += beta
     threads.over_rows(normalise, x2.shape[0], channels)
     shape = x.shape
     return y.reshape(shape), LayerNormCache(xhat.reshape(shape), rstd.reshape(shape[:-1] + (1,)), gamma)
 
 
-@register("layernorm_backward", on_numpy)
+@register("layernorm_backward", in_place)
 def layernorm_backward(dy, cache):
+    xp = backend.xp()
     xhat, rstd, gamma = cache
     channels = xhat.shape[-1]
     dy2, xhat2, rstd2 = dy.reshape(-1, channels), xhat.reshape(-1, channels), rstd.reshape(-1, 1)   # (N, C) rows
-    dx = np.empty(dy2.shape, np.result_type(dy, gamma))
-    dy_xhat = np.empty(dy2.shape, np.result_type(dy, xhat))    # summed over rows into dgamma below
+    dx = xp.empty(dy2.shape, xp.result_type(dy.dtype, gamma.dtype))
+    dy_xhat = xp.empty(dy2.shape, xp.result_type(dy.dtype, xhat.dtype))    # summed over rows into dgamma below
 
     def dx_rows(rows):   # one thread's rows
-        np.multiply(dy2[rows], xhat2[rows], out=dy_xhat[rows])
+        xp.multiply(dy2[rows], xhat2[rows], out=dy_xhat[rows])
         g = dy2[rows] * gamma                                    # (n, C)
         g_mean = g.mean(axis=-1, keepdims=True)                  # (n, 1)
         g_xhat_mean = (g * xhat2[rows]).mean(axis=-1, keepdims=True)
         dx_r = dx[rows]
-        np.subtract(g, g_mean, out=dx_r)
+        xp.subtract(g, g_mean, out=dx_r)
         dx_r -= xhat2[rows] * g_xhat_mean
         dx_r *= rstd2[rows]
     threads.over_rows(dx_rows, dy2.shape[0], channels)
@@ -73,39 +80,41 @@ def layernorm_backward(dy, cache):
     return dx.reshape(dy.shape), dgamma, dbeta
 
 
-@register("softmax_forward", on_numpy)
+@register("softmax_forward", in_place)
 def softmax_forward(scores):
-    """In one buffer, in place, rows over the threads."""
+    """In one buffer, in place (rows over the threads on NumPy)."""
+    xp = backend.xp()
     scores2 = scores.reshape(-1, scores.shape[-1])                          # (N, K) rows
-    probs = np.empty(scores2.shape, scores.dtype)
+    probs = xp.empty(scores2.shape, scores.dtype)
 
     def rows(r):
         p = probs[r]
-        np.subtract(scores2[r], scores2[r].max(axis=-1, keepdims=True), out=p)
-        np.exp(p, out=p)
+        xp.subtract(scores2[r], scores2[r].max(axis=-1, keepdims=True), out=p)
+        xp.exp(p, out=p)
         p /= p.sum(axis=-1, keepdims=True)
     threads.over_rows(rows, *scores2.shape)
     probs = probs.reshape(scores.shape)
     return probs, probs
 
 
-@register("softmax_backward", on_numpy)
+@register("softmax_backward", in_place)
 def softmax_backward(dprobs, probs):
+    xp = backend.xp()
     dprobs2, probs2 = dprobs.reshape(-1, dprobs.shape[-1]), probs.reshape(-1, probs.shape[-1])   # (N, K)
-    dscores = np.empty(dprobs2.shape, np.result_type(dprobs, probs))
+    dscores = xp.empty(dprobs2.shape, xp.result_type(dprobs.dtype, probs.dtype))
 
     def rows(r):
         d = dscores[r]
-        np.multiply(dprobs2[r], probs2[r], out=d)
-        np.subtract(dprobs2[r], d.sum(axis=-1, keepdims=True), out=d)
+        xp.multiply(dprobs2[r], probs2[r], out=d)
+        xp.subtract(dprobs2[r], d.sum(axis=-1, keepdims=True), out=d)
         d *= probs2[r]
     threads.over_rows(rows, *dprobs2.shape)
     return dscores.reshape(dprobs.shape)
 
 
-@register("masked_softmax", on_numpy)
+@register("masked_softmax", in_place)
 def masked_softmax(scores, additive, scale):
-    """Scale and mask in the scores' own buffer, a thread's sequences at a time, then the softmax."""
+    """Scale and mask in the scores' own buffer (a thread's sequences at a time on NumPy), then the softmax."""
     batch = scores.shape[0]
 
     def scale_and_mask(b):
@@ -117,27 +126,30 @@ def masked_softmax(scores, additive, scale):
     return probs
 
 
-@register("masked_softmax_backward", on_numpy)
+@register("masked_softmax_backward", in_place)
 def masked_softmax_backward(dprobs, probs, scale):
+    xp = backend.xp()
     dscores = attention.softmax_backward(dprobs, probs)
-    return threads.elementwise(lambda d: np.multiply(d, scale, out=d), dscores)
+    return threads.elementwise(lambda d: xp.multiply(d, scale, out=d), dscores)
 
 
-@register("gelu_backward", on_numpy)
+@register("gelu_backward", in_place)
 def gelu_backward(dout, cache):
-    """In one buffer, in place, in parts over the threads."""
+    """In one buffer, in place (in parts over the threads on NumPy)."""
+    xp = backend.xp()
     x, cdf, pdf = cache
 
     def compute(dx, x, cdf, pdf, dout):
-        np.multiply(x, pdf, out=dx)
+        xp.multiply(x, pdf, out=dx)
         dx += cdf
         dx *= dout
-    return threads.elementwise(compute, np.empty(x.shape, np.result_type(x, dout)), x, cdf, pdf, dout)
+    return threads.elementwise(compute, xp.empty(x.shape, xp.result_type(x.dtype, dout.dtype)), x, cdf, pdf, dout)
 
 
-@register("gelu_output", on_numpy)
+@register("gelu_output", in_place)
 def gelu_output(cache):
-    return threads.elementwise(lambda y, x, cdf: np.multiply(x, cdf, out=y), np.empty(cache.x.shape, cache.x.dtype),
+    xp = backend.xp()
+    return threads.elementwise(lambda y, x, cdf: xp.multiply(x, cdf, out=y), xp.empty(cache.x.shape, cache.x.dtype),
                                cache.x, cache.cdf)
 
 
@@ -146,38 +158,40 @@ def gelu_output(cache):
 ADAMW_BLOCK = 131072
 
 
-@register("adamw_update", on_numpy)
+@register("adamw_update", in_place)
 def adamw_update(p, g, m, v, decay, beta1, beta2, eps, step_size, bias_correction2_sqrt):
-    """The tensor's rows cut over the threads, each thread's rows block by block along the first axis (slices
-    are views, so the updates land in p, m and v): a block's arithmetic stays in the CPU cache instead of
-    streaming the whole tensor a dozen times."""
+    """On NumPy the tensor's rows cut over the threads, each thread's rows block by block along the first axis
+    (slices are views, so the updates land in p, m and v): a block's arithmetic stays in the CPU cache instead
+    of streaming the whole tensor a dozen times. On CuPy (and the stand-in) the tensor is one block: each step
+    one kernel over all of it, through one scratch buffer of its size, as small blocks would only add launches."""
+    xp = backend.xp()
     per_row = max(1, p.size // max(1, p.shape[0]))
 
     def rows(part):
         p_part = p[part]
         if decay != 1.0:
             p_part *= decay
-        block_rows = max(1, ADAMW_BLOCK // per_row)
-        scratch = np.empty_like(p_part[:block_rows])
+        block_rows = max(1, ADAMW_BLOCK // per_row if backend.name() == "numpy" else part.stop - part.start)
+        scratch = xp.empty_like(p_part[:block_rows])
         for start in range(part.start, part.stop, block_rows):
             block = slice(start, min(start + block_rows, part.stop))
-            _adam_block(p[block], g[block], m[block], v[block], scratch[:block.stop - block.start], beta1, beta2,
-                        eps, step_size, bias_correction2_sqrt)
+            _adam_block(xp, p[block], g[block], m[block], v[block], scratch[:block.stop - block.start], beta1,
+                        beta2, eps, step_size, bias_correction2_sqrt)
     threads.over_rows(rows, p.shape[0], per_row)
 
 
-def _adam_block(p, g, m, v, scratch, beta1, beta2, eps, step_size, bias_correction2_sqrt):
+def _adam_block(xp, p, g, m, v, scratch, beta1, beta2, eps, step_size, bias_correction2_sqrt):
     """The Adam update of one block, every step in place through the one scratch buffer."""
     m *= beta1
-    np.multiply(g, 1.0 - beta1, out=scratch)
+    xp.multiply(g, 1.0 - beta1, out=scratch)
     m += scratch                                     # m = b1 m + (1 - b1) g
     v *= beta2
-    np.multiply(g, g, out=scratch)
+    xp.multiply(g, g, out=scratch)
     scratch *= 1.0 - beta2
     v += scratch                                     # v = b2 v + (1 - b2) g^2
-    np.sqrt(v, out=scratch)
+    xp.sqrt(v, out=scratch)
     scratch /= bias_correction2_sqrt
     scratch += eps                                   # denom = sqrt(v) / sqrt(1 - b2^t) + eps
-    np.divide(m, scratch, out=scratch)
+    xp.divide(m, scratch, out=scratch)
     scratch *= step_size
     p -= scratch                                     # p -= lr / (1 - b1^t) * m / denom

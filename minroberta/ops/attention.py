@@ -18,7 +18,7 @@ AttentionCache = namedtuple("AttentionCache", "qh kh vh probs probs_used drop_sc
 def softmax_forward(scores):
     """scores (..., K) -> probs over the last axis, computed after subtracting the row max (exp cannot
     overflow; the max entry becomes exp(0) = 1). The cache is probs."""
-    if fast := fast_form("softmax_forward", scores):   # kernels/rows.py: rows over the threads
+    if fast := fast_form("softmax_forward", scores):   # kernels/rows.py: in one buffer
         return fast(scores)
     e = backend.xp().exp(scores - scores.max(axis=-1, keepdims=True))     # (..., K)
     probs = e / e.sum(axis=-1, keepdims=True)

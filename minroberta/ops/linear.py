@@ -17,7 +17,7 @@ def linear_forward(x, weight, bias=None, keep_input=True):
     require_last_dim("x", x, weight.shape[1], f"weight's input size, weight shape {tuple(weight.shape)}")
     if bias is not None:
         require_shape("bias", bias, (weight.shape[0],))
-    if fast := fast_form("linear_forward", x):       # kernels/rows.py: the bias added over the threads
+    if fast := fast_form("linear_forward", x):       # kernels/rows.py: the bias added in place
         return fast(x, weight, bias, keep_input)
     y = matmul(x.reshape(-1, x.shape[-1]), weight.T)     # (N, O)
     if bias is not None:

@@ -24,8 +24,9 @@ def attention_inference(q, k, v, key_mask, num_heads, out=None):
     """attention_forward's ctx (B, T, C), written into out (B, T, C) when given. key_mask (B, T), or None when no
     key is padding (no mask to add). The scale 1/sqrt(hd) multiplies q (T x hd numbers per head) instead of the
     scores (T x T), which can round the last bit differently; then, a few (sequence, head) pairs at a time (so
-    the threads share even one long sequence), scores = q k^T (+ mask), the softmax in place while the scores
-    are in the cache, and ctx = probs v."""
+    the threads share even one long sequence), scores = q k^T (+ mask), exp(scores - row max) in place while
+    the scores are in the cache, and ctx = exp(...) v divided by the row sums, the softmax's division done on
+    the T x hd product rather than the T x T weights."""
     xp = backend.xp()
     batch, seq, channels = q.shape
     head_dim = channels // num_heads
@@ -44,8 +45,8 @@ def attention_inference(q, k, v, key_mask, num_heads, out=None):
                 scores += additive[r, None, :]
             scores -= scores.max(axis=-1, keepdims=True)
             xp.exp(scores, out=scores)
-            scores /= scores.sum(axis=-1, keepdims=True)
             product(scores, vh[r], out=ctx[r])
+            ctx[r] /= scores.sum(axis=-1, keepdims=True)                    # normalised after: T x hd, not T x T
     threads.over_rows(blocks, pairs, seq * seq * head_dim)
     ctx = ctx.reshape(batch, num_heads, seq, head_dim)
     if out is None:

@@ -128,6 +128,12 @@ def encode_many_case(data, dtype):
     return (roberta, batches)
 
 
+def cross_entropy_case(data, dtype):
+    n, v = dims(data, 2, high=9)
+    labels = data.draw(hnp.arrays(np.int64, (n,), elements=st.sampled_from([ops.IGNORE_INDEX, *range(v)])))
+    return (array(data, dtype, (n, v), -20.0, 20.0), labels)
+
+
 CASES = {   # op -> draw(data, dtype) -> the op's arguments (host arrays)
     "linear_forward": linear_case,
     "layernorm_forward": layernorm_case,
@@ -147,6 +153,7 @@ CASES = {   # op -> draw(data, dtype) -> the op's arguments (host arrays)
     "adamw_update": adamw_case,
     "layer_output": layer_output_case,
     "encode_many": encode_many_case,
+    "cross_entropy_forward": cross_entropy_case,
 }
 
 FORMS = [(op, form, where) for op, forms in dispatch.registered().items() for form in forms

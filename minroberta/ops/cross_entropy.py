@@ -3,6 +3,7 @@
 from collections import namedtuple
 
 from .. import backend
+from ..dispatch import fast_form
 from .checks import require_ids_in_range, require_shape
 
 IGNORE_INDEX = -100   # a label that scores nothing (padding, unmasked tokens), as in the reference
@@ -18,6 +19,8 @@ def cross_entropy_forward(logits, labels):
     xp = backend.xp()
     require_shape("labels", labels, logits.shape[:1])
     require_ids_in_range("labels", labels, logits.shape[1], allowed_negative=IGNORE_INDEX)
+    if fast := fast_form("cross_entropy_forward", logits):   # kernels/rows.py: in one buffer, rows over threads
+        return fast(logits, labels)
     counted = labels != IGNORE_INDEX                                    # (N,)
     safe_labels = xp.where(counted, labels, 0)                          # (N,)
     shifted = logits - logits.max(axis=1, keepdims=True)                # (N, V) stable: max entry is 0

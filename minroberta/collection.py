@@ -9,11 +9,13 @@ import contextlib
 import itertools
 import json
 import sys
+import threading
 import time
 
 import numpy as np
 
 from . import atomic, backend
+from .kernels import threads
 from .errors import MinRobertaError
 
 CHUNK_TEXTS = 4096      # texts read, sorted by length and answered together; the rest wait unread
@@ -92,12 +94,16 @@ def infer(model, encodings, head, width, max_tokens=MAX_TOKENS, max_rows=None, o
     together); head(model output) gives each batch's rows (b, width) on the device. -> (N, width) float32 host
     array in the order of `encodings`."""
     out = np.empty((len(encodings), width), dtype=np.float32)
-    for pack in packed_batches(encodings, max_tokens, max_rows):
+    counting = threading.Lock()
+
+    def answer(pack):
         outputs = model.outputs([(ids, types) for _, ids, types in pack])
         for (indices, _, _), output in zip(pack, outputs):
             out[indices] = backend.to_host(head(output))
         if on_batch is not None:
-            on_batch(sum(len(indices) for indices, _, _ in pack))
+            with counting:
+                on_batch(sum(len(indices) for indices, _, _ in pack))
+    threads.each(answer, packed_batches(encodings, max_tokens, max_rows))   # a pack per thread at a time
     return out
 
 

@@ -2,6 +2,8 @@
 error state carried across, bad thread counts refused. Chunks are made tiny here so that small arrays are cut."""
 
 import os
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -122,6 +124,43 @@ def test_work_cut_inside_a_chunk_runs_whole_instead_of_waiting_on_the_busy_pool(
         threads.over_rows(lambda inner: seen.append((rows.start, inner.start, inner.stop)), 10, 100)
     threads.over_rows(outer, 10, 100)   # with one worker, a nested wait on the pool would never return
     assert sorted(seen) == [(0, 0, 5), (0, 5, 10), (5, 0, 10)]
+
+
+def test_each_runs_every_task_once_side_by_side_and_the_ops_inside_whole(tiny_chunks):
+    meet = threading.Barrier(2, timeout=10)   # the first two tasks wait for each other: two threads, or it breaks
+    seen, chunks = [], []
+
+    def work(item):
+        if item < 2:
+            meet.wait()
+        threads.over_rows(lambda rows: chunks.append((item, rows.start, rows.stop)), 10, 100)
+        seen.append(item)
+    threads.each(work, range(7))
+    assert sorted(seen) == list(range(7))
+    assert sorted(chunks) == [(item, 0, 10) for item in range(7)]   # not cut again inside a task
+
+
+def test_each_with_fewer_tasks_than_threads_cuts_the_ops_instead(tiny_chunks):
+    chunks = []
+    threads.each(lambda item: threads.over_rows(lambda rows: chunks.append((rows.start, rows.stop)), 10, 100), [0])
+    assert sorted(chunks) == [(0, 5), (5, 10)]
+
+
+def test_an_error_in_a_task_stops_new_tasks_and_reaches_the_caller(tiny_chunks):
+    drawn = []
+
+    def items():
+        for item in range(100):
+            drawn.append(item)
+            yield item
+
+    def work(item):
+        if item == 1:
+            raise ValueError("task 1")
+        time.sleep(0.001)
+    with pytest.raises(ValueError, match="task 1"):
+        threads.each(work, items())
+    assert len(drawn) < 100
 
 
 def test_numpys_error_state_is_carried_to_the_other_threads(tiny_chunks):

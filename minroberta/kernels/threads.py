@@ -7,10 +7,11 @@ exactly when the single-threaded elementwise work that follows could use them (d
 So with more than one thread the BLAS is pinned to one, and the model's heavy work (every matrix product,
 kernels/products.py, and the large elementwise passes of kernels/rows.py: GELU, layer norm, softmax, bias adds,
 AdamW) runs as contiguous chunks of rows, one per thread. NumPy lets go of the interpreter lock inside
-operations on large arrays, so the chunks run in parallel. The elementwise and row-wise work gives the same
-bits on any thread count (tested); a product cut into row chunks can differ from the whole product in the last
-bit (the BLAS's kernels round a row by where it falls), so results on different thread counts agree to float32
-rounding, and runs on the same count repeat exactly.
+operations on large arrays, so the chunks run in parallel. Many independent large tasks (inference on packs of
+texts) go to `each` instead: whole tasks side by side, nothing cut inside them, no waiting between ops. The
+elementwise and row-wise work gives the same bits on any thread count (tested); a product cut into row chunks
+can differ from the whole product in the last bit (the BLAS's kernels round a row by where it falls), so results
+on different thread counts agree to float32 rounding, and runs on the same count repeat exactly.
 
 Choose with `threads.use(n)` (the command line's --threads) or MINROBERTA_THREADS; the default is the cores
 this process may run on, shared among the MPI ranks on the machine. Only the numpy backend is threaded (CuPy
@@ -20,6 +21,7 @@ has the GPU). Once threaded work has run, NumPy's own products in the same proce
 
 import contextvars
 import ctypes
+import itertools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +36,9 @@ MIN_CHUNK = 1 << 17
 
 # set by MPICH's and Open MPI's launchers: how many ranks run on this machine
 _LOCAL_RANKS = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE")
+
+# true inside a task of `each`: the task has its thread to itself, so the ops it runs do not cut their work again
+_whole_task = contextvars.ContextVar("minroberta_whole_task", default=False)
 
 _count = None        # threads in use; None until first asked
 _pool = None         # ThreadPoolExecutor with _count - 1 workers (the calling thread takes a chunk too)
@@ -87,7 +92,8 @@ def over_rows(work, rows, row_cost, min_chunk=None):
     one call, all rows."""
     chunks = 1
     # a chunk that itself asks for threads runs its work whole: waiting on the pool from inside it could wait forever
-    if backend.name() == "numpy" and count() > 1 and not threading.current_thread().name.startswith(_PREFIX):
+    if backend.name() == "numpy" and count() > 1 and not threading.current_thread().name.startswith(_PREFIX) \
+            and not _whole_task.get():
         chunks = max(1, min(_count, rows, rows * row_cost // (min_chunk or MIN_CHUNK)))
     if chunks == 1:
         work(slice(0, rows))
@@ -100,6 +106,43 @@ def over_rows(work, rows, row_cost, min_chunk=None):
         work(slice(bounds[0], bounds[1]))
     finally:
         errors = [f.exception() for f in futures]   # waits: no chunk may still be writing when we return
+    for error in errors:
+        if error is not None:
+            raise error
+
+
+def each(work, items):
+    """work(item) for every item of an iterable, the threads each taking the next item as they become free, and
+    wait for all of them: for many independent tasks, each large (inference on packs of texts), where running
+    whole tasks side by side beats cutting every op of each. Inside a task nothing is cut again; with fewer tasks
+    than threads they run one at a time, their ops cut as usual. Items are drawn under a lock; after an error
+    (or Ctrl-C) no new item is started, and the first error is raised."""
+    items = iter(items)
+    first = list(itertools.islice(items, count())) if backend.name() == "numpy" else []
+    if len(first) < _count:   # one thread, or too few tasks to share: one at a time, each op cut as usual
+        for item in itertools.chain(first, items):
+            work(item)
+        return
+    items, lock, stop = itertools.chain(first, items), threading.Lock(), threading.Event()
+
+    def run_tasks():
+        _whole_task.set(True)
+        try:
+            while not stop.is_set():
+                with lock:
+                    item = next(items, stop)
+                if item is stop:
+                    return
+                work(item)
+        except BaseException:
+            stop.set()
+            raise
+    futures = [_pool.submit(contextvars.copy_context().run, run_tasks) for _ in range(_count - 1)]
+    try:
+        contextvars.copy_context().run(run_tasks)
+    finally:
+        stop.set()
+        errors = [f.exception() for f in futures]   # waits: no task may still be running when we return
     for error in errors:
         if error is not None:
             raise error

@@ -21,6 +21,7 @@ import time
 import numpy as np
 
 from . import atomic, backend, distributed, precision
+from .kernels import threads
 from .checkpoint import load_pretrained, read_safetensors, save_pretrained
 from .ops import IGNORE_INDEX
 from .errors import MinRobertaError
@@ -182,34 +183,53 @@ class Trainer:
             yield i, self.data.train_batch(g // per_epoch, g % per_epoch, self.global_batch,
                                            shard=(self.world.rank, self.world.size))
 
+    def losses_and_grads(self, batch, dropout_key):
+        """[(part, (loss, gradients))] of a micro-batch, each part to be weighted like a micro-batch of its own:
+        the micro-batch whole, or, on several NumPy threads without dropout, one slice of its rows per thread,
+        the slices computed side by side (threads.each). Whole parts on threads of their own beat cutting every
+        op of one batch (docs/performance.md); dropout draws its masks for the micro-batch whole, so with
+        dropout it stays whole."""
+        scale = self.scaler.scale if self.scaler else 1.0
+        rows = len(batch["input_ids"])
+        count = min(threads.count(), rows) if backend.name() == "numpy" and dropout_key is None else 1
+        if count == 1:
+            return [(batch, self.task.loss_and_grads(self.model, batch, dropout_key, scale))]
+        bounds = [rows * j // count for j in range(count + 1)]
+        parts = [{k: v[a:b] for k, v in batch.items()} for a, b in zip(bounds, bounds[1:])]
+        results = [None] * count
+
+        def run(j):
+            results[j] = self.task.loss_and_grads(self.model, parts[j], None, scale)
+        threads.each(run, range(count))
+        return list(zip(parts, results))
+
     # an inf or NaN is caught below and reported in one line (or handled by the loss scaler); NumPy's own
     # warnings about it along the way would only repeat that
     @np.errstate(over="ignore", invalid="ignore")
     def train_step(self):
-        """Accumulate gradients over the micro-batches (each weighted by its share of the scored tokens, so
-        the update is that of one large batch, across ranks too), clip, and apply one AdamW update.
+        """Accumulate gradients over the micro-batches and their parts (each weighted by its share of the scored
+        tokens, so the update is that of one large batch, across ranks too), clip, and apply one AdamW update.
         Returns (loss, tokens, learning rate)."""
         settings, model, world = self.settings, self.model, self.world
         batches = list(self.micro_batches(self.step))
         scored = [self.task.weight(b) for _, b in batches]
         total_scored = max(1, world.allreduce_scalars([sum(scored)])[0])
         grads, loss, tokens = None, 0.0, 0
-        for (i, batch), count in zip(batches, scored):
+        for i, batch in batches:
             # dropout's draws follow this shard's place in the update (micro-batch i of rank r is shard
             # i * ranks + r), so ranks x accumulation in any split gives the same draws and the same update
             key = (settings.seed, self.step, i * world.size + world.rank) if settings.dropout else None
-            micro_loss, micro_grads = self.task.loss_and_grads(model, batch, key,
-                                                               self.scaler.scale if self.scaler else 1.0)
-            weight = count / total_scored
-            if grads is None:   # the first micro-batch's gradients become the sum, scaled in place
-                grads = micro_grads
-                if weight != 1.0:
-                    for g in grads.values():
-                        g *= weight
-            else:
-                for k, g in micro_grads.items():
-                    grads[k] += g * weight
-            loss += weight * backend.scalar(micro_loss)
+            for part, (part_loss, part_grads) in self.losses_and_grads(batch, key):
+                weight = self.task.weight(part) / total_scored
+                if grads is None:   # the first part's gradients become the sum, scaled in place
+                    grads = part_grads
+                    if weight != 1.0:
+                        for g in grads.values():
+                            g *= weight
+                else:
+                    for k, g in part_grads.items():
+                        grads[k] += g * weight
+                loss += weight * backend.scalar(part_loss)
             tokens += int(np.sum(batch["attention_mask"]))
         if world.size > 1:
             grads = world.allreduce_grads(grads)

@@ -94,6 +94,47 @@ def test_a_tiny_model_overfits_one_batch(numpy_backend):
     assert loss < 0.1
 
 
+def test_on_two_threads_a_step_runs_a_part_per_thread_and_makes_the_whole_batchs_update(numpy_backend):
+    """Uneven parts (7 rows into 4 + 3, scored tokens unequal): weighted by their scored tokens, the parts'
+    update is the one-thread update of the batch whole, to float32 rounding."""
+    from minroberta.kernels import threads
+    config = minroberta.Config(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=32, max_position_embeddings=34)
+    rng = np.random.default_rng(1)
+    ids = rng.integers(5, 50, size=(7, 24))
+    labels = np.where(rng.random(ids.shape) < np.linspace(0.1, 0.6, 7)[:, None], ids, -100)
+    batch = {"input_ids": np.where(labels != -100, 4, ids), "attention_mask": np.ones_like(ids), "labels": labels}
+    seen = []
+
+    class Counting(MaskedLM):
+        def loss_and_grads(self, model, part, dropout_key, loss_scale=1.0):
+            seen.append(len(part["input_ids"]))
+            return super().loss_and_grads(model, part, dropout_key, loss_scale)
+
+    class OneBatch:
+        def batches_per_epoch(self, batch_size):
+            return 1
+
+        def train_batch(self, epoch, index, batch_size, shard=(0, 1)):
+            return batch
+
+    updated = {}
+    previous = threads.count()
+    try:
+        for count in (1, 2):
+            threads.use(count)
+            trainer = Trainer(minroberta.Roberta(config, seed=0), OneBatch(), None,
+                              TrainSettings(steps=3, lr=1e-2, warmup=0, dropout=False), None, task=Counting())
+            losses = [trainer.train_step()[0] for _ in range(3)]
+            updated[count] = (losses, trainer.model.params)
+    finally:
+        threads.use(previous)
+    assert seen[:3] == [7] * 3 and sorted(seen[3:]) == [3] * 3 + [4] * 3   # the parts run side by side
+    assert np.allclose(updated[1][0], updated[2][0], rtol=1e-5)
+    for name, value in updated[1][1].items():
+        assert np.abs(updated[2][1][name] - value).max() <= 1e-5 * max(1.0, np.abs(value).max()), name
+
+
 def test_the_whole_training_step_runs_on_the_device_standin(tmp_path, corpus_file):
     """Data, model, loss, backward, clipping and AdamW with no hidden host round-trip."""
     previous = backend.name()

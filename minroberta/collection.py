@@ -19,7 +19,7 @@ from .kernels import threads
 from .errors import MinRobertaError
 
 CHUNK_TEXTS = 4096      # texts read, sorted by length and answered together; the rest wait unread
-MAX_TOKENS = 4096       # tokens per pack (texts x length): bounds the activations, whatever the lengths
+MAX_TOKENS = 4096       # tokens per pack (texts x length), one pack per thread: bounds the activations
 OUTPUT_KINDS = (".npy", ".jsonl")
 
 
@@ -89,21 +89,22 @@ def packed_batches(encodings, max_tokens=MAX_TOKENS, max_rows=None):
         yield pack
 
 
-def infer(model, encodings, head, width, max_tokens=MAX_TOKENS, max_rows=None, on_batch=None):
+def infer(model, encodings, head, width, max_tokens=MAX_TOKENS, max_rows=None, on_batch=None, hidden_only=False):
     """The model over packs of equal-length batches of `encodings` (Roberta.outputs runs a pack's tokens
-    together); head(model output) gives each batch's rows (b, width) on the device. -> (N, width) float32 host
-    array in the order of `encodings`."""
+    together), a pack per thread at a time; head(model output) gives each batch's rows (b, width) on the device
+    (hidden_only: from the hidden states, the model's own head not run). -> (N, width) float32 host array in the
+    order of `encodings`."""
     out = np.empty((len(encodings), width), dtype=np.float32)
     counting = threading.Lock()
 
     def answer(pack):
-        outputs = model.outputs([(ids, types) for _, ids, types in pack])
+        outputs = model.outputs([(ids, types) for _, ids, types in pack], head=not hidden_only)
         for (indices, _, _), output in zip(pack, outputs):
             out[indices] = backend.to_host(head(output))
         if on_batch is not None:
             with counting:
                 on_batch(sum(len(indices) for indices, _, _ in pack))
-    threads.each(answer, packed_batches(encodings, max_tokens, max_rows))   # a pack per thread at a time
+    threads.each(answer, packed_batches(encodings, max_tokens, max_rows))
     return out
 
 

@@ -130,7 +130,7 @@ def sentence_embeddings(model, tokenizer, texts, pooling="mean", batch_size=None
     modes = check_pooling(pooling)
     encodings = tokenizer.encode_many(texts, max_length=max_length or model.config.max_sequence_length)
     return collection.infer(model, encodings, lambda out: pool(out.hidden_states, modes, normalize),
-                            model.config.hidden_size * len(modes), max_tokens, batch_size, on_batch)
+                            model.config.hidden_size * len(modes), max_tokens, batch_size, on_batch, hidden_only=True)
 
 
 def token_embeddings(model, tokenizer, text):

@@ -462,12 +462,14 @@ class Roberta:
         hidden, _ = self.encode(input_ids, attention_mask, token_type_ids, keep_cache=False)
         return self.head_output(hidden)
 
-    def outputs(self, batches):
+    def outputs(self, batches, head=True):
         """The model on each of several batches of texts without padding, [(input_ids (b, T), token_type_ids
         (b, T) or None)], the lengths T free to differ: a list of what self(input_ids, None, token_type_ids)
-        gives for each."""
+        gives for each (with head=False, the hidden states alone: no MLM logits made to be thrown away)."""
+        if not batches:
+            return []
         hiddens = encode_many(self, [self._inputs(ids, None, types)[::2] for ids, types in batches])
-        return [self.head_output(hidden) for hidden in hiddens]
+        return [self.head_output(hidden) if head else ModelOutput(hidden_states=hidden) for hidden in hiddens]
 
     def head_output(self, hidden):
         """ModelOutput of the encoder's hidden (B, T, C): the states and what this model's head makes of them."""

@@ -185,17 +185,15 @@ class Trainer:
 
     def losses_and_grads(self, batch, dropout_key):
         """[(part, (loss, gradients))] of a micro-batch, each part to be weighted like a micro-batch of its own:
-        the micro-batch whole, or, on several NumPy threads without dropout, one slice of its rows per thread,
-        the slices computed side by side (threads.each). Whole parts on threads of their own beat cutting every
-        op of one batch (docs/performance.md); dropout draws its masks for the micro-batch whole, so with
-        dropout it stays whole."""
+        the micro-batch whole, or, on several NumPy threads without dropout and with a row for each, one slice
+        of its rows per thread (distributed.shard's slices), computed side by side (threads.each). Whole parts
+        on threads of their own beat cutting every op of one batch (docs/performance.md); dropout draws its
+        masks for the micro-batch whole, so with dropout it stays whole."""
         scale = self.scaler.scale if self.scaler else 1.0
-        rows = len(batch["input_ids"])
-        count = min(threads.count(), rows) if backend.name() == "numpy" and dropout_key is None else 1
-        if count == 1:
+        count = threads.count() if backend.name() == "numpy" and dropout_key is None else 1
+        if count == 1 or len(batch["input_ids"]) < count:
             return [(batch, self.task.loss_and_grads(self.model, batch, dropout_key, scale))]
-        bounds = [rows * j // count for j in range(count + 1)]
-        parts = [{k: v[a:b] for k, v in batch.items()} for a, b in zip(bounds, bounds[1:])]
+        parts = [{k: distributed.shard(v, j, count) for k, v in batch.items()} for j in range(count)]
         results = [None] * count
 
         def run(j):

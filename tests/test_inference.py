@@ -107,3 +107,21 @@ def test_the_fast_forms_on_several_threads_equal_one(numpy_backend, monkeypatch)
     finally:
         threads.use(previous)
     assert relative_error(two, one) <= 1e-6
+
+
+def test_outputs_of_several_batches_equal_the_model_on_each_and_leave_the_weights_alone(xp):
+    config = minroberta.Config(vocab_size=40, hidden_size=12, num_hidden_layers=2, num_attention_heads=3,
+                               intermediate_size=20, max_position_embeddings=40, type_vocab_size=2)
+    model = minroberta.Roberta(config, seed=3)
+    rng = np.random.default_rng(4)
+    batches = [tuple(backend.to_device(rng.integers(low, high, size=(b, t))) for low, high in ((4, 40), (0, 2)))
+               for b, t in ((3, 5), (1, 17), (2, 9))]
+    weights = {name: backend.to_host(value).copy() for name, value in model.params.items()}
+    outputs = model.outputs(batches)
+    for (ids, types), out in zip(batches, outputs):
+        alone = model(ids, None, types)
+        for got, expected in ((out.hidden_states, alone.hidden_states), (out.logits, alone.logits)):
+            assert relative_error(backend.to_host(got), backend.to_host(expected)) <= 2e-6
+    assert model.outputs(batches, head=False)[1].logits is None
+    assert all(np.array_equal(backend.to_host(model.params[name]), value) for name, value in weights.items())
+    assert model.outputs([]) == []

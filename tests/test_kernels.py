@@ -117,9 +117,10 @@ def layer_output_case(data, dtype):
 
 def encode_many_case(data, dtype):
     heads, head_dim = dims(data, 2, high=3)
-    config = minroberta.Config(vocab_size=10, hidden_size=heads * head_dim, num_hidden_layers=data.draw(st.integers(1, 2)),
-                               num_attention_heads=heads, intermediate_size=data.draw(st.integers(1, 8)),
-                               max_position_embeddings=12, type_vocab_size=2)
+    config = minroberta.Config(vocab_size=10, hidden_size=heads * head_dim,
+                               num_hidden_layers=data.draw(st.integers(1, 2)), num_attention_heads=heads,
+                               intermediate_size=data.draw(st.integers(1, 8)), max_position_embeddings=12,
+                               type_vocab_size=2)
     roberta = minroberta.Roberta(config, seed=data.draw(st.integers(0, 99)), dtype=dtype)
     batches = []
     for b, t in data.draw(st.lists(st.tuples(st.integers(1, 3), st.integers(1, 9)), min_size=1, max_size=4)):

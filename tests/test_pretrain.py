@@ -130,6 +130,12 @@ def test_on_two_threads_a_step_runs_a_part_per_thread_and_makes_the_whole_batchs
     finally:
         threads.use(previous)
     assert seen[:3] == [7] * 3 and sorted(seen[3:]) == [3] * 3 + [4] * 3   # the parts run side by side
+    seen.clear()
+    batch = {k: v[:1] for k, v in batch.items()}   # one row for two threads: the micro-batch stays whole
+    threads.use(2)
+    Trainer(minroberta.Roberta(config, seed=0), OneBatch(), None, TrainSettings(steps=1, dropout=False), None,
+            task=Counting()).train_step()
+    assert seen == [1]
     assert np.allclose(updated[1][0], updated[2][0], rtol=1e-5)
     for name, value in updated[1][1].items():
         assert np.abs(updated[2][1][name] - value).max() <= 1e-5 * max(1.0, np.abs(value).max()), name

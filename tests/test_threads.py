@@ -147,6 +147,7 @@ def test_each_with_fewer_tasks_than_threads_cuts_the_ops_instead(tiny_chunks):
 
 
 def test_an_error_in_a_task_stops_new_tasks_and_reaches_the_caller(tiny_chunks):
+    """The pool's thread fails at its first task; the calling thread, slower, must stop drawing soon after."""
     drawn = []
 
     def items():
@@ -155,12 +156,27 @@ def test_an_error_in_a_task_stops_new_tasks_and_reaches_the_caller(tiny_chunks):
             yield item
 
     def work(item):
-        if item == 1:
-            raise ValueError("task 1")
-        time.sleep(0.001)
-    with pytest.raises(ValueError, match="task 1"):
+        if threading.current_thread().name.startswith("minroberta-worker"):
+            raise ValueError(f"task {item}")
+        time.sleep(0.005)
+    with pytest.raises(ValueError, match="task"):
         threads.each(work, items())
-    assert len(drawn) < 100
+    assert len(drawn) < 20
+
+
+def test_each_inside_a_task_and_off_numpy_runs_one_task_at_a_time(tiny_chunks, monkeypatch):
+    seen = []
+    threads.each(lambda i: threads.each(seen.append, [10 * i, 10 * i + 1]), [0, 1])   # no wait on the busy pool
+    assert sorted(seen) == [0, 1, 10, 11]
+    monkeypatch.setattr(threads, "_count", None)          # as in a process that never chose a thread count
+    previous = minroberta.backend.name()
+    minroberta.backend.use("standin")
+    try:
+        seen.clear()
+        threads.each(seen.append, [1, 2, 3])
+    finally:
+        minroberta.backend.use(previous)
+    assert seen == [1, 2, 3]
 
 
 def test_numpys_error_state_is_carried_to_the_other_threads(tiny_chunks):

@@ -107,7 +107,8 @@ def _erfc_fit(t, out, poly=_ERFC_POLY):
 def _gelu_block(x, scratch):
     """x * Phi(x) of one float32 block, over x: with h = Phi(-|x|) as in _normal_cdf_and_pdf_block,
     x Phi(x) = max(x, 0) - |x| h (x (1 - h) above 0, x h below), which keeps the small negative half whole (no
-    1/2 - h to cancel); max(x, 0) = (x + |x|) / 2 exactly, two cheap passes instead of NumPy's slower maximum."""
+    1/2 - h to cancel); max(x, 0) = (x + |x|) / 2, exact below half the float32 maximum, two cheap passes
+    instead of NumPy's slower maximum."""
     f = x.dtype.type
     a, t, h = scratch[0], scratch[1], scratch[2]
     np.abs(x, out=a)                                    # |x|

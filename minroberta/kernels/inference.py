@@ -1,7 +1,8 @@
 """Fast forms for inference alone, where no backward pass needs a cache: each computes what its reference's
 forward returns as `out`, in place or block by block, and keeps nothing else. `layer_output`, the encoder layer
 made of them, is registered as the fast form of model.layer_output, and `encode_many`, the encoder over several
-batches of texts at once, as that of Roberta.outputs; tests/test_inference.py holds every one to its reference."""
+batches of texts at once, as that of model.encode_many; tests/test_inference.py and tests/test_kernels.py hold
+every one to its reference."""
 
 import itertools
 import math

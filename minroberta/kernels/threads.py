@@ -8,10 +8,11 @@ So with more than one thread the BLAS is pinned to one, and the model's heavy wo
 kernels/products.py, and the large elementwise passes of kernels/rows.py: GELU, layer norm, softmax, bias adds,
 AdamW) runs as contiguous chunks of rows, one per thread. NumPy lets go of the interpreter lock inside
 operations on large arrays, so the chunks run in parallel. Many independent large tasks (inference on packs of
-texts) go to `each` instead: whole tasks side by side, nothing cut inside them, no waiting between ops. The
-elementwise and row-wise work gives the same bits on any thread count (tested); a product cut into row chunks
-can differ from the whole product in the last bit (the BLAS's kernels round a row by where it falls), so results
-on different thread counts agree to float32 rounding, and runs on the same count repeat exactly.
+texts, the parts of a training batch) go to `each` instead: whole tasks side by side, nothing cut inside them,
+no waiting between ops. The elementwise and row-wise work gives the same bits on any thread count (tested); a
+product cut into row chunks can differ from the whole product in the last bit (the BLAS's kernels round a row by
+where it falls), so results on different thread counts agree to float32 rounding, and runs on the same count
+repeat exactly.
 
 Choose with `threads.use(n)` (the command line's --threads) or MINROBERTA_THREADS; the default is the cores
 this process may run on, shared among the MPI ranks on the machine. Only the numpy backend is threaded (CuPy
@@ -113,13 +114,17 @@ def over_rows(work, rows, row_cost, min_chunk=None):
 
 def each(work, items):
     """work(item) for every item of an iterable, the threads each taking the next item as they become free, and
-    wait for all of them: for many independent tasks, each large (inference on packs of texts), where running
-    whole tasks side by side beats cutting every op of each. Inside a task nothing is cut again; with fewer tasks
-    than threads they run one at a time, their ops cut as usual. Items are drawn under a lock; after an error
-    (or Ctrl-C) no new item is started, and the first error is raised."""
+    wait for all of them: for many independent tasks, each large (inference on packs of texts, the parts of a
+    training batch), where running whole tasks side by side beats cutting every op of each. Inside a task
+    nothing is cut again. With fewer tasks than threads, off NumPy, or inside a task or chunk already, the tasks
+    run one at a time on the calling thread, their ops cut as usual. Items are drawn under a lock; after an error
+    (or Ctrl-C) no new item is started, and the calling thread's error is raised, else the first in the order
+    the threads were started."""
     items = iter(items)
-    first = list(itertools.islice(items, count())) if backend.name() == "numpy" else []
-    if len(first) < _count:   # one thread, or too few tasks to share: one at a time, each op cut as usual
+    nested = _whole_task.get() or threading.current_thread().name.startswith(_PREFIX)   # the pool is busy
+    sharing = count() if backend.name() == "numpy" and not nested else 1
+    first = list(itertools.islice(items, sharing)) if sharing > 1 else []
+    if len(first) < sharing or sharing == 1:
         for item in itertools.chain(first, items):
             work(item)
         return
@@ -137,8 +142,10 @@ def each(work, items):
         except BaseException:
             stop.set()
             raise
-    futures = [_pool.submit(contextvars.copy_context().run, run_tasks) for _ in range(_count - 1)]
+    futures = []
     try:
+        for _ in range(sharing - 1):
+            futures.append(_pool.submit(contextvars.copy_context().run, run_tasks))
         contextvars.copy_context().run(run_tasks)
     finally:
         stop.set()

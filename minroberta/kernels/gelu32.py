@@ -23,6 +23,7 @@ _ERFC_P = 0.39
 _ERFC_POLY = (0.23532543152432492, 0.09138708190275746, 0.6495627199230736, -0.6354043902556812,
               0.8866668985659777, -0.2275377433672787)   # lowest degree first
 _HALF_ERFC_POLY = tuple(c / 2 for c in _ERFC_POLY)   # P / 2: erfc(z) / 2 = Phi(-|x|) without a pass to halve it
+_MINUS_HALF_ERFC_POLY = tuple(-c / 2 for c in _ERFC_POLY)
 
 # float32 elements per block: 512 KiB per buffer, large enough that two threads do not queue for the
 # interpreter lock (docs/performance.md)
@@ -71,24 +72,22 @@ def _blockwise(flat, buffers, work):
 
 def _normal_cdf_and_pdf_block(x, cdf, pdf, scratch):
     """One float32 block, written into cdf and pdf, every step in place:
-    z = |x|/sqrt 2, t = 1/(1 + p z), h = t P(t) exp(-z^2) / 2 = Phi(-|x|),
-    cdf = 1/2 + sign(x) (1/2 - h) (where(x >= 0, 1 - h, h), without a masked select), pdf = exp(-z^2) / sqrt(2 pi)."""
+    t = 1/(1 + p |x|/sqrt 2), h = t P(t) exp(-x^2/2) / 2 = Phi(-|x|) (the erfc fit at z = |x|/sqrt 2),
+    cdf = 1/2 + sign(x) (1/2 - h) (where(x >= 0, 1 - h, h), without a masked select), pdf = exp(-x^2/2) / sqrt(2 pi)."""
     f = x.dtype.type
-    z, t = scratch[0], scratch[1]
-    np.multiply(x, f(_INV_SQRT2), out=z)
-    np.abs(z, out=z)
-    np.multiply(z, z, out=pdf)
-    np.negative(pdf, out=pdf)
-    np.exp(pdf, out=pdf)                                # exp(-z^2) = exp(-x^2/2)
-    np.multiply(z, f(_ERFC_P), out=t)
+    a, t = scratch[0], scratch[1]
+    np.abs(x, out=a)
+    np.multiply(a, f(_ERFC_P * _INV_SQRT2), out=t)
     t += f(1.0)
-    np.reciprocal(t, out=t)
-    _erfc_fit(t, cdf)                                   # t P(t)
-    cdf *= pdf
-    cdf *= f(-0.5)                                      # -h
+    np.reciprocal(t, out=t)                             # 1 / (1 + p |x| / sqrt 2)
+    np.multiply(x, x, out=pdf)
+    pdf *= f(-0.5)
+    np.exp(pdf, out=pdf)                                # exp(-x^2 / 2)
+    _erfc_fit(t, cdf, _MINUS_HALF_ERFC_POLY)            # -t P(t) / 2
+    cdf *= pdf                                          # -h
     cdf += f(0.5)                                       # 1/2 - h
-    np.sign(x, out=z)
-    cdf *= z
+    np.sign(x, out=a)
+    cdf *= a
     cdf += f(0.5)
     pdf *= f(_INV_SQRT_2PI)
 

@@ -4,8 +4,9 @@ initialisation on the demo task (scripts/make_demo_task.py), with the same recip
     python scripts/finetune_gain.py runs/pretrain                    # writes runs/pretrain-gain/
     python scripts/finetune_gain.py runs/pretrain --epochs 2 --out runs/gain -- --lr 1e-3
 
-Flags after -- go to both `minroberta finetune` runs. Prints a table of the best evaluation accuracy of each
-and writes it, with the figures as JSON, to --out.
+--seed draws the random initialisation and seeds both fine-tuning runs; flags after -- go to both `minroberta
+finetune` runs. Prints a table of the best evaluation accuracy of each and writes it, with the figures as JSON,
+to --out.
 """
 
 import argparse
@@ -35,6 +36,8 @@ def main():
     parser.add_argument("--epochs", type=float, default=3.0)
     parser.add_argument("--classes", type=int, default=4, help="packages in the demo task")
     parser.add_argument("--per-class", type=int, default=150, help="docstrings per package")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random initialisation and of both "
+                                                            "fine-tuning runs (the new head, the order)")
     argv = sys.argv[1:]
     cut = argv.index("--") if "--" in argv else len(argv)   # what follows -- goes to `minroberta finetune`
     args = parser.parse_args(argv[:cut])
@@ -50,7 +53,7 @@ def main():
     # the same architecture and tokenizer, weights drawn afresh as a new model's are
     pretrained = load_pretrained(args.model)
     scratch = os.path.join(out, "random-init")
-    save_pretrained(Roberta(pretrained.config, seed=0), scratch, tokenizer=Tokenizer.from_dir(args.model))
+    save_pretrained(Roberta(pretrained.config, seed=args.seed), scratch, tokenizer=Tokenizer.from_dir(args.model))
 
     results = {}
     for name, model in (("pretrained", args.model), ("random init", scratch)):
@@ -58,7 +61,7 @@ def main():
         done = subprocess.run([sys.executable, "-m", "minroberta.cli", "finetune", "--model", model, "--task",
                                "classify", "--train", os.path.join(task, "train.csv"), "--eval",
                                os.path.join(task, "eval.csv"), "--out", run, "--epochs", str(args.epochs),
-                               *args.finetune], env=env)
+                               "--seed", str(args.seed), *args.finetune], env=env)
         if done.returncode != 0:   # finetune has said why in one line (a finished run in the way, a bad flag)
             print(f"error: fine-tuning from {name} failed (exit status {done.returncode}); "
                   f"a fresh --out starts over", file=sys.stderr)

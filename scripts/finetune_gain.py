@@ -10,6 +10,7 @@ to --out.
 """
 
 import argparse
+import csv
 import json
 import os
 import subprocess
@@ -34,6 +35,8 @@ def main():
     parser.add_argument("model", help="a pretrained model directory (minroberta pretrain's --out)")
     parser.add_argument("--out", help="where the task, the two runs and the table go (default: MODEL-gain)")
     parser.add_argument("--epochs", type=float, default=3.0)
+    parser.add_argument("--task", help="a demo task already built (make_demo_task.py's OUT_DIR); default: build "
+                                       "one in OUT/task with --classes and --per-class")
     parser.add_argument("--classes", type=int, default=4, help="packages in the demo task")
     parser.add_argument("--per-class", type=int, default=150, help="docstrings per package")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random initialisation and of both "
@@ -46,9 +49,10 @@ def main():
     os.makedirs(out, exist_ok=True)
     here = os.path.dirname(os.path.abspath(__file__))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.join(here, ".."), os.environ.get("PYTHONPATH", "")])}
-    task = os.path.join(out, "task")
-    subprocess.run([sys.executable, os.path.join(here, "make_demo_task.py"), task, "--classes", str(args.classes),
-                    "--per-class", str(args.per_class)], check=True, env=env)
+    task = args.task or os.path.join(out, "task")
+    if not args.task:
+        subprocess.run([sys.executable, os.path.join(here, "make_demo_task.py"), task, "--classes", str(args.classes),
+                        "--per-class", str(args.per_class)], check=True, env=env)
 
     # the same architecture and tokenizer, weights drawn afresh as a new model's are
     pretrained = load_pretrained(args.model)
@@ -67,7 +71,9 @@ def main():
                   f"a fresh --out starts over", file=sys.stderr)
             return 2
         results[name] = best_accuracy(run)
-    lines = [f"Fine-tuning on the demo task ({args.classes} packages, {args.epochs:g} epochs, the same recipe):", "",
+    with open(os.path.join(task, "train.csv"), encoding="utf-8", newline="") as handle:
+        packages = len({row["label"] for row in csv.DictReader(handle)})
+    lines = [f"Fine-tuning on the demo task ({packages} packages, {args.epochs:g} epochs, the same recipe):", "",
              "| start | best evaluation accuracy |", "| --- | --- |"]
     lines += [f"| {name} | {accuracy:.3f} |" for name, accuracy in results.items()]
     lines += ["", f"pretraining adds {100 * (results['pretrained'] - results['random init']):.1f} accuracy points"]

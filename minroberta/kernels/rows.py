@@ -6,7 +6,6 @@ reference on NumPy and on the device stand-in."""
 
 from .. import backend
 from ..dispatch import register
-from ..ops.cross_entropy import IGNORE_INDEX, CrossEntropyCache
 from ..ops.gelu import GeluCache
 from ..ops.layernorm import LayerNormCache
 from ..ops.linear import LinearCache
@@ -134,13 +133,11 @@ def masked_softmax_backward(dprobs, probs, scale):
     return threads.elementwise(lambda d: xp.multiply(d, scale, out=d), dscores)
 
 
-@register("cross_entropy_forward", in_place)
-def cross_entropy_forward(logits, labels):
+@register("shifted_softmax", in_place)
+def shifted_softmax(logits, labels):
     """The shifted logits, their exp and the probabilities all in one (N, V) buffer, rows over the threads; the
-    true label's shifted logit is read before the exp overwrites it."""
+    label's shifted logit is read before the exp overwrites it."""
     xp = backend.xp()
-    counted = labels != IGNORE_INDEX                                    # (N,)
-    safe_labels = xp.where(counted, labels, 0)                          # (N,)
     probs = xp.empty(logits.shape, logits.dtype)                        # (N, V)
     sum_exp = xp.empty((logits.shape[0], 1), logits.dtype)
     shifted_true = xp.empty(logits.shape[:1], logits.dtype)
@@ -148,15 +145,12 @@ def cross_entropy_forward(logits, labels):
     def rows(r):
         p = probs[r]
         xp.subtract(logits[r], logits[r].max(axis=1, keepdims=True), out=p)
-        shifted_true[r] = p[xp.arange(p.shape[0]), safe_labels[r]]
+        shifted_true[r] = p[xp.arange(p.shape[0]), labels[r]]
         xp.exp(p, out=p)
         sum_exp[r] = p.sum(axis=1, keepdims=True)
         p /= sum_exp[r]
     threads.over_rows(rows, *logits.shape)
-    log_probs_true = shifted_true - xp.log(sum_exp[:, 0])               # (N,)
-    count = xp.maximum(counted.sum(), 1).astype(logits.dtype)
-    loss = -(log_probs_true * counted).sum() / count
-    return loss, CrossEntropyCache(probs, safe_labels, counted, count)
+    return shifted_true, sum_exp, probs
 
 
 @register("gelu_backward", in_place)

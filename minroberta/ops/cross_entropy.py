@@ -19,18 +19,26 @@ def cross_entropy_forward(logits, labels):
     xp = backend.xp()
     require_shape("labels", labels, logits.shape[:1])
     require_ids_in_range("labels", labels, logits.shape[1], allowed_negative=IGNORE_INDEX)
-    if fast := fast_form("cross_entropy_forward", logits):   # kernels/rows.py: in one buffer, rows over threads
-        return fast(logits, labels)
     counted = labels != IGNORE_INDEX                                    # (N,)
     safe_labels = xp.where(counted, labels, 0)                          # (N,)
-    shifted = logits - logits.max(axis=1, keepdims=True)                # (N, V) stable: max entry is 0
-    exp = xp.exp(shifted)
-    sum_exp = exp.sum(axis=1, keepdims=True)                            # (N, 1)
-    log_probs_true = shifted[xp.arange(labels.shape[0]), safe_labels] - xp.log(sum_exp[:, 0])   # (N,)
+    shifted_true, sum_exp, probs = shifted_softmax(logits, safe_labels)  # (N,), (N, 1), (N, V)
+    log_probs_true = shifted_true - xp.log(sum_exp[:, 0])               # (N,)
     count = xp.maximum(counted.sum(), 1).astype(logits.dtype)
     loss = -(log_probs_true * counted).sum() / count
-    probs = exp / sum_exp                                               # (N, V) kept for the backward
-    return loss, CrossEntropyCache(probs, safe_labels, counted, count)
+    return loss, CrossEntropyCache(probs, safe_labels, counted, count)   # probs kept for the backward
+
+
+def shifted_softmax(logits, labels):
+    """The row softmax of logits (N, V) after subtracting each row's max (stable: the max entry is 0), and what
+    the loss takes from it: -> the label's shifted logit z_y - max z (N,), the row sums of exp(z - max z) (N, 1),
+    the probabilities (N, V). labels (N,) in [0, V)."""
+    if fast := fast_form("shifted_softmax", logits):   # kernels/rows.py: in one buffer, rows over the threads
+        return fast(logits, labels)
+    xp = backend.xp()
+    shifted = logits - logits.max(axis=1, keepdims=True)                # (N, V)
+    exp = xp.exp(shifted)
+    sum_exp = exp.sum(axis=1, keepdims=True)                            # (N, 1)
+    return shifted[xp.arange(labels.shape[0]), labels], sum_exp, exp / sum_exp
 
 
 def cross_entropy_backward(dloss, cache):

@@ -67,7 +67,8 @@ def packed_batches(encodings, max_tokens=MAX_TOKENS, max_rows=None):
     """Cut encodings (tokenizer.Ids) into packs of at most max_tokens tokens (and max_rows texts), each a list of
     batches whose texts all have the same number of tokens: sorted by length, the texts fill a pack in order, a
     new batch where the length changes (a text longer than max_tokens goes alone). No position is padding, so
-    no batch needs an attention mask. -> lists of (indices into encodings, input_ids (b, T), token_type_ids (b, T))."""
+    no batch needs an attention mask. -> lists of (indices into encodings, input_ids (b, T),
+    token_type_ids (b, T))."""
     order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
     pack, tokens, texts = [], 0, 0
     for length, group in itertools.groupby(order, key=lambda i: len(encodings[i].ids)):
@@ -80,7 +81,8 @@ def packed_batches(encodings, max_tokens=MAX_TOKENS, max_rows=None):
                 yield pack
                 pack, tokens, texts = [], 0, 0
                 continue
-            indices, group = group[:max(1, room)], group[max(1, room):]
+            take = max(1, room)   # 1 only for a text longer than max_tokens, alone in its pack
+            indices, group = group[:take], group[take:]
             ids = np.array([encodings[i].ids for i in indices], dtype=np.int64).reshape(len(indices), length)
             types = np.array([encodings[i].type_ids for i in indices], dtype=np.int64).reshape(len(indices), length)
             pack.append((indices, ids, types))

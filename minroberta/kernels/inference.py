@@ -34,7 +34,8 @@ def attention_inference(q, k, v, key_mask, num_heads, out=None):
     pairs = batch * num_heads
     qh, kh, vh = (split_heads(t, num_heads).reshape(pairs, seq, head_dim) for t in (q, k, v))   # (B*nh, T, hd)
     qh *= 1.0 / math.sqrt(head_dim)
-    additive = None if key_mask is None else xp.repeat(padding_mask(key_mask, q.dtype), num_heads, axis=0)  # (B*nh, T)
+    additive = None if key_mask is None else \
+        xp.repeat(padding_mask(key_mask, q.dtype), num_heads, axis=0)      # (B*nh, T): a row per (sequence, head)
     ctx = xp.empty(qh.shape, q.dtype)                                       # (B*nh, T, hd)
     step = max(1, SCORES_BLOCK // max(1, seq * seq))
 
@@ -92,12 +93,9 @@ def layer_rows(params, config, layer, x, shapes, key_mask=None):
     P = lambda name: params[layer + name]
     q, k, v, _ = query_key_value(params, layer, x)                                               # (N, C) each
     ctx = backend.xp().empty(q.shape, q.dtype)                                                   # (N, C)
-    start = 0
-    for shape in shapes:
-        rows = slice(start, start + shape[0] * shape[1])
+    for shape, rows in zip(shapes, row_slices(shapes)):
         attention_inference(*(t[rows].reshape(shape) for t in (q, k, v)), key_mask, config.num_attention_heads,
                             out=ctx[rows].reshape(shape))
-        start = rows.stop
     a, _ = linear_forward(ctx, P("attention.output.dense.weight"), P("attention.output.dense.bias"))
     a += x
     h = layernorm_in_place(a, P("attention.output.LayerNorm.weight"), P("attention.output.LayerNorm.bias"),
@@ -120,5 +118,10 @@ def encode_many(model, batches):
     x = xp.concatenate([e.reshape(-1, e.shape[-1]) for e in embedded])                          # (N, C)
     for i in range(model.config.num_hidden_layers):
         x = layer_rows(model.params, model.config, f"{model.prefix}encoder.layer.{i}.", x, shapes)
+    return [x[rows].reshape(shape) for shape, rows in zip(shapes, row_slices(shapes))]
+
+
+def row_slices(shapes):
+    """Where each batch's tokens lie in the rows (N, C) of several batches of shapes (b, T, C), in order."""
     bounds = list(itertools.accumulate((b * t for b, t, _ in shapes), initial=0))
-    return [x[start:stop].reshape(shape) for start, stop, shape in zip(bounds, bounds[1:], shapes)]
+    return [slice(start, stop) for start, stop in zip(bounds, bounds[1:])]

@@ -124,7 +124,7 @@ def each(work, items):
     nested = _whole_task.get() or threading.current_thread().name.startswith(_PREFIX)   # the pool is busy
     sharing = count() if backend.name() == "numpy" and not nested else 1
     first = list(itertools.islice(items, sharing)) if sharing > 1 else []
-    if len(first) < sharing or sharing == 1:
+    if len(first) < sharing:   # sharing 1 included: first is empty
         for item in itertools.chain(first, items):
             work(item)
         return

@@ -70,6 +70,19 @@ def test_loss_falls_on_the_builtin_corpus(tmp_path, capsys):
     assert model.config.vocab_size == 2048
 
 
+class OneBatch:
+    """Training data that is one batch, every update."""
+
+    def __init__(self, batch):
+        self.batch = batch
+
+    def batches_per_epoch(self, batch_size):
+        return 1
+
+    def train_batch(self, epoch, index, batch_size, shard=(0, 1)):
+        return self.batch
+
+
 def test_a_tiny_model_overfits_one_batch(numpy_backend):
     config = minroberta.Config(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                intermediate_size=64, max_position_embeddings=34, hidden_dropout_prob=0.0,
@@ -81,14 +94,7 @@ def test_a_tiny_model_overfits_one_batch(numpy_backend):
     inputs = np.where(labels != -100, 4, ids)
     batch = {"input_ids": inputs, "attention_mask": np.ones_like(ids), "labels": labels}
 
-    class OneBatch:
-        def batches_per_epoch(self, batch_size):
-            return 1
-
-        def train_batch(self, epoch, index, batch_size, shard=(0, 1)):
-            return batch
-
-    trainer = Trainer(model, OneBatch(), None, TrainSettings(steps=150, lr=3e-3, warmup=10, dropout=False), None)
+    trainer = Trainer(model, OneBatch(batch), None, TrainSettings(steps=150, lr=3e-3, warmup=10, dropout=False), None)
     for _ in range(150):
         loss, _, _ = trainer.train_step()
     assert loss < 0.1
@@ -111,19 +117,12 @@ def test_on_two_threads_a_step_runs_a_part_per_thread_and_makes_the_whole_batchs
             seen.append(len(part["input_ids"]))
             return super().loss_and_grads(model, part, dropout_key, loss_scale)
 
-    class OneBatch:
-        def batches_per_epoch(self, batch_size):
-            return 1
-
-        def train_batch(self, epoch, index, batch_size, shard=(0, 1)):
-            return batch
-
     updated = {}
     previous = threads.count()
     try:
         for count in (1, 2):
             threads.use(count)
-            trainer = Trainer(minroberta.Roberta(config, seed=0), OneBatch(), None,
+            trainer = Trainer(minroberta.Roberta(config, seed=0), OneBatch(batch), None,
                               TrainSettings(steps=3, lr=1e-2, warmup=0, dropout=False), None, task=Counting())
             losses = [trainer.train_step()[0] for _ in range(3)]
             updated[count] = (losses, trainer.model.params)
@@ -133,7 +132,7 @@ def test_on_two_threads_a_step_runs_a_part_per_thread_and_makes_the_whole_batchs
     seen.clear()
     batch = {k: v[:1] for k, v in batch.items()}   # one row for two threads: the micro-batch stays whole
     threads.use(2)
-    Trainer(minroberta.Roberta(config, seed=0), OneBatch(), None, TrainSettings(steps=1, dropout=False), None,
+    Trainer(minroberta.Roberta(config, seed=0), OneBatch(batch), None, TrainSettings(steps=1, dropout=False), None,
             task=Counting()).train_step()
     assert seen == [1]
     assert np.allclose(updated[1][0], updated[2][0], rtol=1e-5)

@@ -156,7 +156,7 @@ def test_an_error_in_a_task_stops_new_tasks_and_reaches_the_caller(tiny_chunks):
             yield item
 
     def work(item):
-        if threading.current_thread().name.startswith("minroberta-worker"):
+        if threading.current_thread().name.startswith(threads._PREFIX):   # a thread of the pool
             raise ValueError(f"task {item}")
         time.sleep(0.005)
     with pytest.raises(ValueError, match="task"):

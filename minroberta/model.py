@@ -297,27 +297,42 @@ def intermediate_backward(dg, cache, layer, grads):
 
 # --- the layer (RobertaLayer) and the encoder (RobertaEncoder) ---------------------------------------
 
-LayerCache = namedtuple("LayerCache", "attention attention_output intermediate output")
+LayerCache = namedtuple("LayerCache", "attention attention_output intermediate output rows shape")
 
 
-def layer_forward(params, config, layer, x, key_mask, dropout):
-    """h = LN(x + drop(dense(attention(x))));  y = LN(h + drop(dense2(gelu(dense1(h))))).  (B, T, C) -> (B, T, C)."""
+def layer_forward(params, config, layer, x, key_mask, dropout, rows=None):
+    """h = LN(x + drop(dense(attention(x))));  y = LN(h + drop(dense2(gelu(dense1(h))))).  (B, T, C) -> (B, T, C).
+    rows (N,): flat positions of the only tokens whose y is wanted (the last layer under the MLM loss, which
+    reads the scored tokens alone). Everything after attention works token by token, so it runs on those rows
+    only, and y is (N, C): on the default run, half the tokens, a sixth less matrix work a step."""
+    shape = x.shape
     ctx, c_attention = self_attention_forward(params, config, layer, x, key_mask, dropout)          # (B, T, C)
+    if rows is not None:
+        channels = shape[-1]
+        ctx, x = ctx.reshape(-1, channels)[rows], x.reshape(-1, channels)[rows]                   # (N, C) each
     h, c_attention_output = dense_norm_forward(params, config, layer + "attention.output", ctx, x, dropout)
     g, c_intermediate = intermediate_forward(params, layer, h)                                      # (B, T, F)
     # g is not kept by the output's dense: the backward rebuilds it from the intermediate's cache
     y, c_output = dense_norm_forward(params, config, layer + "output", g, h, dropout, keep_input=False)
-    return y, LayerCache(c_attention, c_attention_output, c_intermediate, c_output)
+    return y, LayerCache(c_attention, c_attention_output, c_intermediate, c_output, rows, shape)
 
 
 def layer_backward(dy, cache, layer, grads):
     """The forward in reverse. Each residual sum sends its gradient down both branches, so the gradient
-    of h is the FFN branch's plus the skip's, and that of x is the projections' plus the skip's."""
+    of h is the FFN branch's plus the skip's, and that of x is the projections' plus the skip's. With rows,
+    the tokens left out get no gradient from the token-wise half: zeros go into attention's backward there."""
     g = intermediate_output(cache.intermediate)                                                   # (B, T, F)
     dg, dh_skip = dense_norm_backward(dy, cache.output, layer + "output", grads, x=g)
     dh = dh_skip + intermediate_backward(dg, cache.intermediate, layer, grads)
     dctx, dx_skip = dense_norm_backward(dh, cache.attention_output, layer + "attention.output", grads)
-    return dx_skip + self_attention_backward(dctx, cache.attention, layer, grads)
+    if cache.rows is None:
+        return dx_skip + self_attention_backward(dctx, cache.attention, layer, grads)
+    batch, seq, channels = cache.shape
+    dctx_all = backend.xp().zeros((batch * seq, channels), dtype=dctx.dtype)
+    dctx_all[cache.rows] = dctx                                                     # positions are distinct
+    dx = self_attention_backward(dctx_all.reshape(cache.shape), cache.attention, layer, grads).reshape(-1, channels)
+    dx[cache.rows] += dx_skip
+    return dx.reshape(cache.shape)                                                  # (B, T, C)
 
 
 def layer_output(params, config, layer, x, key_mask):
@@ -432,17 +447,20 @@ class Roberta:
             as_id_array("token_type_ids", token_type_ids, ids.shape)
         return ids, mask, types
 
-    def encode(self, input_ids, attention_mask=None, token_type_ids=None, dropout=None, keep_cache=True):
+    def encode(self, input_ids, attention_mask=None, token_type_ids=None, dropout=None, keep_cache=True, rows=None):
         """Embeddings and encoder layers: -> hidden (B, T, C), cache for `encode_backward` (None with
         keep_cache=False: inference runs the layers' fast forms, which keep nothing; without an attention
-        mask no key counts as padding)."""
+        mask no key counts as padding). rows (N,): flat positions whose last-layer states alone are wanted;
+        hidden is then (N, C) (see layer_forward)."""
         ids, mask, types = self._inputs(input_ids, attention_mask, token_type_ids)
         x, c_embeddings = embeddings_forward(self.params, self.config, self.prefix, ids, types, dropout)
         layer_caches = []
+        last = self.config.num_hidden_layers - 1
         for i in range(self.config.num_hidden_layers):
             layer = f"{self.prefix}encoder.layer.{i}."
-            if keep_cache or dropout is not None:
-                x, c_layer = layer_forward(self.params, self.config, layer, x, mask, dropout)
+            if keep_cache or dropout is not None or rows is not None:
+                x, c_layer = layer_forward(self.params, self.config, layer, x, mask, dropout,
+                                           rows if i == last else None)
                 if keep_cache:
                     layer_caches.append(c_layer)
             else:
@@ -548,19 +566,19 @@ class Roberta:
         return loss, self._complete(grads)
 
     def _scored_head(self, input_ids, attention_mask, labels, token_type_ids, dropout):
-        """Encoder on the whole batch, MLM head on the labelled rows only (the fairseq trick: the same loss
-        for a fraction of the head's work) -> logits (N, V), targets (N,), cache for the backward."""
+        """The MLM head on the labelled rows only, and the last layer's token-wise half too (attention still
+        sees every token): the same loss for a fraction of the work (fairseq does the head's part)
+        -> logits (N, V), targets (N,), cache for the backward."""
         self._require_head("mlm")
         if labels is None:
             raise MinRobertaError(f"the MLM loss needs labels ({IGNORE_INDEX} where no prediction is scored)")
         xp = backend.xp()
-        hidden, enc_cache = self.encode(input_ids, attention_mask, token_type_ids, dropout)
-        batch, seq, channels = hidden.shape
-        labels = as_id_array("labels", labels, (batch, seq)).reshape(-1)                  # (B*T,)
+        ids, mask, types = self._inputs(input_ids, attention_mask, token_type_ids)
+        labels = as_id_array("labels", labels, ids.shape).reshape(-1)                     # (B*T,)
         scored = xp.nonzero(labels != IGNORE_INDEX)[0]                                            # (N,) flat positions
-        rows = hidden.reshape(-1, channels)[scored]                                       # (N, C)
+        rows, enc_cache = self.encode(ids, mask, types, dropout, rows=scored)            # (N, C)
         logits, head_cache = lm_head_forward(self.params, self.config, self.prefix, rows)  # (N, V)
-        return logits, labels[scored], (enc_cache, head_cache, scored, hidden.shape)
+        return logits, labels[scored], (enc_cache, head_cache)
 
     def mlm_logits(self, input_ids, attention_mask=None, labels=None, token_type_ids=None):
         """Logits (N, V) at the N positions whose label is not IGNORE_INDEX, and those labels (N,); no dropout."""
@@ -574,14 +592,11 @@ class Roberta:
         switches dropout on with a generator drawn from it; None means no dropout (evaluation numerics).
         The gradients are those of loss_scale x loss (the loss returned is not scaled): float16 products
         need the scaling to keep small gradients from vanishing (see precision.LossScaler)."""
-        xp = backend.xp()
         dropout = self._dropout(dropout_key)
-        logits, targets, (enc_cache, head_cache, scored, (batch, seq, channels)) = self._scored_head(
-            input_ids, attention_mask, labels, token_type_ids, dropout)
+        logits, targets, (enc_cache, head_cache) = self._scored_head(input_ids, attention_mask, labels,
+                                                                     token_type_ids, dropout)
         loss, ce_cache = cross_entropy_forward(logits, targets)
         grads = {}
         drows = lm_head_backward(cross_entropy_backward(loss_scale, ce_cache), head_cache, self.prefix, grads)
-        dhidden = xp.zeros((batch * seq, channels), dtype=drows.dtype)
-        dhidden[scored] = drows                                                           # positions are distinct
-        self.encode_backward(dhidden.reshape(batch, seq, channels), enc_cache, grads)
+        self.encode_backward(drows, enc_cache, grads)                # (N, C): the last layer ran on these rows
         return loss, self._complete(grads)

@@ -26,6 +26,9 @@ CUPY_ONLY = {fused.erf, fused.normal_cdf_and_pdf}   # CuPy's own special functio
 # (absolute, relative) tolerance by form; a form not named gives identical bits
 TOLERANCES = {products.matmul: {"float64": (0, 1e-12), "float32": (0, 1e-5)},
               gelu32.normal_cdf_and_pdf: {"float32": (2.5e-7, 0)},
+              # the row sums as products: the same sums, rounded in another order
+              rows.layernorm_forward: {"float64": (0, 1e-12), "float32": (0, 1e-5)},
+              rows.layernorm_backward: {"float64": (0, 1e-12), "float32": (0, 1e-5)},
               inference.layer_output: {"float64": (0, 1e-11), "float32": (0, 2e-5)},
               inference.encode_many: {"float64": (0, 1e-11), "float32": (0, 2e-5)}}
 FUSED = {"float64": (0, 1e-12), "float32": (1e-7, 2e-6)}

@@ -1,5 +1,6 @@
 """In-place forms of the row-wise and elementwise ops, on every backend: the reference's arithmetic, in the same
-order (so the same bits), written into preallocated buffers instead of fresh temporaries. On NumPy the rows are
+order (so the same bits; layer norm's sums but one excepted, see _row_means), written into preallocated buffers
+instead of fresh temporaries. On NumPy the rows are
 cut into chunks over the threads (threads.py); on CuPy each pass is one kernel over the whole array, and the
 fused kernels of fused.py, registered first, win when they are on. tests/test_kernels.py holds each to its
 reference on NumPy and on the device stand-in."""
@@ -32,6 +33,13 @@ def linear_forward(x, weight, bias=None, keep_input=True):
     return y.reshape(*x.shape[:-1], weight.shape[0]), LinearCache(x if keep_input else None, weight, bias is not None)
 
 
+def _row_means(x, weights):
+    """x (n, C) @ weights (C, 1) / C -> (n, 1): each row's weighted mean, its sum made by the BLAS's dot kernel,
+    several times faster than NumPy's reduction over rows as short as a hidden size (the one place here that
+    does not repeat the reference's bits: the sums round in another order)."""
+    return backend.xp().matmul(x, weights) / x.shape[-1]
+
+
 @register("layernorm_forward", in_place)
 def layernorm_forward(x, gamma, beta, eps):
     xp = backend.xp()
@@ -40,15 +48,16 @@ def layernorm_forward(x, gamma, beta, eps):
     y = xp.empty(x2.shape, xp.result_type(x.dtype, gamma.dtype, beta.dtype))
     xhat = xp.empty(x2.shape, x.dtype)
     rstd = xp.empty((x2.shape[0], 1), x.dtype)
+    ones = xp.ones((channels, 1), dtype=x.dtype)                          # (C, 1)
 
     def normalise(rows):   # one thread's rows; rows are independent
-        xhat_r = xhat[rows]
-        mean = x2[rows].mean(axis=-1, keepdims=True)                       # (n, 1)
-        xp.subtract(x2[rows], mean, out=xhat_r)                            # centred, normalised in place below
-        var = (xhat_r * xhat_r).mean(axis=-1, keepdims=True)
-        rstd[rows] = 1.0 / (var + eps) ** 0.5                              # (n, 1)
+        xhat_r, y_r = xhat[rows], y[rows]
+        # the mean as the reference sums it: centring cancels, and for a row of near-equal values rstd (up to
+        # 1/sqrt(eps)) would magnify a last-bit difference in the mean
+        xp.subtract(x2[rows], x2[rows].mean(axis=-1, keepdims=True), out=xhat_r)   # normalised in place below
+        xp.multiply(xhat_r, xhat_r, out=y_r)                               # y's buffer holds the squares first
+        rstd[rows] = 1.0 / (_row_means(y_r, ones) + eps) ** 0.5             # (n, 1)
         xhat_r *= rstd[rows]
-        y_r = y[rows]
         xp.multiply(xhat_r, gamma, out=y_r)
         y_r += beta
     threads.over_rows(normalise, x2.shape[0], channels)
@@ -58,25 +67,29 @@ def layernorm_forward(x, gamma, beta, eps):
 
 @register("layernorm_backward", in_place)
 def layernorm_backward(dy, cache):
+    """mean(g) = dy @ gamma / C and mean(g xhat) = (dy xhat) @ gamma / C: both means are products with one
+    vector, and dy xhat is wanted for dgamma anyway."""
     xp = backend.xp()
     xhat, rstd, gamma = cache
     channels = xhat.shape[-1]
     dy2, xhat2, rstd2 = dy.reshape(-1, channels), xhat.reshape(-1, channels), rstd.reshape(-1, 1)   # (N, C) rows
     dx = xp.empty(dy2.shape, xp.result_type(dy.dtype, gamma.dtype))
     dy_xhat = xp.empty(dy2.shape, xp.result_type(dy.dtype, xhat.dtype))    # summed over rows into dgamma below
+    gamma_column = gamma.reshape(channels, 1).astype(dx.dtype)             # (C, 1)
 
     def dx_rows(rows):   # one thread's rows
-        xp.multiply(dy2[rows], xhat2[rows], out=dy_xhat[rows])
-        g = dy2[rows] * gamma                                    # (n, C)
-        g_mean = g.mean(axis=-1, keepdims=True)                  # (n, 1)
-        g_xhat_mean = (g * xhat2[rows]).mean(axis=-1, keepdims=True)
         dx_r = dx[rows]
-        xp.subtract(g, g_mean, out=dx_r)
-        dx_r -= xhat2[rows] * g_xhat_mean
+        xp.multiply(dy2[rows], xhat2[rows], out=dy_xhat[rows])
+        g_mean = _row_means(dy2[rows], gamma_column)                       # (n, 1) mean(g)
+        g_xhat_mean = _row_means(dy_xhat[rows], gamma_column)              # (n, 1) mean(g xhat)
+        xp.multiply(xhat2[rows], g_xhat_mean, out=dx_r)
+        dx_r += g_mean
+        xp.subtract(dy2[rows] * gamma, dx_r, out=dx_r)                     # g - mean(g) - xhat mean(g xhat)
         dx_r *= rstd2[rows]
     threads.over_rows(dx_rows, dy2.shape[0], channels)
-    dgamma = dy_xhat.sum(axis=0)                                 # (C,) whole: the same sums on any thread count
-    dbeta = dy2.sum(axis=0)                                      # (C,)
+    # sums over every row, whole: the same on any thread count
+    dgamma = xp.matmul(xp.ones((1, dy2.shape[0]), dy_xhat.dtype), dy_xhat).reshape(channels)   # (C,)
+    dbeta = xp.matmul(xp.ones((1, dy2.shape[0]), dy2.dtype), dy2).reshape(channels)            # (C,)
     return dx.reshape(dy.shape), dgamma, dbeta
 
 

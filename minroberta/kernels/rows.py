@@ -1,9 +1,8 @@
 """In-place forms of the row-wise and elementwise ops, on every backend: the reference's arithmetic, in the same
 order (so the same bits; layer norm's sums but one excepted, see _row_means), written into preallocated buffers
-instead of fresh temporaries. On NumPy the rows are
-cut into chunks over the threads (threads.py); on CuPy each pass is one kernel over the whole array, and the
-fused kernels of fused.py, registered first, win when they are on. tests/test_kernels.py holds each to its
-reference on NumPy and on the device stand-in."""
+instead of fresh temporaries. On NumPy the rows are cut into chunks over the threads (threads.py); on CuPy each
+pass is one kernel over the whole array, and the fused kernels of fused.py, registered first, win when they are
+on. tests/test_kernels.py holds each to its reference on NumPy and on the device stand-in."""
 
 from .. import backend
 from ..dispatch import register

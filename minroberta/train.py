@@ -183,23 +183,28 @@ class Trainer:
             yield i, self.data.train_batch(g // per_epoch, g % per_epoch, self.global_batch,
                                            shard=(self.world.rank, self.world.size))
 
-    def losses_and_grads(self, batch, dropout_key):
-        """[(part, (loss, gradients))] of a micro-batch, each part to be weighted like a micro-batch of its own:
-        the micro-batch whole, or, on several NumPy threads without dropout and with a row for each, one slice
-        of its rows per thread (distributed.shard's slices), computed side by side (threads.each). Whole parts
-        on threads of their own beat cutting every op of one batch (docs/performance.md); dropout draws its
-        masks for the micro-batch whole, so with dropout it stays whole."""
+    def losses_and_grads(self, batch, dropout_key, total_scored):
+        """[(loss, gradients, weight)] of a micro-batch's parts: the micro-batch whole, or, on several NumPy
+        threads without dropout and with a row for each, one slice of its rows per thread (distributed.shard's
+        slices), computed side by side (threads.each). Whole parts on threads of their own beat cutting every op
+        of one batch (docs/performance.md); dropout draws its masks for the micro-batch whole, so with dropout
+        it stays whole. A part's weight is its share of the update's scored tokens, and its gradients come
+        already weighted (through the loss scale), so the update's gradient is their plain sum."""
         scale = self.scaler.scale if self.scaler else 1.0
         count = threads.count() if backend.name() == "numpy" and dropout_key is None else 1
         if count == 1 or len(batch["input_ids"]) < count:
-            return [(batch, self.task.loss_and_grads(self.model, batch, dropout_key, scale))]
-        parts = [{k: distributed.shard(v, j, count) for k, v in batch.items()} for j in range(count)]
+            parts = [batch]
+        else:
+            parts = [{k: distributed.shard(v, j, count) for k, v in batch.items()} for j in range(count)]
+        weights = [self.task.weight(part) / total_scored for part in parts]
+        if len(parts) == 1:
+            return [(*self.task.loss_and_grads(self.model, batch, dropout_key, scale * weights[0]), weights[0])]
         results = [None] * count
 
         def run(j):
-            results[j] = self.task.loss_and_grads(self.model, parts[j], None, scale)
+            results[j] = (*self.task.loss_and_grads(self.model, parts[j], None, scale * weights[j]), weights[j])
         threads.each(run, range(count))
-        return list(zip(parts, results))
+        return results
 
     # an inf or NaN is caught below and reported in one line (or handled by the loss scaler); NumPy's own
     # warnings about it along the way would only repeat that
@@ -217,16 +222,12 @@ class Trainer:
             # dropout's draws follow this shard's place in the update (micro-batch i of rank r is shard
             # i * ranks + r), so ranks x accumulation in any split gives the same draws and the same update
             key = (settings.seed, self.step, i * world.size + world.rank) if settings.dropout else None
-            for part, (part_loss, part_grads) in self.losses_and_grads(batch, key):
-                weight = self.task.weight(part) / total_scored
-                if grads is None:   # the first part's gradients become the sum, scaled in place
+            for part_loss, part_grads, weight in self.losses_and_grads(batch, key, total_scored):
+                if grads is None:   # the first part's gradients become the sum
                     grads = part_grads
-                    if weight != 1.0:
-                        for g in grads.values():
-                            g *= weight
                 else:
                     for k, g in part_grads.items():
-                        grads[k] += g * weight
+                        grads[k] += g
                 loss += weight * backend.scalar(part_loss)
             tokens += int(np.sum(batch["attention_mask"]))
         if world.size > 1:

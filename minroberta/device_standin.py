@@ -166,8 +166,6 @@ class _Module:
 
 
 module = _Module()
-module.add = type("add", (), {"__call__": staticmethod(_device_call(np.add)),      # np.add and its reduceat
-                               "reduceat": staticmethod(_device_call(np.add.reduceat))})()
 
 
 def to_host(a):

@@ -1,5 +1,5 @@
 """In-place forms of the row-wise and elementwise ops, on every backend: the reference's arithmetic, in the same
-order (so the same bits; layer norm's sums but one excepted, see _row_means), written into preallocated buffers
+order (so the same bits; most sums over rows excepted, see _row_means), written into preallocated buffers
 instead of fresh temporaries. On NumPy the rows are cut into chunks over the threads (threads.py); on CuPy each
 pass is one kernel over the whole array, and the fused kernels of fused.py, registered first, win when they are
 on. tests/test_kernels.py holds each to its reference on NumPy and on the device stand-in."""
@@ -30,6 +30,19 @@ def linear_forward(x, weight, bias=None, keep_input=True):
     if bias is not None:
         threads.over_rows(lambda rows: xp.add(y[rows], bias, out=y[rows]), y.shape[0], y.shape[1])
     return y.reshape(*x.shape[:-1], weight.shape[0]), LinearCache(x if keep_input else None, weight, bias is not None)
+
+
+@register("linear_backward", in_place)
+def linear_backward(dy, cache, x=None):
+    """The reference's products, and db as ones (1, N) @ dy: the column sums by the BLAS, faster than NumPy's
+    sum over rows (the same sums, rounded in another order)."""
+    xp = backend.xp()
+    x = cache.x if x is None else x
+    dy2 = dy.reshape(-1, dy.shape[-1])                  # (N, O)
+    dx = matmul(dy2, cache.weight).reshape(x.shape)     # (..., I)
+    dweight = matmul(dy2.T, x.reshape(-1, x.shape[-1]))   # (O, I)
+    dbias = xp.matmul(xp.ones((1, dy2.shape[0]), dy2.dtype), dy2).reshape(-1) if cache.has_bias else None   # (O,)
+    return dx, dweight, dbias
 
 
 def _row_means(x, weights):
@@ -99,11 +112,13 @@ def softmax_forward(scores):
     scores2 = scores.reshape(-1, scores.shape[-1])                          # (N, K) rows
     probs = xp.empty(scores2.shape, scores.dtype)
 
+    ones = xp.ones((scores2.shape[1], 1), scores.dtype)                      # (K, 1)
+
     def rows(r):
         p = probs[r]
         xp.subtract(scores2[r], scores2[r].max(axis=-1, keepdims=True), out=p)
         xp.exp(p, out=p)
-        p /= p.sum(axis=-1, keepdims=True)
+        p /= xp.matmul(p, ones)                                             # the row sums (as in _row_means)
     threads.over_rows(rows, *scores2.shape)
     probs = probs.reshape(scores.shape)
     return probs, probs
@@ -115,10 +130,12 @@ def softmax_backward(dprobs, probs):
     dprobs2, probs2 = dprobs.reshape(-1, dprobs.shape[-1]), probs.reshape(-1, probs.shape[-1])   # (N, K)
     dscores = xp.empty(dprobs2.shape, xp.result_type(dprobs.dtype, probs.dtype))
 
+    ones = xp.ones((dprobs2.shape[1], 1), dscores.dtype)                     # (K, 1)
+
     def rows(r):
         d = dscores[r]
         xp.multiply(dprobs2[r], probs2[r], out=d)
-        xp.subtract(dprobs2[r], d.sum(axis=-1, keepdims=True), out=d)
+        xp.subtract(dprobs2[r], xp.matmul(d, ones), out=d)                  # the row sums (as in _row_means)
         d *= probs2[r]
     threads.over_rows(rows, *dprobs2.shape)
     return dscores.reshape(dprobs.shape)

@@ -26,7 +26,7 @@ CUPY_ONLY = {fused.erf, fused.normal_cdf_and_pdf}   # CuPy's own special functio
 # (absolute, relative) tolerance by form; a form not named gives identical bits
 TOLERANCES = {products.matmul: {"float64": (0, 1e-12), "float32": (0, 1e-5)},
               gelu32.normal_cdf_and_pdf: {"float32": (2.5e-7, 0)},
-              # the row sums as products: the same sums, rounded in another order
+              # sums over rows rounded in another order (rows._row_sums, rows._column_sums)
               rows.layernorm_forward: {"float64": (0, 1e-12), "float32": (0, 1e-5)},
               rows.layernorm_backward: {"float64": (0, 1e-12), "float32": (0, 1e-5)},
               rows.linear_backward: {"float64": (0, 1e-12), "float32": (0, 1e-5)},
@@ -34,6 +34,7 @@ TOLERANCES = {products.matmul: {"float64": (0, 1e-12), "float32": (0, 1e-5)},
               rows.softmax_backward: {"float64": (0, 1e-12), "float32": (0, 1e-5)},
               rows.masked_softmax: {"float64": (0, 1e-12), "float32": (0, 1e-6)},
               rows.masked_softmax_backward: {"float64": (0, 1e-12), "float32": (0, 1e-5)},
+              rows.shifted_softmax: {"float64": (0, 1e-12), "float32": (0, 1e-6)},
               inference.layer_output: {"float64": (0, 1e-11), "float32": (0, 2e-5)},
               inference.encode_many: {"float64": (0, 1e-11), "float32": (0, 2e-5)}}
 FUSED = {"float64": (0, 1e-12), "float32": (1e-7, 2e-6)}

@@ -1,5 +1,5 @@
 """In-place forms of the row-wise and elementwise ops, on every backend: the reference's arithmetic, in the same
-order (so the same bits; most sums over rows excepted, see _row_means), written into preallocated buffers
+order (so the same bits; sums over rows excepted, see _row_sums), written into preallocated buffers
 instead of fresh temporaries. On NumPy the rows are cut into chunks over the threads (threads.py); on CuPy each
 pass is one kernel over the whole array, and the fused kernels of fused.py, registered first, win when they are
 on. tests/test_kernels.py holds each to its reference on NumPy and on the device stand-in."""
@@ -32,24 +32,32 @@ def linear_forward(x, weight, bias=None, keep_input=True):
     return y.reshape(*x.shape[:-1], weight.shape[0]), LinearCache(x if keep_input else None, weight, bias is not None)
 
 
+def _row_sums(a, b=None):
+    """Each row's sum of a (n, K), or of a * b (b (n, K) or (K,)) without making the product -> (n, 1), by
+    np.einsum's loops: two to five times faster than NumPy's sum over rows as short as a hidden size, and a row's
+    sum the same whatever rows come with it (the same bits on any thread count). The sums round in another order
+    than the reference's, so the forms that use this match it to float32 rounding, not bit for bit."""
+    xp = backend.xp()
+    if b is None:
+        return xp.einsum("ij->i", a)[:, None]
+    return xp.einsum("ij,ij->i" if b.ndim == 2 else "ij,j->i", a, b)[:, None]
+
+
+def _column_sums(a):
+    """Sums over all the rows of a (N, K) -> (K,): ones (1, N) @ a, the BLAS's kernel, faster than NumPy's sum
+    over rows. Always over the whole array: the same bits on any thread count."""
+    xp = backend.xp()
+    return xp.matmul(xp.ones((1, a.shape[0]), a.dtype), a).reshape(-1)
+
+
 @register("linear_backward", in_place)
 def linear_backward(dy, cache, x=None):
-    """The reference's products, and db as ones (1, N) @ dy: the column sums by the BLAS, faster than NumPy's
-    sum over rows (the same sums, rounded in another order)."""
-    xp = backend.xp()
+    """The reference's products, and db by _column_sums."""
     x = cache.x if x is None else x
     dy2 = dy.reshape(-1, dy.shape[-1])                  # (N, O)
     dx = matmul(dy2, cache.weight).reshape(x.shape)     # (..., I)
     dweight = matmul(dy2.T, x.reshape(-1, x.shape[-1]))   # (O, I)
-    dbias = xp.matmul(xp.ones((1, dy2.shape[0]), dy2.dtype), dy2).reshape(-1) if cache.has_bias else None   # (O,)
-    return dx, dweight, dbias
-
-
-def _row_means(x, weights):
-    """x (n, C) @ weights (C, 1) / C -> (n, 1): each row's weighted mean, its sum made by the BLAS's dot kernel,
-    several times faster than NumPy's reduction over rows as short as a hidden size (the one place here that
-    does not repeat the reference's bits: the sums round in another order)."""
-    return backend.xp().matmul(x, weights) / x.shape[-1]
+    return dx, dweight, _column_sums(dy2) if cache.has_bias else None
 
 
 @register("layernorm_forward", in_place)
@@ -60,16 +68,15 @@ def layernorm_forward(x, gamma, beta, eps):
     y = xp.empty(x2.shape, xp.result_type(x.dtype, gamma.dtype, beta.dtype))
     xhat = xp.empty(x2.shape, x.dtype)
     rstd = xp.empty((x2.shape[0], 1), x.dtype)
-    ones = xp.ones((channels, 1), dtype=x.dtype)                          # (C, 1)
 
     def normalise(rows):   # one thread's rows; rows are independent
-        xhat_r, y_r = xhat[rows], y[rows]
+        xhat_r = xhat[rows]
         # the mean as the reference sums it: centring cancels, and for a row of near-equal values rstd (up to
         # 1/sqrt(eps)) would magnify a last-bit difference in the mean
         xp.subtract(x2[rows], x2[rows].mean(axis=-1, keepdims=True), out=xhat_r)   # normalised in place below
-        xp.multiply(xhat_r, xhat_r, out=y_r)                               # y's buffer holds the squares first
-        rstd[rows] = 1.0 / (_row_means(y_r, ones) + eps) ** 0.5             # (n, 1)
+        rstd[rows] = 1.0 / (_row_sums(xhat_r, xhat_r) / channels + eps) ** 0.5    # (n, 1)
         xhat_r *= rstd[rows]
+        y_r = y[rows]
         xp.multiply(xhat_r, gamma, out=y_r)
         y_r += beta
     threads.over_rows(normalise, x2.shape[0], channels)
@@ -79,30 +86,26 @@ def layernorm_forward(x, gamma, beta, eps):
 
 @register("layernorm_backward", in_place)
 def layernorm_backward(dy, cache):
-    """mean(g) = dy @ gamma / C and mean(g xhat) = (dy xhat) @ gamma / C: both means are products with one
-    vector, and dy xhat is wanted for dgamma anyway."""
+    """With g = dy * gamma: mean(g) is the row sums of dy * gamma and mean(g xhat) those of (dy xhat) * gamma,
+    neither product made (dy xhat is wanted for dgamma anyway)."""
     xp = backend.xp()
     xhat, rstd, gamma = cache
     channels = xhat.shape[-1]
     dy2, xhat2, rstd2 = dy.reshape(-1, channels), xhat.reshape(-1, channels), rstd.reshape(-1, 1)   # (N, C) rows
     dx = xp.empty(dy2.shape, xp.result_type(dy.dtype, gamma.dtype))
     dy_xhat = xp.empty(dy2.shape, xp.result_type(dy.dtype, xhat.dtype))    # summed over rows into dgamma below
-    gamma_column = gamma.reshape(channels, 1).astype(dx.dtype)             # (C, 1)
 
     def dx_rows(rows):   # one thread's rows
         dx_r = dx[rows]
         xp.multiply(dy2[rows], xhat2[rows], out=dy_xhat[rows])
-        g_mean = _row_means(dy2[rows], gamma_column)                       # (n, 1) mean(g)
-        g_xhat_mean = _row_means(dy_xhat[rows], gamma_column)              # (n, 1) mean(g xhat)
+        g_mean = _row_sums(dy2[rows], gamma) / channels                    # (n, 1)
+        g_xhat_mean = _row_sums(dy_xhat[rows], gamma) / channels           # (n, 1)
         xp.multiply(xhat2[rows], g_xhat_mean, out=dx_r)
         dx_r += g_mean
         xp.subtract(dy2[rows] * gamma, dx_r, out=dx_r)                     # g - mean(g) - xhat mean(g xhat)
         dx_r *= rstd2[rows]
     threads.over_rows(dx_rows, dy2.shape[0], channels)
-    # sums over every row, whole: the same on any thread count
-    dgamma = xp.matmul(xp.ones((1, dy2.shape[0]), dy_xhat.dtype), dy_xhat).reshape(channels)   # (C,)
-    dbeta = xp.matmul(xp.ones((1, dy2.shape[0]), dy2.dtype), dy2).reshape(channels)            # (C,)
-    return dx.reshape(dy.shape), dgamma, dbeta
+    return dx.reshape(dy.shape), _column_sums(dy_xhat), _column_sums(dy2)   # dx, dgamma (C,), dbeta (C,)
 
 
 @register("softmax_forward", in_place)
@@ -112,13 +115,11 @@ def softmax_forward(scores):
     scores2 = scores.reshape(-1, scores.shape[-1])                          # (N, K) rows
     probs = xp.empty(scores2.shape, scores.dtype)
 
-    ones = xp.ones((scores2.shape[1], 1), scores.dtype)                      # (K, 1)
-
     def rows(r):
         p = probs[r]
         xp.subtract(scores2[r], scores2[r].max(axis=-1, keepdims=True), out=p)
         xp.exp(p, out=p)
-        p /= xp.matmul(p, ones)                                             # the row sums (as in _row_means)
+        p /= _row_sums(p)
     threads.over_rows(rows, *scores2.shape)
     probs = probs.reshape(scores.shape)
     return probs, probs
@@ -130,12 +131,9 @@ def softmax_backward(dprobs, probs):
     dprobs2, probs2 = dprobs.reshape(-1, dprobs.shape[-1]), probs.reshape(-1, probs.shape[-1])   # (N, K)
     dscores = xp.empty(dprobs2.shape, xp.result_type(dprobs.dtype, probs.dtype))
 
-    ones = xp.ones((dprobs2.shape[1], 1), dscores.dtype)                     # (K, 1)
-
     def rows(r):
         d = dscores[r]
-        xp.multiply(dprobs2[r], probs2[r], out=d)
-        xp.subtract(dprobs2[r], xp.matmul(d, ones), out=d)                  # the row sums (as in _row_means)
+        xp.subtract(dprobs2[r], _row_sums(dprobs2[r], probs2[r]), out=d)   # dp - sum(dp p)
         d *= probs2[r]
     threads.over_rows(rows, *dprobs2.shape)
     return dscores.reshape(dprobs.shape)
@@ -176,7 +174,7 @@ def shifted_softmax(logits, labels):
         xp.subtract(logits[r], logits[r].max(axis=1, keepdims=True), out=p)
         shifted_true[r] = p[xp.arange(p.shape[0]), labels[r]]
         xp.exp(p, out=p)
-        sum_exp[r] = p.sum(axis=1, keepdims=True)
+        sum_exp[r] = _row_sums(p)
         p /= sum_exp[r]
     threads.over_rows(rows, *logits.shape)
     return shifted_true, sum_exp, probs

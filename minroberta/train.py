@@ -166,6 +166,7 @@ class Trainer:
         self.skipped = 0   # updates skipped for a non-finite loss or gradient (--skip-nonfinite)
         self.optimizer = AdamW(model.params, betas=settings.betas, eps=settings.eps,
                                weight_decay=settings.weight_decay)
+        model.params = self.optimizer.hold(model.params)   # in one flat buffer: one update over all of them
         # float16 products need the loss scaled (precision.LossScaler); float32 and TF32 do not
         self.scaler = precision.LossScaler() if precision.name() == "fp16" else None
         self.step = 0
@@ -234,12 +235,16 @@ class Trainer:
             grads = world.allreduce_grads(grads)
             loss, tokens = world.allreduce_scalars([loss, tokens])
         lr = linear_schedule(self.step, settings.lr, settings.warmup_steps, settings.steps)
+        # into the optimizer's one buffer when it holds the parameters: unscaled, clipped and applied whole
+        if (flat := self.optimizer.gather(grads)) is not None:
+            grads = flat
+        tensors = {"all": flat} if flat is not None else grads
         if self.scaler:
-            self.scaler.unscale(grads)
+            self.scaler.unscale(tensors)
         if settings.clip_norm > 0:
-            norm = backend.scalar(clip_by_global_norm(grads, settings.clip_norm))
+            norm = backend.scalar(clip_by_global_norm(tensors, settings.clip_norm))
         else:
-            norm = backend.scalar(global_norm(grads))
+            norm = backend.scalar(global_norm(tensors))
         if self.scaler:
             self.scaler.update(math.isfinite(norm))
             if math.isfinite(loss) and not math.isfinite(norm):   # the scale was too large: the expected case
@@ -377,7 +382,8 @@ class Trainer:
         self.optimizer = AdamW(self.model.params, betas=self.settings.betas, eps=self.settings.eps,
                                weight_decay=self.settings.weight_decay)
         self.optimizer.load_state_arrays(read_safetensors(os.path.join(checkpoint, OPTIMIZER)),
-                                         state["optimizer_steps"])
+                                         state["optimizer_steps"], os.path.join(checkpoint, OPTIMIZER))
+        self.model.params = self.optimizer.hold(self.model.params)
         saved_batch = state.get("global_batch", self.global_batch)
         if saved_batch != self.global_batch:
             raise MinRobertaError(

@@ -93,3 +93,32 @@ def test_ten_steps_match_a_transformers_trainer(numpy_backend, dtype, tolerance)
         assert abs(loss - expected.item()) <= tolerance * abs(expected.item()), step
     for name, parameter in reference.named_parameters():
         assert relative_error(backend.to_host(model.params[name]), parameter.detach().numpy()) <= tolerance * 10, name
+
+
+def test_held_parameters_take_the_same_updates_as_separate_ones(xp):
+    """hold + gather: one update over the flat buffers gives the per-tensor update's bits, decay on matrices only."""
+    rng = np.random.default_rng(3)
+    host = {"b": rng.standard_normal(5), "w": rng.standard_normal((4, 3)), "v": rng.standard_normal((2, 2)),
+            "g": rng.standard_normal(3)}
+    separate = {k: backend.to_device(v.copy()) for k, v in host.items()}
+    plain, flat = AdamW(separate, weight_decay=0.1), AdamW(separate, weight_decay=0.1)
+    held = flat.hold({k: backend.to_device(v.copy()) for k, v in host.items()})
+    for step in range(4):
+        grads = {k: backend.to_device(rng.standard_normal(v.shape)) for k, v in host.items()}
+        plain.step(separate, grads, 1e-2)
+        flat.step(held, flat.gather(grads), 1e-2)
+    for k in host:
+        np.testing.assert_array_equal(backend.to_host(held[k]), backend.to_host(separate[k]))
+        np.testing.assert_array_equal(backend.to_host(flat.exp_avg_sq[k]), backend.to_host(plain.exp_avg_sq[k]))
+    assert not np.array_equal(backend.to_host(held["w"]), host["w"])
+
+
+def test_a_misshapen_or_missing_moment_is_named():
+    params = {"w": np.zeros((4, 3)), "b": np.zeros(3)}
+    optimizer = AdamW(params)
+    arrays = {f"{m}.{k}": np.zeros(v.shape) for m in ("exp_avg", "exp_avg_sq") for k, v in params.items()}
+    with pytest.raises(minroberta.MinRobertaError, match=r"opt.safetensors: tensor exp_avg_sq\.w has shape \(3, 4\)"):
+        optimizer.load_state_arrays({**arrays, "exp_avg_sq.w": np.zeros((3, 4))}, 1, "opt.safetensors")
+    del arrays["exp_avg.b"]
+    with pytest.raises(minroberta.MinRobertaError, match=r"no tensor exp_avg\.b"):
+        optimizer.load_state_arrays(arrays, 1, "opt.safetensors")

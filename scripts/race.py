@@ -4,9 +4,11 @@ Both sides get the same tokenizer, the same packed blocks, the same masked batch
 pipeline: dynamic masking as fairseq and DataCollatorForLanguageModeling do it, at the recipe's rate), the same
 initial weights, the same AdamW (betas, eps, weight decay on matrices only), warmup-and-decay schedule and
 gradient clipping. HuggingFace runs `RobertaForMaskedLM` (eager attention) with `torch.optim.AdamW`. Each side
-trains in its own process on the same number of threads, one after the other, until the recipe's updates are
-done or the budget is spent; the clock counts training only (evaluations are paused out of it). Both are scored
-on the same validation batches.
+trains in its own process on the same number of threads until the recipe's updates are done or the budget is
+spent; the clock counts training only (evaluations are paused out of it). The two take turns, one evaluation
+interval (--eval-every updates) at a time, the other waiting: a shared machine's slow and fast minutes fall on
+both alike, where one run after the other could hand one side a slow spell. Both are scored on the same
+validation batches.
 
     python scripts/race.py                                # the default recipe, 300 s each
     python scripts/race.py --seconds 120 --out runs/race -- --corpus notes/   # flags after -- go to the recipe
@@ -145,11 +147,38 @@ def worker(side, extra, work, budget, threads_count, out):
     data = load_data(args, Tokenizer.from_dir(work))
     run = minroberta_side if side == "minroberta" else huggingface_side
     curve = []
+    sys.stdin.readline()                      # the first turn (see take_turns)
     for seconds, step, loss, accuracy in run(args, work, data, budget):
         curve.append({"seconds": seconds, "step": step, "valid_loss": loss, "valid_mask_accuracy": accuracy})
         print(f"{side}: {seconds:6.1f} s, update {step}: validation loss {loss:.4f}, accuracy at <mask> "
               f"{accuracy:.3f}", file=sys.stderr, flush=True)
+        print("evaluated", flush=True)
+        sys.stdin.readline()                  # wait for the next turn before training on
     atomic.write_json(out, curve)
+    print("done", flush=True)
+
+
+def take_turns(commands):
+    """Start a worker per command, then let them train in turns: each is told to go on, trains to its next
+    evaluation (it says "evaluated") or to its end ("done"), and waits while the others take their turns."""
+    workers = [subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+               for command in commands]
+    running = list(workers)
+    while running:
+        for worker_process in list(running):
+            worker_process.stdin.write("go\n")
+            worker_process.stdin.flush()
+            said = worker_process.stdout.readline()
+            while said and said.strip() not in ("evaluated", "done"):   # anything a library printed
+                sys.stderr.write(said)
+                said = worker_process.stdout.readline()
+            said = said.strip()
+            if said != "evaluated":
+                running.remove(worker_process)
+                if worker_process.wait() != 0 or said != "done":
+                    for other in running:
+                        other.kill()
+                    raise SystemExit(f"a race worker failed: {' '.join(worker_process.args)}")
 
 
 # --- the report
@@ -181,6 +210,13 @@ def report(curves, budget, out, cpu):
     if reach["minroberta"] is not None:
         lines += ["", f"minroberta reached HuggingFace's final loss in {reach['minroberta'] / final['huggingface']['seconds']:.2f} "
                       "of HuggingFace's time."]
+    # when both finish the recipe, their final losses differ by rounding and the line above may not exist;
+    # the higher final loss is on both curves
+    common = max(final[side]["valid_loss"] for side in SIDES)
+    at = {side: time_to_reach(curves[side], common) for side in SIDES}
+    lines += ["", f"Both reached a validation loss of {common:.4f} (the higher final loss): minroberta after "
+                  f"{at['minroberta']:.1f} s, HuggingFace after {at['huggingface']:.1f} s, a ratio of "
+                  f"{at['minroberta'] / at['huggingface']:.2f}."]
     atomic.write_text(os.path.join(out, "race.md"), "\n".join(lines) + "\n")
     atomic.write_json(os.path.join(out, "race.json"), {"budget_s": budget, "cpu": cpu, "curves": curves})
     print("\n".join(lines))
@@ -234,13 +270,13 @@ def main():
     os.makedirs(options.out, exist_ok=True)
     work = os.path.join(options.out, "start")
     prepare(recipe(options.recipe), work)
+    paths = {side: os.path.join(options.out, f"curve-{side}.json") for side in SIDES}
+    take_turns([[sys.executable, os.path.abspath(__file__), "--worker", side, "--work", work, "--curve", paths[side],
+                 "--seconds", str(options.seconds), "--threads", str(options.threads), "--", *options.recipe]
+                for side in SIDES])
     curves = {}
     for side in SIDES:
-        path = os.path.join(options.out, f"curve-{side}.json")
-        subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", side, "--work", work, "--curve", path,
-                        "--seconds", str(options.seconds), "--threads", str(options.threads), "--", *options.recipe],
-                       check=True)
-        with open(path) as handle:
+        with open(paths[side]) as handle:
             curves[side] = json.load(handle)
     report(curves, options.seconds, options.out, cpu_name())
     return 0

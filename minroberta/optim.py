@@ -21,9 +21,10 @@ def linear_schedule(update, peak_lr, warmup, total):
 
 
 def global_norm(grads):
-    """sqrt of the sum of squares of every gradient, as a 0-d device array (no host round-trip)."""
+    """sqrt of the sum of squares of every gradient, as a 0-d device array (no host round-trip). Each sum of
+    squares is a dot product of the gradient with itself: no squares array is made."""
     xp = backend.xp()
-    return xp.sqrt(sum((g * g).sum() for g in grads.values()))
+    return xp.sqrt(sum(xp.vdot(g, g) for g in grads.values()))
 
 
 def clip_by_global_norm(grads, max_norm):

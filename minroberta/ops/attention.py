@@ -50,10 +50,10 @@ def masked_softmax_backward(dprobs, probs, scale):
 
 
 def split_heads(x, num_heads):
-    """(B, T, C) -> (B, nh, T, hd), made contiguous: the batched matrix multiplies reach the BLAS only for
-    contiguous operands (a strided view falls back to a slow loop)."""
+    """(B, T, C) -> (B, nh, T, hd), a view (no copy): each head's (T, hd) matrix has unit stride along hd, which
+    is all the BLAS needs of the batched products' operands."""
     batch, seq, channels = x.shape
-    return backend.xp().ascontiguousarray(x.reshape(batch, seq, num_heads, channels // num_heads).transpose(0, 2, 1, 3))
+    return x.reshape(batch, seq, num_heads, channels // num_heads).transpose(0, 2, 1, 3)
 
 
 def merge_heads(x):

@@ -147,6 +147,7 @@ def worker(side, extra, work, budget, threads_count, out):
     data = load_data(args, Tokenizer.from_dir(work))
     run = minroberta_side if side == "minroberta" else huggingface_side
     curve = []
+    print("ready", flush=True)
     sys.stdin.readline()                      # the first turn (see take_turns)
     for seconds, step, loss, accuracy in run(args, work, data, budget):
         curve.append({"seconds": seconds, "step": step, "valid_loss": loss, "valid_mask_accuracy": accuracy})
@@ -159,20 +160,30 @@ def worker(side, extra, work, budget, threads_count, out):
 
 
 def take_turns(commands):
-    """Start a worker per command, then let them train in turns: each is told to go on, trains to its next
-    evaluation (it says "evaluated") or to its end ("done"), and waits while the others take their turns."""
+    """Start a worker per command and wait until each has loaded its data ("ready"), then let them train in
+    turns: each is told to go on, trains to its next evaluation (it says "evaluated") or to its end ("done"),
+    and waits while the others take their turns."""
     workers = [subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
                for command in commands]
+
+    def hear(worker_process):
+        said = worker_process.stdout.readline()
+        while said and said.strip() not in ("ready", "evaluated", "done"):   # anything a library printed
+            sys.stderr.write(said)
+            said = worker_process.stdout.readline()
+        return said.strip()
+
+    for worker_process in workers:
+        if hear(worker_process) != "ready":
+            for other in workers:
+                other.kill()
+            raise SystemExit(f"a race worker failed to start: {' '.join(worker_process.args)}")
     running = list(workers)
     while running:
         for worker_process in list(running):
             worker_process.stdin.write("go\n")
             worker_process.stdin.flush()
-            said = worker_process.stdout.readline()
-            while said and said.strip() not in ("evaluated", "done"):   # anything a library printed
-                sys.stderr.write(said)
-                said = worker_process.stdout.readline()
-            said = said.strip()
+            said = hear(worker_process)
             if said != "evaluated":
                 running.remove(worker_process)
                 if worker_process.wait() != 0 or said != "done":

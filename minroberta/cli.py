@@ -56,7 +56,7 @@ def build_parser():
                      help="text files, directories or globs (blank lines separate documents); "
                           "default: the docstrings of this Python's standard library")
     pre.add_argument("--out", default=DEFAULT_OUT, help="run directory: checkpoints, metrics.jsonl, final model")
-    pre.add_argument("--steps", type=int, default=2200, help="optimizer updates")
+    pre.add_argument("--steps", type=int, default=2600, help="optimizer updates")
     pre.add_argument("--batch-size", type=int, default=64, help="sequences per micro-batch")
     pre.add_argument("--accumulate", type=int, default=1,
                      help="micro-batches per update (effective batch = batch-size x accumulate)")

@@ -101,6 +101,7 @@ class AdamW:
             self.held[name][...] = params[name]
         self._flat_params = flat
         self.gradients = backend.xp().empty_like(flat)
+        self._gradient_views = self._views(self.gradients)
         return dict(self.held)
 
     def gather(self, grads):
@@ -108,9 +109,8 @@ class AdamW:
         for clipping and `step` in one pass each. None when no parameters are held."""
         if self.held is None:
             return None
-        views = self._views(self.gradients)
         for name in self.names:
-            views[name][...] = grads[name]
+            self._gradient_views[name][...] = grads[name]
         return self.gradients
 
     def step(self, params, grads, lr):

@@ -198,13 +198,11 @@ class Trainer:
         else:
             parts = [{k: distributed.shard(v, j, count) for k, v in batch.items()} for j in range(count)]
         weights = [self.task.weight(part) / total_scored for part in parts]
-        if len(parts) == 1:
-            return [(*self.task.loss_and_grads(self.model, batch, dropout_key, scale * weights[0]), weights[0])]
-        results = [None] * count
+        results = [None] * len(parts)
 
-        def run(j):
-            results[j] = (*self.task.loss_and_grads(self.model, parts[j], None, scale * weights[j]), weights[j])
-        threads.each(run, range(count))
+        def run(j):   # dropout_key is None whenever there are several parts
+            results[j] = (*self.task.loss_and_grads(self.model, parts[j], dropout_key, scale * weights[j]), weights[j])
+        threads.each(run, range(len(parts)))   # one part: on this thread, its ops cut as usual
         return results
 
     # an inf or NaN is caught below and reported in one line (or handled by the loss scaler); NumPy's own

@@ -50,16 +50,6 @@ def _column_sums(a):
     return xp.matmul(xp.ones((1, a.shape[0]), a.dtype), a).reshape(-1)
 
 
-@register("linear_backward", in_place)
-def linear_backward(dy, cache, x=None):
-    """The reference's products, and db by _column_sums."""
-    x = cache.x if x is None else x
-    dy2 = dy.reshape(-1, dy.shape[-1])                  # (N, O)
-    dx = matmul(dy2, cache.weight).reshape(x.shape)     # (..., I)
-    dweight = matmul(dy2.T, x.reshape(-1, x.shape[-1]))   # (O, I)
-    return dx, dweight, _column_sums(dy2) if cache.has_bias else None
-
-
 @register("layernorm_forward", in_place)
 def layernorm_forward(x, gamma, beta, eps):
     xp = backend.xp()

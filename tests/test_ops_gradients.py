@@ -258,3 +258,32 @@ def test_checker_catches_a_backward_that_writes_into_dout(numpy_backend):
         return {"x": dout}
     with pytest.raises(AssertionError, match="the backward changed dout"):
         check_gradients(ops.gelu_forward, overwriting_backward, {"x": values(0, 3, 4)}, ["x"])
+
+
+@EXAMPLES
+@given(batch=st.integers(1, 2), seq=st.integers(1, 4), seed=seeds, data=st.data())
+def test_layer_on_chosen_rows(xp, batch, seq, seed, data):
+    """model.layer_forward with rows: attention over every token, the token-wise half on the chosen flat
+    positions only, y (N, C); its backward against central differences in x and in weights on both sides of
+    the cut (the query projection before it, the FFN after it)."""
+    from minroberta import Config, model
+    config = Config(vocab_size=5, hidden_size=4, num_hidden_layers=1, num_attention_heads=2, intermediate_size=6,
+                    max_position_embeddings=8)
+    layer = "encoder.layer.0."
+    params = model.init_params(model.encoder_shapes(config, ""), config, seed % 1000, np.float64)
+    rows = np.array(sorted(data.draw(st.sets(st.integers(0, batch * seq - 1), min_size=1))))
+    lengths = data.draw(st.lists(st.integers(1, seq), min_size=batch, max_size=batch))
+    key_mask = backend.to_device((np.arange(seq)[None, :] < np.array(lengths)[:, None]).astype(np.int64))
+    query_name, ffn_name = layer + "attention.self.query.weight", layer + "intermediate.dense.weight"
+    inputs = {"x": values(seed, batch, seq, 4), "query": values(seed + 1, 4, 4) * 0.5,
+              "ffn": values(seed + 2, 6, 4) * 0.5}
+
+    def forward(x, query, ffn):
+        chosen = {**params, query_name: query, ffn_name: ffn}
+        return model.layer_forward(chosen, config, layer, x, key_mask, None, rows=backend.to_device(rows))
+
+    def backward(dy, cache):
+        grads = {}
+        dx = model.layer_backward(dy, cache, layer, grads)
+        return {"x": dx, "query": grads[query_name], "ffn": grads[ffn_name]}
+    check_gradients(forward, backward, inputs, ["x", "query", "ffn"])

@@ -90,12 +90,17 @@ class AdamW:
             offset += size
         return views
 
-    def hold(self, params):
-        """params copied into one flat buffer: -> a dict of views into it, to use as the model's parameters
-        (the dict given is left as it was). With several dtypes, params itself."""
+    def hold(self, params, flat=None):
+        """params copied into one flat buffer (`flat`, 1-D, if given: memory another process maps, say): -> a dict
+        of views into it, to use as the model's parameters (the dict given is left as it was). With several
+        dtypes, params itself."""
         if self.dtype is None:
             return params
-        flat = backend.xp().empty(self._size(), dtype=self.dtype)
+        if flat is None:
+            flat = backend.xp().empty(self._size(), dtype=self.dtype)
+        elif flat.shape != (self._size(),) or flat.dtype != self.dtype:
+            raise MinRobertaError(f"a flat parameter buffer must be ({self._size()},) {self.dtype}, got "
+                                  f"{flat.shape} {flat.dtype}")
         self.held = self._views(flat)
         for name in self.names:
             self.held[name][...] = params[name]

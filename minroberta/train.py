@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from . import atomic, backend, distributed, precision
+from . import atomic, backend, distributed, precision, slices
 from .kernels import threads
 from .checkpoint import load_pretrained, read_safetensors, save_pretrained
 from .ops import IGNORE_INDEX
@@ -173,6 +173,8 @@ class Trainer:
         self.progress = progress or Progress(settings.steps, quiet=not self.world.is_main)
         self.last_eval = None
         self.interrupted = False   # set when a Ctrl-C ended run() early, after saving the update it finished
+        self.workers = None        # slices.Workers, started on the first update that can use them
+        self.use_workers = os.environ.get("MINROBERTA_SLICE_WORKERS", "1") != "0"
 
     # --- one update
     def micro_batches(self, step):
@@ -198,12 +200,39 @@ class Trainer:
         else:
             parts = [{k: distributed.shard(v, j, count) for k, v in batch.items()} for j in range(count)]
         weights = [self.task.weight(part) / total_scored for part in parts]
+        if len(parts) > 1 and (workers := self.slice_workers(parts)) is not None:
+            def here(part, part_scale):
+                with threads.alone():   # the workers have the other cores
+                    return self.task.loss_and_grads(self.model, part, None, part_scale)
+            results = workers.run(parts, [scale * w for w in weights], here)
+            return [(loss, grads, w) for (loss, grads), w in zip(results, weights)]
         results = [None] * len(parts)
 
         def run(j):   # dropout_key is None whenever there are several parts
             results[j] = (*self.task.loss_and_grads(self.model, parts[j], dropout_key, scale * weights[j]), weights[j])
         threads.each(run, range(len(parts)))   # one part: on this thread, its ops cut as usual
         return results
+
+    def slice_workers(self, parts):
+        """The worker processes for parts[1:] (slices.py), started on first use; None where they do not apply:
+        pretraining on NumPy in float32 on one rank, parameters in the optimizer's flat buffer, slices of one
+        shape, Linux, and MINROBERTA_SLICE_WORKERS not 0. If they cannot start, the threads take over, said once."""
+        rows, seq = max(len(p["input_ids"]) for p in parts), parts[0]["input_ids"].shape[1]
+        if self.workers is None:
+            if not (self.use_workers and type(self.task) is MaskedLM and self.world.size == 1 and self.scaler is None
+                    and self.model.dtype == "float32" and self.optimizer.held is not None
+                    and precision.name() == "float32" and slices.available()):
+                return None
+            try:
+                self.workers = slices.Workers(self.model, self.optimizer, len(parts) - 1, rows, seq)
+            except (OSError, MinRobertaError) as error:
+                self.use_workers = False
+                self.progress.message(f"slice worker processes did not start ({error}); the slices run on threads")
+                return None
+        if len(parts) - 1 > len(self.workers.processes) or rows > self.workers.rows or seq != self.workers.seq:
+            return None
+        self.workers.bind(self.model, self.optimizer)   # again after a restore, which holds the parameters anew
+        return self.workers
 
     # an inf or NaN is caught below and reported in one line (or handled by the loss scaler); NumPy's own
     # warnings about it along the way would only repeat that

@@ -20,6 +20,7 @@ has the GPU). Once threaded work has run, NumPy's own products in the same proce
 `use(1)` gives the BLAS its threads back.
 """
 
+import contextlib
 import contextvars
 import ctypes
 import itertools
@@ -153,6 +154,17 @@ def each(work, items):
     for error in errors:
         if error is not None:
             raise error
+
+
+@contextlib.contextmanager
+def alone():
+    """Inside, ops run whole on the calling thread, as inside a task of `each`: for work that other processes
+    run beside (slices.py), which have the other cores."""
+    token = _whole_task.set(True)
+    try:
+        yield
+    finally:
+        _whole_task.reset(token)
 
 
 def elementwise(compute, out, *inputs):

@@ -1,0 +1,80 @@
+"""The trainer's slices in worker processes (minroberta/slices.py): the same updates as with the slices on threads,
+bit for bit; a worker that dies is a one-line error; workers that cannot start leave the slices to the threads."""
+
+import numpy as np
+import pytest
+
+import minroberta
+from minroberta import slices
+from minroberta.errors import MinRobertaError
+from minroberta.kernels import threads
+from minroberta.train import TrainSettings, Trainer
+
+pytestmark = pytest.mark.skipif(not slices.available(), reason="worker processes need Linux's /dev/shm")
+
+CONFIG = minroberta.Config(vocab_size=60, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                           intermediate_size=32, max_position_embeddings=26, hidden_dropout_prob=0.0,
+                           attention_probs_dropout_prob=0.0)
+
+
+class Batches:
+    """Another masked batch of 7 rows every update (uneven slices: 3 rows here, 4 in the worker)."""
+
+    def batches_per_epoch(self, batch_size):
+        return 1000
+
+    def train_batch(self, epoch, index, batch_size, shard=(0, 1)):
+        rng = np.random.default_rng(index)
+        ids = rng.integers(5, 60, size=(7, 24))
+        labels = np.where(rng.random(ids.shape) < 0.4, ids, -100)
+        mask = np.ones_like(ids)
+        mask[-1, 20:] = 0
+        return {"input_ids": np.where(labels != -100, 4, ids), "attention_mask": mask, "labels": labels}
+
+
+def trainer(workers):
+    made = Trainer(minroberta.Roberta(CONFIG, seed=0), Batches(), None,
+                   TrainSettings(steps=5, lr=1e-2, warmup=1, dropout=False), None)
+    made.use_workers = workers
+    made.progress.quiet = True
+    return made
+
+
+def test_workers_make_the_same_updates_as_threads_bit_for_bit(numpy_backend):
+    threads.use(2)
+    runs = {}
+    for workers in (False, True):
+        t = trainer(workers)
+        losses = [t.train_step()[0] for _ in range(5)]
+        assert (t.workers is not None) == workers
+        runs[workers] = (losses, {k: np.array(v) for k, v in t.model.params.items()})
+        if t.workers:
+            assert all(p.poll() is None for p in t.workers.processes)   # still there, waiting for the next
+            t.workers.close()
+    assert runs[True][0] == runs[False][0]
+    for name, value in runs[False][1].items():
+        assert np.array_equal(runs[True][1][name], value), name
+
+
+def test_a_worker_that_dies_is_a_one_line_error(numpy_backend):
+    threads.use(2)
+    t = trainer(True)
+    t.train_step()
+    t.workers.processes[0].kill()
+    t.workers.processes[0].wait()
+    with pytest.raises(MinRobertaError, match="slice worker ended") as caught:
+        t.train_step()
+    assert "\n" not in str(caught.value)
+
+
+def test_workers_that_cannot_start_leave_the_slices_to_the_threads(numpy_backend, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError("no room in /dev/shm")
+    monkeypatch.setattr(slices, "Workers", refuse)
+    threads.use(2)
+    t = trainer(True)
+    said = []
+    t.progress.message = said.append
+    t.train_step()
+    t.train_step()
+    assert t.workers is None and len(said) == 1 and "no room in /dev/shm" in said[0]

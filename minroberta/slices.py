@@ -3,12 +3,13 @@ into one slice of rows per thread, this process computes the first slice and a w
 
 Why not threads: two threads each running a slice of small arrays keep taking the interpreter lock from each
 other (every NumPy call takes it), which cost 3-5 ms of a 40 ms update of the default run; processes share only
-the parameters, the gradients and the slices' token ids, in one file under /dev/shm that all of them map
-(docs/performance.md). Each slice is computed as on a thread, so every bit of the update is the same (tested).
+the parameters, the gradients and the slices' token ids, in one anonymous memory file (memfd) that all of them
+map (docs/performance.md). Each slice is computed as on a thread, so every bit of the update is the same (tested).
 
 A worker is a fresh interpreter (`python -m minroberta.slices`), not a fork of this one, which already runs
-threads (the pool's, the tokenizer's) that a fork could leave holding locks. It reads one line of JSON (the
-model's config and where each array lies in the file), maps the file and answers "ready". Then, for each update,
+threads (the pool's, the tokenizer's) that a fork could leave holding locks. It inherits the memory file's
+descriptor, reads one line of JSON (the model's config and where each array lies in the file), maps the file and
+answers "ready". Then, for each update,
 once its slice's ids, mask and labels are in the file, it reads a line "rows loss_scale", writes the slice's
 gradients into its part of the file and answers with the loss. It ignores Ctrl-C (the trainer finishes the
 update, then saves) and exits when its input closes, so it never outlives the trainer.
@@ -27,13 +28,12 @@ import numpy as np
 
 from .errors import MinRobertaError
 
-_SHARED_DIR = "/dev/shm"
 _INPUTS = ("input_ids", "attention_mask", "labels")
 
 
 def available():
-    """Whether worker processes can run here: a Linux-style /dev/shm to share memory through."""
-    return sys.platform.startswith("linux") and os.path.isdir(_SHARED_DIR) and os.access(_SHARED_DIR, os.W_OK)
+    """Whether worker processes can run here: Linux's anonymous memory files (memfd) to share memory through."""
+    return sys.platform.startswith("linux") and hasattr(os, "memfd_create")
 
 
 def _layout(names, shapes, workers, rows, seq):
@@ -47,11 +47,6 @@ def _layout(names, shapes, workers, rows, seq):
     inputs = [start + 8 * rows * seq * len(_INPUTS) * w for w in range(workers)]
     return {"size": size, "params": params, "grads": grads, "inputs": inputs,
             "bytes": start + 8 * rows * seq * len(_INPUTS) * workers}
-
-
-def _map(path, nbytes):
-    with open(path, "r+b") as handle:
-        return mmap.mmap(handle.fileno(), nbytes)
 
 
 def _views(buffer, offset, names, shapes):
@@ -76,12 +71,11 @@ class Workers:
     def __init__(self, model, optimizer, count, rows, seq):
         self.names, self.shapes, self.rows, self.seq = list(optimizer.names), dict(optimizer.shapes), rows, seq
         self.layout = _layout(self.names, self.shapes, count, rows, seq)
-        descriptor, path = _tempfile()
+        descriptor = os.memfd_create("minroberta-slices")   # memory with no name to leave behind if killed
         self.processes = []
         try:
             os.ftruncate(descriptor, self.layout["bytes"])
-            os.close(descriptor)
-            self.buffer = _map(path, self.layout["bytes"])
+            self.buffer = mmap.mmap(descriptor, self.layout["bytes"])
             self.params = np.frombuffer(self.buffer, np.float32, self.layout["size"], self.layout["params"])
             self.grads = [_views(self.buffer, offset, self.names, self.shapes) for offset in self.layout["grads"]]
             self.inputs = [_inputs(self.buffer, offset, rows, seq) for offset in self.layout["inputs"]]
@@ -91,12 +85,14 @@ class Workers:
             environment = dict(os.environ, OPENBLAS_NUM_THREADS="1", MINROBERTA_THREADS="1",
                                PYTHONPATH=os.pathsep.join(filter(None, [package_parent,
                                                                         os.environ.get("PYTHONPATH")])))
-            setup = {"path": path, "config": model.config.to_dict(), "dtype": model.dtype, "prefix": model.prefix,
-                     "head": model.head, "names": self.names, "shapes": {n: list(s) for n, s in self.shapes.items()},
-                     "layout": self.layout, "rows": rows, "seq": seq}
+            setup = {"descriptor": descriptor, "config": model.config.to_dict(), "dtype": model.dtype,
+                     "prefix": model.prefix, "head": model.head, "names": self.names,
+                     "shapes": {n: list(s) for n, s in self.shapes.items()}, "layout": self.layout, "rows": rows,
+                     "seq": seq}
             for index in range(count):
                 process = subprocess.Popen([sys.executable, "-m", "minroberta.slices"], stdin=subprocess.PIPE,
-                                           stdout=subprocess.PIPE, env=environment, text=True, bufsize=1)
+                                           stdout=subprocess.PIPE, env=environment, text=True, bufsize=1,
+                                           pass_fds=(descriptor,), start_new_session=True)   # Ctrl-C is for the trainer
                 self.processes.append(process)
                 process.stdin.write(json.dumps(dict(setup, index=index)) + "\n")
             for process in self.processes:
@@ -105,8 +101,7 @@ class Workers:
             self.close()
             raise
         finally:
-            if os.path.exists(path):
-                os.unlink(path)   # every process has it mapped by now (or has failed): the memory lives on
+            os.close(descriptor)   # the mappings keep the memory; the workers have their own descriptors
         self._finalizer = weakref.finalize(self, _stop, self.processes)
 
     def bind(self, model, optimizer):
@@ -172,11 +167,6 @@ def _stop(processes):
             process.wait()
 
 
-def _tempfile():
-    import tempfile
-    return tempfile.mkstemp(prefix="minroberta-slices-", dir=_SHARED_DIR)
-
-
 def serve(stdin=sys.stdin, stdout=sys.stdout):
     """A worker's loop (see the module's docstring)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -186,7 +176,7 @@ def serve(stdin=sys.stdin, stdout=sys.stdout):
         setup = json.loads(stdin.readline())
         shapes = {n: tuple(s) for n, s in setup["shapes"].items()}
         layout, index = setup["layout"], setup["index"]
-        buffer = _map(setup["path"], layout["bytes"])
+        buffer = mmap.mmap(setup["descriptor"], layout["bytes"])   # the trainer's memory file (pass_fds)
         params = _views(buffer, layout["params"], setup["names"], shapes)
         grads = _views(buffer, layout["grads"][index], setup["names"], shapes)
         inputs = _inputs(buffer, layout["inputs"][index], setup["rows"], setup["seq"])

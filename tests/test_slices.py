@@ -10,7 +10,7 @@ from minroberta.errors import MinRobertaError
 from minroberta.kernels import threads
 from minroberta.train import TrainSettings, Trainer
 
-pytestmark = pytest.mark.skipif(not slices.available(), reason="worker processes need Linux's /dev/shm")
+pytestmark = pytest.mark.skipif(not slices.available(), reason="worker processes need Linux's memfd_create")
 
 CONFIG = minroberta.Config(vocab_size=60, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                            intermediate_size=32, max_position_embeddings=26, hidden_dropout_prob=0.0,
@@ -69,7 +69,7 @@ def test_a_worker_that_dies_is_a_one_line_error(numpy_backend):
 
 def test_workers_that_cannot_start_leave_the_slices_to_the_threads(numpy_backend, monkeypatch):
     def refuse(*args, **kwargs):
-        raise OSError("no room in /dev/shm")
+        raise OSError("out of memory for the shared file")
     monkeypatch.setattr(slices, "Workers", refuse)
     threads.use(2)
     t = trainer(True)
@@ -77,4 +77,4 @@ def test_workers_that_cannot_start_leave_the_slices_to_the_threads(numpy_backend
     t.progress.message = said.append
     t.train_step()
     t.train_step()
-    assert t.workers is None and len(said) == 1 and "no room in /dev/shm" in said[0]
+    assert t.workers is None and len(said) == 1 and "out of memory for the shared file" in said[0]

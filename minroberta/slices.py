@@ -2,17 +2,21 @@
 into one slice of rows per thread, this process computes the first slice and a worker process each other one.
 
 Why not threads: two threads each running a slice of small arrays keep taking the interpreter lock from each
-other (every NumPy call takes it), which cost 3-5 ms of a 40 ms update of the default run; processes share only
-the parameters, the gradients and the slices' token ids, in one anonymous memory file (memfd) that all of them
-map (docs/performance.md). Each slice is computed as on a thread, so every bit of the update is the same (tested).
+other (every NumPy call takes it), which costs the default run about a tenth of each update (docs/performance.md).
+Processes share only the parameters, the gradients and the slices' token ids, in one anonymous memory file
+(memfd) that all of them map. Each slice is computed as on a thread, and the gradients are summed in the same
+order, so every bit of the update is the same (tests/test_slices.py).
 
 A worker is a fresh interpreter (`python -m minroberta.slices`), not a fork of this one, which already runs
 threads (the pool's, the tokenizer's) that a fork could leave holding locks. It inherits the memory file's
 descriptor, reads one line of JSON (the model's config and where each array lies in the file), maps the file and
-answers "ready". Then, for each update,
-once its slice's ids, mask and labels are in the file, it reads a line "rows loss_scale", writes the slice's
-gradients into its part of the file and answers with the loss. It ignores Ctrl-C (the trainer finishes the
-update, then saves) and exits when its input closes, so it never outlives the trainer.
+answers "ready". Then, for each update, once its slice's ids, mask and labels are in the file, it reads a line
+"rows loss_scale", writes the slice's gradients into its block of the file and answers with the loss (or "error"
+and the reason). It runs in a session of its own, so Ctrl-C in a terminal reaches only the trainer, which
+finishes the update and saves, and it exits when its input closes, so it never outlives the trainer.
+
+Memory: the file holds the parameters and a gradient block per worker, about what the threads' slices hold as
+gradients of their own; a worker also builds its slice's gradients before copying them into its block.
 """
 
 import json
@@ -37,16 +41,15 @@ def available():
 
 
 def _layout(names, shapes, workers, rows, seq):
-    """Byte offsets in the shared file: the float32 parameters, a gradient block per worker, then per worker
-    its slice's (rows, seq) int64 ids, mask and labels."""
+    """Byte offsets in the shared file: the float32 parameters at 0, a gradient block per worker, then per
+    worker its slice's (rows, seq) int64 ids, mask and labels."""
     size = sum(math.prod(shapes[n]) for n in names)
-    params = 0
-    grads = [params + 4 * size * (1 + w) for w in range(workers)]
-    start = params + 4 * size * (1 + workers)
+    grads = [4 * size * (1 + w) for w in range(workers)]
+    start = 4 * size * (1 + workers)
     start += -start % 8
-    inputs = [start + 8 * rows * seq * len(_INPUTS) * w for w in range(workers)]
-    return {"size": size, "params": params, "grads": grads, "inputs": inputs,
-            "bytes": start + 8 * rows * seq * len(_INPUTS) * workers}
+    block = 8 * len(_INPUTS) * rows * seq
+    return {"size": size, "grads": grads, "inputs": [start + block * w for w in range(workers)],
+            "bytes": start + block * workers}
 
 
 def _views(buffer, offset, names, shapes):
@@ -76,33 +79,41 @@ class Workers:
         try:
             os.ftruncate(descriptor, self.layout["bytes"])
             self.buffer = mmap.mmap(descriptor, self.layout["bytes"])
-            self.params = np.frombuffer(self.buffer, np.float32, self.layout["size"], self.layout["params"])
+            self.params = np.frombuffer(self.buffer, np.float32, self.layout["size"], 0)
             self.grads = [_views(self.buffer, offset, self.names, self.shapes) for offset in self.layout["grads"]]
             self.inputs = [_inputs(self.buffer, offset, rows, seq) for offset in self.layout["inputs"]]
             self.bound = None
             self.bind(model, optimizer)
+            # the workers import this very package (the working directory comes first on their path), on NumPy
             package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
             environment = dict(os.environ, OPENBLAS_NUM_THREADS="1", MINROBERTA_THREADS="1",
-                               PYTHONPATH=os.pathsep.join(filter(None, [package_parent,
-                                                                        os.environ.get("PYTHONPATH")])))
+                               MINROBERTA_BACKEND="numpy")
             setup = {"descriptor": descriptor, "config": model.config.to_dict(), "dtype": model.dtype,
                      "prefix": model.prefix, "head": model.head, "names": self.names,
                      "shapes": {n: list(s) for n, s in self.shapes.items()}, "layout": self.layout, "rows": rows,
                      "seq": seq}
             for index in range(count):
                 process = subprocess.Popen([sys.executable, "-m", "minroberta.slices"], stdin=subprocess.PIPE,
-                                           stdout=subprocess.PIPE, env=environment, text=True, bufsize=1,
-                                           pass_fds=(descriptor,), start_new_session=True)   # Ctrl-C is for the trainer
+                                           stdout=subprocess.PIPE, env=environment, cwd=package_parent, text=True,
+                                           bufsize=1, pass_fds=(descriptor,), start_new_session=True)
                 self.processes.append(process)
                 process.stdin.write(json.dumps(dict(setup, index=index)) + "\n")
             for process in self.processes:
-                self._answer(process, "starting")
+                if (said := self._answer(process, "starting")) != "ready":
+                    raise MinRobertaError(f"a slice worker failed to start: {said.removeprefix('error ')}")
         except BaseException:
             self.close()
             raise
         finally:
-            os.close(descriptor)   # the mappings keep the memory; the workers have their own descriptors
+            os.close(descriptor)   # the mappings keep the memory; the workers have descriptors of their own
         self._finalizer = weakref.finalize(self, _stop, self.processes)
+
+    def fits(self, optimizer, parts):
+        """Whether these workers can take parts[1:] of a model held by `optimizer`: as many workers, slices no
+        larger, the same parameters in the same order (a restored optimizer may list them otherwise)."""
+        return (len(parts) - 1 <= len(self.processes) and optimizer.names == self.names
+                and optimizer.shapes == self.shapes and parts[0]["input_ids"].shape[1] == self.seq
+                and all(len(part["input_ids"]) <= self.rows for part in parts[1:]))
 
     def bind(self, model, optimizer):
         """Make the model's parameters views of the shared file (copying them in), unless they are already."""
@@ -113,32 +124,38 @@ class Workers:
     def run(self, parts, scales, compute_here):
         """Hand parts[1:] to the workers, compute parts[0] here with compute_here(part, scale) -> (loss, grads),
         and return [(loss, grads)] in the order of parts (a worker's gradients are views of the shared file,
-        valid until the next call)."""
-        for process, inputs, part, scale in zip(self.processes, self.inputs, parts[1:], scales[1:]):
-            rows = len(part["input_ids"])
-            if rows > self.rows or part["input_ids"].shape[1] != self.seq:
-                raise MinRobertaError(f"a slice of {part['input_ids'].shape} does not fit the workers' "
-                                      f"({self.rows}, {self.seq})")
-            for name in _INPUTS:
-                inputs[name][:rows] = part[name]
-            try:
-                process.stdin.write(f"{rows} {scale!r}\n")
-            except OSError:   # its end of the pipe is closed: it has ended
-                self._ended(process, "computing a slice")
+        valid until the next call). Anything that leaves the exchange half done (a Ctrl-C while waiting, a worker
+        gone) stops the workers, so none is left with a stale slice."""
+        busy = self.processes[:len(parts) - 1]
         try:
-            results = [compute_here(parts[0], scales[0])]
-        finally:   # the workers are answered either way, so none is left mid-slice
-            losses = [self._answer(process, "a slice") for process in self.processes[:len(parts) - 1]]
+            for process, inputs, part, scale in zip(busy, self.inputs, parts[1:], scales[1:]):
+                rows = len(part["input_ids"])
+                for name in _INPUTS:
+                    inputs[name][:rows] = part[name]
+                try:
+                    process.stdin.write(f"{rows} {scale!r}\n")
+                except OSError:   # its end of the pipe is closed: it has ended
+                    self._ended(process, "computing a slice")
+            try:
+                results = [compute_here(parts[0], scales[0])]
+            finally:   # every worker answers either way, so the exchange stays in step
+                answers = [self._answer(process, "computing a slice") for process in busy]
+        except BaseException:
+            self.close()
+            raise
+        losses = []
+        for said in answers:
+            try:
+                losses.append(float(said))
+            except ValueError:   # the worker's own error, the exchange still in step: the run stops with it
+                raise MinRobertaError(said.removeprefix("error ")) from None
         return results + [(np.float32(loss), grads) for loss, grads in zip(losses, self.grads)]
 
     def _answer(self, process, doing):
         said = process.stdout.readline().strip()
-        if said.startswith("error "):
-            self.close()
-            raise MinRobertaError(f"a slice worker failed {doing}: {said[6:]}")
         if not said:
-            self._ended(process, "starting" if doing == "starting" else "computing a slice")
-        return 0.0 if said == "ready" else float(said)
+            self._ended(process, doing)
+        return said
 
     def _ended(self, process, doing):
         if process.poll() is None:   # its pipe broke some other way: it cannot be trusted with the next slice
@@ -154,6 +171,7 @@ class Workers:
 
 
 def _stop(processes):
+    """Close each worker's input (it exits at the end of it), wait for it, a few seconds at most, then kill it."""
     for process in processes:
         try:
             process.stdin.close()
@@ -165,11 +183,16 @@ def _stop(processes):
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        process.stdout.close()
 
 
-def serve(stdin=sys.stdin, stdout=sys.stdout):
-    """A worker's loop (see the module's docstring)."""
+def serve(stdin=sys.stdin):
+    """A worker's loop (see the module's docstring). Its answers go out on a copy of stdout; stdout itself is
+    pointed at stderr, so that nothing a library prints can be taken for an answer."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    answers = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    np.seterr(over="ignore", invalid="ignore")   # as the trainer's step: a non-finite loss is its to report
     try:
         from .config import Config
         from .model import Roberta
@@ -177,17 +200,15 @@ def serve(stdin=sys.stdin, stdout=sys.stdout):
         shapes = {n: tuple(s) for n, s in setup["shapes"].items()}
         layout, index = setup["layout"], setup["index"]
         buffer = mmap.mmap(setup["descriptor"], layout["bytes"])   # the trainer's memory file (pass_fds)
-        params = _views(buffer, layout["params"], setup["names"], shapes)
+        params = _views(buffer, 0, setup["names"], shapes)
         grads = _views(buffer, layout["grads"][index], setup["names"], shapes)
         inputs = _inputs(buffer, layout["inputs"][index], setup["rows"], setup["seq"])
         model = Roberta(Config.from_dict(setup["config"]), dtype=setup["dtype"], params=params,
                         prefix=setup["prefix"], head=setup["head"])
+        answers.write("ready\n")
     except Exception as error:   # noqa: BLE001 (reported to the trainer, which stops with it)
-        stdout.write(f"error {type(error).__name__}: {error}\n".replace("\n", " ").rstrip() + "\n")
-        stdout.flush()
+        answers.write(f"error {type(error).__name__}: {error}".replace("\n", " ") + "\n")
         return 1
-    stdout.write("ready\n")
-    stdout.flush()
     for line in stdin:
         try:
             rows, scale = line.split()
@@ -197,10 +218,11 @@ def serve(stdin=sys.stdin, stdout=sys.stdout):
             for name, g in slice_grads.items():
                 grads[name][...] = g
             answer = repr(float(loss))
+        except MinRobertaError as error:   # bad input, said as the trainer would say it
+            answer = f"error {error}".replace("\n", " ")
         except Exception as error:   # noqa: BLE001
-            answer = f"error {type(error).__name__}: {error}".replace("\n", " ")
-        stdout.write(answer + "\n")
-        stdout.flush()
+            answer = f"error a slice worker failed: {type(error).__name__}: {error}".replace("\n", " ")
+        answers.write(answer + "\n")
     return 0
 
 

@@ -189,9 +189,9 @@ class Trainer:
     def losses_and_grads(self, batch, dropout_key, total_scored):
         """[(loss, gradients, weight)] of a micro-batch's parts: the micro-batch whole, or, on several NumPy
         threads without dropout and with a row for each, one slice of its rows per thread (distributed.shard's
-        slices), computed side by side (threads.each). Whole parts on threads of their own beat cutting every op
-        of one batch (docs/performance.md); dropout draws its masks for the micro-batch whole, so with dropout
-        it stays whole. A part's weight is its share of the update's scored tokens, and its gradients come
+        slices), computed side by side: in worker processes where they apply (slice_workers), else on the threads
+        (threads.each). Whole parts side by side beat cutting every op of one batch (docs/performance.md);
+        dropout draws its masks for the micro-batch whole, so with dropout it stays whole. A part's weight is its share of the update's scored tokens, and its gradients come
         already weighted (through the loss scale), so the update's gradient is their plain sum."""
         scale = self.scaler.scale if self.scaler else 1.0
         count = threads.count() if backend.name() == "numpy" and dropout_key is None else 1
@@ -214,23 +214,26 @@ class Trainer:
         return results
 
     def slice_workers(self, parts):
-        """The worker processes for parts[1:] (slices.py), started on first use; None where they do not apply:
-        pretraining on NumPy in float32 on one rank, parameters in the optimizer's flat buffer, slices of one
-        shape, Linux, and MINROBERTA_SLICE_WORKERS not 0. If they cannot start, the threads take over, said once."""
-        rows, seq = max(len(p["input_ids"]) for p in parts), parts[0]["input_ids"].shape[1]
+        """The worker processes for parts[1:] (slices.py), started on first use and again when the parts or the
+        parameters' layout change; None where they do not apply: pretraining on NumPy in float32 on one rank,
+        parameters in the optimizer's flat buffer, Linux, and MINROBERTA_SLICE_WORKERS not 0. If they cannot
+        start, the threads take over, said once."""
+        if not (self.use_workers and type(self.task) is MaskedLM and self.world.size == 1 and self.scaler is None
+                and self.model.dtype == "float32" and self.optimizer.held is not None
+                and precision.name() == "float32" and slices.available()):
+            return None
+        if self.workers is not None and not self.workers.fits(self.optimizer, parts):
+            self.workers.close()
+            self.workers = None
         if self.workers is None:
-            if not (self.use_workers and type(self.task) is MaskedLM and self.world.size == 1 and self.scaler is None
-                    and self.model.dtype == "float32" and self.optimizer.held is not None
-                    and precision.name() == "float32" and slices.available()):
-                return None
+            rows = max(len(part["input_ids"]) for part in parts)
             try:
-                self.workers = slices.Workers(self.model, self.optimizer, len(parts) - 1, rows, seq)
+                self.workers = slices.Workers(self.model, self.optimizer, len(parts) - 1, rows,
+                                              parts[0]["input_ids"].shape[1])
             except (OSError, MinRobertaError) as error:
                 self.use_workers = False
                 self.progress.message(f"slice worker processes did not start ({error}); the slices run on threads")
                 return None
-        if len(parts) - 1 > len(self.workers.processes) or rows > self.workers.rows or seq != self.workers.seq:
-            return None
         self.workers.bind(self.model, self.optimizer)   # again after a restore, which holds the parameters anew
         return self.workers
 

@@ -78,3 +78,40 @@ def test_workers_that_cannot_start_leave_the_slices_to_the_threads(numpy_backend
     t.train_step()
     t.train_step()
     assert t.workers is None and len(said) == 1 and "out of memory for the shared file" in said[0]
+
+
+def test_a_restored_optimizer_that_lists_the_parameters_otherwise_gets_workers_that_agree(numpy_backend):
+    """A restore holds the parameters anew, perhaps in another order (load_pretrained's, not the model's): the
+    workers must follow, or they would read one tensor's numbers as another's."""
+    from minroberta.optim import AdamW
+    threads.use(2)
+    runs = {}
+    for workers in (False, True):
+        t = trainer(workers)
+        t.train_step()
+        reordered, before = dict(reversed(list(t.model.params.items()))), list(t.optimizer.names)
+        t.optimizer = AdamW(reordered, betas=t.settings.betas, eps=t.settings.eps,
+                            weight_decay=t.settings.weight_decay)
+        assert t.optimizer.names != before
+        t.model.params = t.optimizer.hold(reordered)
+        losses = [t.train_step()[0] for _ in range(2)]
+        runs[workers] = losses, {k: np.array(v) for k, v in t.model.params.items()}
+        if t.workers:
+            t.workers.close()
+    assert runs[True][0] == runs[False][0]
+    for name, value in runs[False][1].items():
+        assert np.array_equal(runs[True][1][name], value), name
+
+
+def test_bad_input_in_a_workers_slice_is_the_same_one_line_error(numpy_backend):
+    class BadRow(Batches):
+        def train_batch(self, epoch, index, batch_size, shard=(0, 1)):
+            batch = super().train_batch(epoch, index, batch_size, shard)
+            batch["input_ids"][5, 3] = 999   # row 5 is in the worker's slice (rows 3-6)
+            return batch
+    threads.use(2)
+    t = trainer(True)
+    t.data = BadRow()
+    with pytest.raises(MinRobertaError, match="999") as caught:
+        t.train_step()
+    assert "\n" not in str(caught.value) and t.workers is not None

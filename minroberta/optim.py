@@ -37,6 +37,16 @@ def clip_by_global_norm(grads, max_norm):
     return norm
 
 
+def flat_views(flat, names, shapes):
+    """name -> the view of `flat` (1-D, the tensors laid end to end in the order of `names`) in its shape."""
+    views, offset = {}, 0
+    for name in names:
+        size = math.prod(shapes[name])
+        views[name] = flat[offset:offset + size].reshape(shapes[name])
+        offset += size
+    return views
+
+
 def adamw_update(p, g, m, v, decay, beta1, beta2, eps, step_size, bias_correction2_sqrt):
     """One tensor's AdamW update, p, m and v in place (the same operations, in the same order, as torch's):
     p <- p * decay;  m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;
@@ -82,13 +92,7 @@ class AdamW:
         return sum(math.prod(shape) for shape in self.shapes.values())
 
     def _views(self, flat):
-        """name -> the view of `flat` (1-D, laid out as self.names) in that parameter's shape."""
-        views, offset = {}, 0
-        for name in self.names:
-            size = math.prod(self.shapes[name])
-            views[name] = flat[offset:offset + size].reshape(self.shapes[name])
-            offset += size
-        return views
+        return flat_views(flat, self.names, self.shapes)
 
     def hold(self, params, flat=None):
         """params copied into one flat buffer (`flat`, 1-D, if given: memory another process maps, say): -> a dict

@@ -2,7 +2,7 @@
 into one slice of rows per thread, this process computes the first slice and a worker process each other one.
 
 Why not threads: two threads each running a slice of small arrays keep taking the interpreter lock from each
-other (every NumPy call takes it), which costs the default run about a tenth of each update (docs/performance.md).
+other (every NumPy call takes it) on every op of the update (measured in docs/performance.md).
 Processes share only the parameters, the gradients and the slices' token ids, in one anonymous memory file
 (memfd) that all of them map. Each slice is computed as on a thread, and the gradients are summed in the same
 order, so every bit of the update is the same (tests/test_slices.py).
@@ -31,6 +31,7 @@ import weakref
 import numpy as np
 
 from .errors import MinRobertaError
+from .optim import flat_views
 
 _INPUTS = ("input_ids", "attention_mask", "labels")
 
@@ -54,12 +55,8 @@ def _layout(names, shapes, workers, rows, seq):
 
 def _views(buffer, offset, names, shapes):
     """name -> a float32 view of `buffer` at `offset`, laid out as the optimizer's flat buffers."""
-    views = {}
-    for name in names:
-        count = math.prod(shapes[name])
-        views[name] = np.frombuffer(buffer, np.float32, count, offset).reshape(shapes[name])
-        offset += 4 * count
-    return views
+    return flat_views(np.frombuffer(buffer, np.float32, sum(math.prod(shapes[n]) for n in names), offset), names,
+                      shapes)
 
 
 def _inputs(buffer, offset, rows, seq):

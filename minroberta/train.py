@@ -191,8 +191,9 @@ class Trainer:
         threads without dropout and with a row for each, one slice of its rows per thread (distributed.shard's
         slices), computed side by side: in worker processes where they apply (slice_workers), else on the threads
         (threads.each). Whole parts side by side beat cutting every op of one batch (docs/performance.md);
-        dropout draws its masks for the micro-batch whole, so with dropout it stays whole. A part's weight is its share of the update's scored tokens, and its gradients come
-        already weighted (through the loss scale), so the update's gradient is their plain sum."""
+        dropout draws its masks for the micro-batch whole, so with dropout it stays whole. A part's weight is its
+        share of the update's scored tokens, and its gradients come already weighted (through the loss scale), so
+        the update's gradient is their plain sum."""
         scale = self.scaler.scale if self.scaler else 1.0
         count = threads.count() if backend.name() == "numpy" and dropout_key is None else 1
         if count == 1 or len(batch["input_ids"]) < count:

@@ -36,7 +36,7 @@ if (( dry )); then
 else
     backend=cupy
     bench=(--backend cupy --preset base --mode train --repeats 2 --steps 10 --warmup 3)
-    # the README's default run (tiny preset, 600 updates), so its validation loss can be set beside the CPU's
+    # the README's default run (mini preset, 2,600 updates), so its validation loss can be set beside the CPU's
     pretrain=(--backend cupy --save-every 600)
 fi
 

@@ -8,14 +8,23 @@ import json
 import os
 import tempfile
 
+# the process's umask, read once (reading it means setting it): a temporary file is created private (0600), and
+# the renamed result should get the mode any new file of the user's gets
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def replacing(path):
     """A binary handle on a temporary file beside `path`, renamed over it when the block ends (and removed if
     the block raises): for a file written piece by piece, such as a stream of results."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix="-" + os.path.basename(path))
     try:
+        fd, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix="-" + os.path.basename(path))
+    except FileNotFoundError:   # name the folder the user gave, not the temporary file
+        raise FileNotFoundError(2, "no such directory to write into", directory) from None
+    try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()

@@ -437,3 +437,18 @@ def test_no_code_path_in_the_package_reads_a_pickle():
     assert len(files) > 10 and package / "checkpoint.py" in files
     found = [hit for path in files for hit in pickle_paths(path.read_text(encoding="utf-8"), str(path))]
     assert not found, found
+
+
+def test_atomic_writes_get_the_users_file_mode_and_name_a_missing_folder(tmp_path):
+    """The temporary file starts private (0600); what is renamed into place gets the mode of any new file of the
+    user's (0666 less the umask), and a folder that does not exist is named, not the temporary file."""
+    from minroberta import atomic
+    umask = os.umask(0o022)
+    os.umask(umask)
+    target = tmp_path / "out.json"
+    atomic.write_json(target, {"a": 1})
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+    with pytest.raises(FileNotFoundError) as raised:
+        atomic.write_text(tmp_path / "missing" / "out.txt", "x")
+    assert raised.value.filename == str(tmp_path / "missing")
+    assert os.listdir(tmp_path) == ["out.json"]

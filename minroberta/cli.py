@@ -21,6 +21,16 @@ LR = 5e-3   # the default recipe's peak learning rate
 PRETRAIN_WARMUP = 0.15   # share of the updates spent warming up, when --warmup is not given
 SHAPE_FLAGS = {"--hidden-size": "hidden_size", "--layers": "num_hidden_layers", "--heads": "num_attention_heads",
                "--intermediate-size": "intermediate_size"}
+# The flags that make a run what it is (argparse's names). Each checkpoint keeps their values (Trainer.recipe) and
+# --resume takes them back, so `--resume --out DIR` alone goes on with the run as it was started. Given again with
+# another value they are an error, but pretraining's --steps may grow: the run then goes on longer.
+PRETRAIN_RECIPE = ("corpus", "preset", "hidden_size", "layers", "heads", "intermediate_size", "seq_len", "mask_prob",
+                   "steps", "batch_size", "accumulate", "lr", "warmup", "beta2", "weight_decay", "clip_norm",
+                   "dropout", "skip_nonfinite", "seed", "dtype")
+FINETUNE_RECIPE = ("model", "task", "train", "eval", "epochs", "batch_size", "accumulate", "lr", "warmup",
+                   "weight_decay", "max_length", "seed")
+RECIPES = {"pretrain": PRETRAIN_RECIPE, "finetune": FINETUNE_RECIPE}
+PATH_FLAGS = ("corpus", "model", "train", "eval")   # kept absolute, for a resume from another folder
 
 
 def add_device_arguments(command):
@@ -177,7 +187,59 @@ def build_parser():
     masking.add_argument("--epochs", type=int, default=2, help="the same sequences masked for this many epochs, one "
                                                                "panel each: the masks are drawn afresh every epoch")
     masking.add_argument("--seed", type=int, default=0, help="the seed the masks are drawn from")
+    parser.commands = {"pretrain": pre, "finetune": tune}   # for given_flags
     return parser
+
+
+def given_flags(argv, command):
+    """Which of the command's recipe flags the command line sets itself rather than leaving at their defaults:
+    the same arguments parsed again with a marker for their defaults."""
+    parser, unset = build_parser(), object()
+    parser.commands[command].set_defaults(**dict.fromkeys(RECIPES[command], unset))
+    parsed = vars(parser.parse_args(argv))
+    return {dest for dest in RECIPES[command] if parsed[dest] is not unset}
+
+
+def recipe_of(args):
+    """The recipe flags' values as a checkpoint keeps them."""
+    recipe = {}
+    for dest in RECIPES[args.command]:
+        value = getattr(args, dest)
+        if dest in PATH_FLAGS and value is not None:
+            value = [os.path.abspath(v) for v in value] if isinstance(value, list) else os.path.abspath(value)
+        recipe[dest] = value
+    return recipe
+
+
+def keep_recipe(args, checkpoint, say):
+    """On --resume: the checkpoint's recipe replaces the flags left at their defaults; a flag given with another
+    value is a one-line error (pretraining's --steps may grow past the checkpoint's step). -> the trainer state."""
+    from .train import read_state
+    state = read_state(checkpoint)
+    saved = state.get("recipe")
+    if saved is None:   # written before checkpoints kept their recipe: the trainer settings, as far as they go
+        settings = state.get("settings", {})
+        saved = {k: settings[k] for k in ("steps", "batch_size", "accumulate", "lr", "weight_decay", "clip_norm",
+                                          "seed", "skip_nonfinite") if k in settings}
+    given, asked = getattr(args, "given", set()), recipe_of(args)
+    for dest in RECIPES[args.command]:
+        if dest not in saved or asked[dest] == saved[dest]:
+            continue
+        flag = "--" + dest.replace("_", "-")
+        if dest not in given:
+            setattr(args, dest, saved[dest])
+        elif dest == "steps" and args.command == "pretrain" and asked[dest] > state["step"]:
+            say(f"--steps {asked[dest]}: the run was set for {saved[dest]} updates and now goes on to "
+                f"{asked[dest]}, its learning rate decaying to the new end")
+        elif dest == "steps" and args.command == "pretrain":
+            raise MinRobertaError(f"--steps {asked[dest]} is not past {checkpoint}'s step {state['step']}")
+        else:
+            value = saved[dest]
+            was = f"without {flag}" if value is None or value is False else f"with {flag}" if value is True else \
+                f"with {flag} {' '.join(map(str, value)) if isinstance(value, list) else value}"
+            raise MinRobertaError(f"{checkpoint} was trained {was}; --resume keeps a run's recipe, so drop {flag} "
+                                  "(or start a new run in another --out)")
+    return state
 
 
 def add_collection_arguments(command, printed, saved):
@@ -196,6 +258,11 @@ def add_collection_arguments(command, printed, saved):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
+        if args.command in RECIPES:
+            args.given = given_flags(argv, args.command)
+            if getattr(args, "no_dropout", False):   # the same as --dropout 0, and kept as that
+                args.dropout, args.no_dropout = 0.0, False
+                args.given.add("dropout")
         if getattr(args, "backend", None):
             backend.use(args.backend)
         precision.use(getattr(args, "precision", "float32"))
@@ -209,9 +276,16 @@ def main(argv=None):
     except MinRobertaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted; checkpoints already written are whole (training saves the update under way on the "
-              "first Ctrl-C, and stops without saving on a second)", file=sys.stderr)
+    except KeyboardInterrupt:   # a second Ctrl-C in training, or the first anywhere else
+        from .train import list_checkpoints
+        saved = list_checkpoints(args.out) if args.command in RECIPES else []
+        if saved:
+            print(f"interrupted: the last checkpoint, {saved[-1]}, is whole; continue with --resume --out {args.out}",
+                  file=sys.stderr)
+        elif args.command in RECIPES:
+            print(f"interrupted before the first checkpoint: nothing in {args.out} to resume", file=sys.stderr)
+        else:
+            print("interrupted", file=sys.stderr)
         return 130
     except OSError as exc:   # disk full, permission denied, ...: name the file, no traceback
         where = f"{exc.filename}: " if exc.filename else ""
@@ -341,6 +415,14 @@ def run_pretrain(args):
     from .tokenizer import Tokenizer, train_tokenizer
     from .train import Trainer, checkpoint_to_resume, list_checkpoints
 
+    started = time.time()
+    world = distributed.world(args.mpi_timeout)
+    say = lambda text: print(text, file=sys.stderr, flush=True) if world.is_main else None
+    checkpoint = checkpoint_to_resume(args.out, args.resume, report=say)
+    if checkpoint is not None:
+        state = keep_recipe(args, checkpoint, say)
+        if "warmup" not in getattr(args, "given", set()):   # the run's own count, also when --steps grows
+            args.warmup = state["settings"]["warmup"]
     settings = pretrain_settings(args)
     check_mask_prob(args.mask_prob)
     if not args.init_range > 0:
@@ -351,13 +433,8 @@ def run_pretrain(args):
         raise MinRobertaError(f"--seq-len must be at least 8, got {args.seq_len}")
     if args.precision != "float32" and args.dtype != "float32":
         raise MinRobertaError(f"--precision {args.precision} works on float32 parameters; drop --dtype {args.dtype}")
-    started = time.time()
-    world = distributed.world(args.mpi_timeout)
-    say = lambda text: print(text, file=sys.stderr, flush=True) if world.is_main else None
     if world.size > 1:
         say(f"data parallel over {world.size} MPI ranks: global batch {world.size} x {args.batch_size} sequences")
-
-    checkpoint = checkpoint_to_resume(args.out, args.resume, report=say)
 
     source = "the standard library's docstrings" if not args.corpus else ", ".join(args.corpus)
     say(f"reading {source}")
@@ -392,6 +469,7 @@ def run_pretrain(args):
     os.makedirs(args.out, exist_ok=True)
     model = Roberta(config, seed=args.seed, dtype=args.dtype)
     trainer = Trainer(model, data, tokenizer, settings, args.out, world=world)
+    trainer.recipe = recipe_of(args)
     trainer.begin(checkpoint, report=say)
     parameters = sum(int(np.prod(p.shape)) for p in model.params.values())
     where = backend.name() + (f" on {threads.count()} threads" if backend.name() == "numpy" else "")
@@ -439,6 +517,8 @@ def run_finetune(args):
     from .train import TrainSettings, Trainer, checkpoint_to_resume, list_checkpoints
     say = lambda text: print(text, file=sys.stderr, flush=True)
     checkpoint = checkpoint_to_resume(args.out, args.resume, report=say)
+    if checkpoint is not None:
+        keep_recipe(args, checkpoint, say)
     pretrained = load_pretrained(args.model)
     tokenizer = Tokenizer.from_dir(args.model)
     pad_id = tokenizer.require("pad", "fine-tuning (its batches are padded)")
@@ -466,6 +546,7 @@ def run_finetune(args):
                              eval_batches=0, save_every=args.save_every, log_every=args.log_every, seed=args.seed)
     os.makedirs(args.out, exist_ok=True)
     trainer = Trainer(model, data, tokenizer, settings, args.out, task=task)
+    trainer.recipe = recipe_of(args)
     trainer.begin(checkpoint, report=say)
     say(f"fine-tuning for {args.task}: {len(train)} training and {len(valid)} evaluation examples, {steps} updates")
     trainer.run()

@@ -174,6 +174,7 @@ class Trainer:
         self.last_eval = None
         self.interrupted = False   # set when a Ctrl-C ended run() early, after saving the update it finished
         self.workers = None        # slices.Workers, started on the first update that can use them
+        self.recipe = None         # the command's recipe flags (cli.py), kept in each checkpoint for --resume
         self.use_workers = os.environ.get("MINROBERTA_SLICE_WORKERS", "1") != "0"
 
     # --- one update
@@ -382,15 +383,19 @@ class Trainer:
         partial = os.path.join(root, f".partial-step-{self.step:08d}")
         shutil.rmtree(partial, ignore_errors=True)
         os.makedirs(partial)
-        save_pretrained(self.model, partial, tokenizer=self.tokenizer)
-        moments = {k: np.ascontiguousarray(backend.to_host(v)) for k, v in self.optimizer.state_arrays().items()}
-        atomic.write_bytes(os.path.join(partial, OPTIMIZER), save(moments))
-        state = {"step": self.step, "optimizer_steps": self.optimizer.step_count,
-                 "settings": dataclasses.asdict(self.settings), "backend": backend.name(),
-                 "last_eval": self.last_eval, "best": self.best, "global_batch": self.global_batch,
-                 "ranks": self.world.size, "precision": precision.name(),
-                 "loss_scale": self.scaler.state() if self.scaler else None}
-        atomic.write_json(os.path.join(partial, STATE), state)
+        try:
+            save_pretrained(self.model, partial, tokenizer=self.tokenizer)
+            moments = {k: np.ascontiguousarray(backend.to_host(v)) for k, v in self.optimizer.state_arrays().items()}
+            atomic.write_bytes(os.path.join(partial, OPTIMIZER), save(moments))
+            state = {"step": self.step, "optimizer_steps": self.optimizer.step_count,
+                     "settings": dataclasses.asdict(self.settings), "recipe": self.recipe, "backend": backend.name(),
+                     "last_eval": self.last_eval, "best": self.best, "global_batch": self.global_batch,
+                     "ranks": self.world.size, "precision": precision.name(),
+                     "loss_scale": self.scaler.state() if self.scaler else None}
+            atomic.write_json(os.path.join(partial, STATE), state)
+        except BaseException:   # a second Ctrl-C or a full disk mid-write: no half checkpoint left behind
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
         if os.path.exists(final):
             atomic.remove_tree(final)
         os.replace(partial, final)
@@ -430,7 +435,13 @@ class Trainer:
         self.trim_metrics()
 
     def begin(self, checkpoint, report=print):
-        """Continue from `checkpoint`, or (None) start a new run in out_dir."""
+        """Continue from `checkpoint`, or (None) start a new run in out_dir. Half-written checkpoints of a killed
+        run go first."""
+        root = os.path.join(self.out_dir, CHECKPOINTS)
+        if self.world.is_main and os.path.isdir(root):
+            for name in os.listdir(root):
+                if name.startswith((".partial-", ".trash-")):
+                    shutil.rmtree(os.path.join(root, name), ignore_errors=True)
         if checkpoint is None:
             self.start_fresh()
         else:

@@ -287,6 +287,9 @@ def main(argv=None):
         else:
             print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:   # the reader of our output has gone (`| head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # so the exit's flush does not fail again
+        return 0
     except OSError as exc:   # disk full, permission denied, ...: name the file, no traceback
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
@@ -331,8 +334,9 @@ def run_fill_mask(args):
     tokenizer = Tokenizer.from_dir(args.model)
     tokenizer.require("mask", "fill-mask")
     for text in args.text:
+        filled = fill_mask(model, tokenizer, text, args.top_k)   # before printing: an error is one line alone
         print(text)
-        for n, predictions in enumerate(fill_mask(model, tokenizer, text, args.top_k)):
+        for n, predictions in enumerate(filled):
             shown = "  ".join(f"{token.strip() or repr(token)} {p:.3f}" for token, p in predictions)
             print(f"  <mask> {n + 1}: {shown}")
     return 0
@@ -441,6 +445,10 @@ def run_pretrain(args):
     documents = list(corpus.stdlib_documents()) if not args.corpus else list(corpus.read_documents(args.corpus))
     corpus.require_nonempty(documents, source)
     train_docs, valid_docs = corpus.train_valid_split(documents)
+    if not train_docs or not valid_docs:   # found now, not at the first evaluation
+        raise MinRobertaError(f"{source}: too little text for a run (training gets {len(train_docs)} document"
+                              f"{'s' * (len(train_docs) != 1)}, validation {len(valid_docs)}); give it more documents "
+                              "(blank lines separate them)")
 
     if checkpoint is not None:
         tokenizer = Tokenizer.from_dir(checkpoint)
@@ -487,8 +495,9 @@ def run_pretrain(args):
         print(f"stopped at step {trainer.step} of {settings.steps}; continue with --resume --out {args.out}")
         return 0
 
-    minutes = (time.time() - started) / 60
-    print(f"done in {minutes:.1f} min: validation loss {result['valid_loss']:.4f}, perplexity "
+    seconds = time.time() - started
+    took = f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+    print(f"done in {took}: validation loss {result['valid_loss']:.4f}, perplexity "
           f"{result['valid_ppl']:.2f}, accuracy at <mask> {result.get('valid_mask_accuracy', float('nan')):.3f} "
           f"(all scored tokens {result['valid_accuracy']:.3f})")
     print(f"model saved to {args.out} (HF layout: transformers.RobertaForMaskedLM.from_pretrained opens it)")
@@ -648,6 +657,8 @@ def embed_texts(args, model, tokenizer, setup):
     max_length = tokens_per_text(args.max_length, model, setup.max_length)
     texts = collection.texts_from(args.text, args.file)
     if args.pooling == "tokens":
+        if args.output and not args.output.endswith(".npz"):
+            raise MinRobertaError(f"--output {args.output}: --pooling tokens saves named arrays, so it must end in .npz")
         return print_token_embeddings(model, tokenizer, list(texts), args.output)
     modes = setup.pooling if args.pooling is None else (args.pooling,)
     normalize = setup.normalize if args.normalize is None else args.normalize
@@ -664,7 +675,7 @@ def embed_texts(args, model, tokenizer, setup):
             count += len(chunk)
     progress.finish()
     if args.output:
-        print(f"saved {count} vectors of {width} dimensions to {args.output}")
+        print(f"saved {count} vector{'s' * (count != 1)} of {width} dimensions to {args.output}")
     return 0
 
 
@@ -679,6 +690,8 @@ def print_token_embeddings(model, tokenizer, texts, output):
             arrays[f"offsets_{n}"] = np.array([o for _, o, _ in rows])
             arrays[f"tokens_{n}"] = np.array([t for t, _, _ in rows])
         _save_numpy(output, arrays)
+        print(f"saved the token vectors of {len(per_text)} text{'s' * (len(per_text) != 1)} to {output}",
+              file=sys.stderr)
     for text, rows in zip(texts, per_text):
         print(text)
         for token, (start, end), vector in rows:

@@ -124,7 +124,8 @@ def results(path, width, line, record):
         yield to_stdout
         return
     if not path.endswith(OUTPUT_KINDS):
-        raise MinRobertaError(f"--output {path}: must end in {' or '.join(OUTPUT_KINDS)}")
+        raise MinRobertaError(f"--output {path}: must end in {' or '.join(OUTPUT_KINDS)} (embed's --pooling tokens: "
+                              ".npz)")
     with atomic.replacing(path) as handle:
         if path.endswith(".jsonl"):
             yield lambda texts, rows: handle.write("".join(

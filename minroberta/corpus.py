@@ -110,11 +110,11 @@ def _file_documents(path):
         raise MinRobertaError(f"{path}: cannot read ({exc.strerror})") from None
     nul = raw.find(b"\0")
     if nul >= 0:
-        raise MinRobertaError(f"{path}: binary file (NUL byte at byte {nul}), not text")
+        raise MinRobertaError(f"{path}: binary file (NUL byte at byte {nul}), not UTF-8 text")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise MinRobertaError(f"{path}: invalid UTF-8 at byte {exc.start}") from None
+        raise MinRobertaError(f"{path}: invalid UTF-8 at byte {exc.start} (corpus files must be UTF-8 text)") from None
     text = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")   # editors' BOM, DOS/Mac lines
     for block in re.split(r"\n[ \t\f\v]*\n", text):
         block = block.strip()

@@ -298,6 +298,8 @@ def test_predict_over_a_file_gives_transformers_probabilities_in_order(roberta_c
     (["embed"], "no texts to embed (give them as arguments or with --file)"),
     (["predict"], "no texts to predict"),
     (["embed", "--output", "v.csv", "a"], "--output v.csv: must end in .npy or .jsonl"),
+    (["embed", "--pooling", "tokens", "--output", "v.csv", "a"], "--output v.csv: --pooling tokens saves named "
+                                                                 "arrays, so it must end in .npz"),
     (["embed", "--max-length", "999", "a"], "--max-length 999 is outside the model's 1..64 positions"),
     (["embed", "--batch-tokens", "0", "a"], "--batch-tokens must be at least 1"),
     (["embed", "--file", "absent.txt"], "absent.txt: cannot read"),
@@ -311,3 +313,17 @@ def test_bad_collection_arguments_are_one_line_errors(roberta_dir, tmp_path, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "v.csv").exists()
+
+
+def test_output_into_a_closed_pipe_ends_quietly(roberta_dir, tmp_path):
+    """`minroberta embed ... | head -1`: once the reader has gone, the command stops without an error."""
+    texts = tmp_path / "many.txt"
+    texts.write_text("".join(f"text number {i} of many\n" for i in range(400)))   # past a pipe's 64 KiB
+    process = subprocess.Popen([sys.executable, "-m", "minroberta.cli", "embed", "--model", str(roberta_dir),
+                                "--pooling", "tokens", "--file", str(texts)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout.readline()
+    process.stdout.close()
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 0, err
+    assert "error" not in err and "Traceback" not in err

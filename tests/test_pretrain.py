@@ -236,6 +236,17 @@ def test_ctrl_c_saves_the_update_it_finished_and_resume_goes_on_from_it(tmp_path
         assert np.array_equal(a[key], b[key]), key
 
 
+def test_too_little_text_is_refused_before_training(tmp_path, capsys):
+    one = tmp_path / "one.txt"
+    one.write_text("A single short document, which the split gives to training alone.\n")
+    assert run_cli("pretrain", *SMALL_RUN, "--corpus", one, "--steps", 2, "--out", tmp_path / "out") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (f"error: {one}: too little text for a run (training gets 1 document, validation 0); give it "
+                       "more documents (blank lines separate them)")
+    assert not any("training a byte-level BPE" in line for line in err)
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("problem", ["empty", "invalid_utf8", "no_text_dir", "binary"])
 def test_bad_corpora_are_one_line_errors(tmp_path, capsys, problem):
     target = tmp_path / "corpus"
@@ -290,7 +301,8 @@ def test_fill_mask_rejects_too_long_text_and_missing_mask(tmp_path, capsys, corp
     assert run_cli("fill-mask", "--model", run, "The <mask> of it.") == 0
     assert "<mask> 1:" in capsys.readouterr().out
     assert run_cli("fill-mask", "--model", run, "no mask here") == 2
-    assert "no <mask> token" in capsys.readouterr().err
+    printed = capsys.readouterr()
+    assert "no <mask> token" in printed.err and printed.out == ""   # nothing echoed before the error
     assert run_cli("fill-mask", "--model", run, "word " * 200 + "<mask>") == 2
     assert "the model takes at most 64" in capsys.readouterr().err
 

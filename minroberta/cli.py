@@ -33,6 +33,17 @@ RECIPES = {"pretrain": PRETRAIN_RECIPE, "finetune": FINETUNE_RECIPE}
 PATH_FLAGS = ("corpus", "model", "train", "eval")   # kept absolute, for a resume from another folder
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help with each option's default, except where there is none to show (None, off) or the help text
+    already says it."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or "default:" in (action.help or "") or \
+                "(default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def add_device_arguments(command):
     """Where and how a command computes: the same three options on every command."""
     command.add_argument("--backend", choices=backend.BACKENDS, default=None,
@@ -52,7 +63,7 @@ def build_parser():
 
     pre = commands.add_parser("pretrain",
                               help="pretrain a masked LM (default: the mini model on the stdlib docstrings)",
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                              formatter_class=HelpFormatter)
     pre.add_argument("--preset", default="mini", choices=list(VOCAB_SIZES),
                      help="model size: mini (128 wide, 2 layers) learns to fill masks in five minutes on two CPU "
                           "cores; tiny (256 x 4) and small (512 x 6) want longer runs; base is roberta-base's "
@@ -108,7 +119,7 @@ def build_parser():
                      help="under mpiexec: how long a rank waits for the others before stopping the job")
 
     fill = commands.add_parser("fill-mask", help="predict the masked tokens of a text (models with an MLM head)",
-                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                               formatter_class=HelpFormatter)
     fill.add_argument("--model", required=True, metavar="DIR", help="a model directory (with tokenizer files)")
     fill.add_argument("--top-k", type=int, default=5, help="predictions shown per mask")
     add_device_arguments(fill)
@@ -116,7 +127,7 @@ def build_parser():
                                               '[MASK]), e.g. "Return the <mask> of x."')
 
     tune = commands.add_parser("finetune", help="fine-tune a pretrained model to classify texts or pairs, or "
-                                                "to answer questions", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                                "to answer questions", formatter_class=HelpFormatter)
     tune.add_argument("--model", required=True, metavar="DIR", help="pretrained model directory (with tokenizer)")
     tune.add_argument("--task", required=True, choices=["classify", "pair", "regress", "qa"],
                       help="classify: text,label; pair: text_a,text_b,label; regress: text,label (numbers); "
@@ -140,7 +151,7 @@ def build_parser():
     add_device_arguments(tune)
 
     predict = commands.add_parser("predict", help="apply a fine-tuned model to texts, pairs or questions",
-                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                  formatter_class=HelpFormatter)
     predict.add_argument("--model", required=True, metavar="DIR", help="a fine-tuned model directory")
     predict.add_argument("--pair", metavar="TEXT_B", help="second text of a pair (pair classifiers), for every text")
     predict.add_argument("--context", metavar="TEXT", help="the passage to answer from (QA models); the texts are "
@@ -151,7 +162,7 @@ def build_parser():
     predict.add_argument("text", nargs="*", help="texts to classify, or questions")
 
     embed = commands.add_parser("embed", help="contextual vectors of texts",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     embed.add_argument("--model", required=True, metavar="DIR", help="a model directory (with tokenizer)")
     embed.add_argument("--pooling", choices=["cls", "mean", "max", "tokens"], default=None,
                        help="one vector per text (cls, mean or max), or one per token with its character offsets "
@@ -165,7 +176,7 @@ def build_parser():
     embed.add_argument("text", nargs="*", help="texts to embed")
 
     attention = commands.add_parser("attention", help="draw every layer's attention heads over a text (needs "
-                                                      "matplotlib)", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                                      "matplotlib)", formatter_class=HelpFormatter)
     attention.add_argument("--model", required=True, metavar="DIR", help="a model directory (with tokenizer)")
     attention.add_argument("--out", default="attention.png", metavar="PNG", help="where to write the picture")
     add_device_arguments(attention)
@@ -173,7 +184,7 @@ def build_parser():
 
     masking = commands.add_parser("masking", help="draw one batch as dynamic masking leaves it: which tokens were "
                                                   "masked, replaced, kept (needs matplotlib)",
-                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                  formatter_class=HelpFormatter)
     masking.add_argument("--model", required=True, metavar="DIR", help="a model directory: its tokenizer and length")
     masking.add_argument("--corpus", nargs="+", metavar="PATH",
                          help="text files, directories or globs, as for pretrain (default: the standard library's "

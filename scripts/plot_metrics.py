@@ -10,6 +10,12 @@ import json
 import os
 import sys
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from minroberta import atomic  # noqa: E402
+
+LABELS = {"valid_mask_accuracy": "accuracy at <mask>", "valid_accuracy": "accuracy, all scored tokens"}
+
 
 def read_metrics(path):
     records = []
@@ -52,15 +58,17 @@ def main(argv=None):
         rate = left.twinx()
         rate.plot([r["step"] for r in train], [r["lr"] for r in train], color="grey", alpha=0.4, lw=1)
         rate.set_ylabel("learning rate", color="grey")
-    for key in ("valid_accuracy", "accuracy", "f1", "macro_f1", "exact_match"):
+    for key in ("valid_mask_accuracy", "valid_accuracy", "accuracy", "f1", "macro_f1", "exact_match"):
         if valid and key in valid[0]:
-            right.plot([r["step"] for r in valid], [r[key] for r in valid], "o-", label=key.replace("_", " "))
+            right.plot([r["step"] for r in valid], [r[key] for r in valid], "o-",
+                       label=LABELS.get(key, key.replace("_", " ")))
     right.set_xlabel("update")
     right.legend()
     figure.suptitle(os.path.dirname(os.path.abspath(path)))
     figure.tight_layout()
     out = args.out or os.path.join(os.path.dirname(path), "metrics.png")
-    figure.savefig(out, dpi=100)
+    with atomic.replacing(out) as handle:
+        figure.savefig(handle, format="png", dpi=100)
     print(f"wrote {out}")
     return 0
 

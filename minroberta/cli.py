@@ -4,6 +4,7 @@ Every user error ends as one line on stderr and exit status 2; no traceback.
 """
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
@@ -21,15 +22,18 @@ LR = 5e-3   # the default recipe's peak learning rate
 PRETRAIN_WARMUP = 0.15   # share of the updates spent warming up, when --warmup is not given
 SHAPE_FLAGS = {"--hidden-size": "hidden_size", "--layers": "num_hidden_layers", "--heads": "num_attention_heads",
                "--intermediate-size": "intermediate_size"}
-# The flags that make a run what it is (argparse's names). Each checkpoint keeps their values (Trainer.recipe) and
-# --resume takes them back, so `--resume --out DIR` alone goes on with the run as it was started. Given again with
-# another value they are an error, but pretraining's --steps may grow: the run then goes on longer.
+# The flags that make a run what it is (argparse's names). Each checkpoint keeps their values (Trainer.recipe), and
+# --resume takes back those the command line leaves out, so `--resume --out DIR` alone goes on with the run as it
+# was started. One given with another value is used from the checkpoint on, and said: a lower --lr or
+# --skip-nonfinite for a run that diverged, a longer --steps, files that have moved. The model's shape and
+# parameter type (FIXED) cannot change under a checkpoint.
 PRETRAIN_RECIPE = ("corpus", "preset", "hidden_size", "layers", "heads", "intermediate_size", "seq_len", "mask_prob",
                    "steps", "batch_size", "accumulate", "lr", "warmup", "beta2", "weight_decay", "clip_norm",
                    "dropout", "skip_nonfinite", "seed", "dtype")
 FINETUNE_RECIPE = ("model", "task", "train", "eval", "epochs", "batch_size", "accumulate", "lr", "warmup",
                    "weight_decay", "max_length", "seed")
 RECIPES = {"pretrain": PRETRAIN_RECIPE, "finetune": FINETUNE_RECIPE}
+FIXED = ("preset", "hidden_size", "layers", "heads", "intermediate_size", "seq_len", "dtype", "task")
 PATH_FLAGS = ("corpus", "model", "train", "eval")   # kept absolute, for a resume from another folder
 
 
@@ -223,8 +227,9 @@ def recipe_of(args):
 
 
 def keep_recipe(args, checkpoint, say):
-    """On --resume: the checkpoint's recipe replaces the flags left at their defaults; a flag given with another
-    value is a one-line error (pretraining's --steps may grow past the checkpoint's step). -> the trainer state."""
+    """On --resume: the checkpoint's recipe replaces the flags left at their defaults; one given with another
+    value replaces the run's from here on, and is said (a FIXED one is a one-line error, as is a --steps that is
+    not past the checkpoint). -> the checkpoint's trainer state."""
     from .train import read_state
     state = read_state(checkpoint)
     saved = state.get("recipe")
@@ -239,18 +244,21 @@ def keep_recipe(args, checkpoint, say):
         flag = "--" + dest.replace("_", "-")
         if dest not in given:
             setattr(args, dest, saved[dest])
-        elif dest == "steps" and args.command == "pretrain" and asked[dest] > state["step"]:
-            say(f"--steps {asked[dest]}: the run was set for {saved[dest]} updates and now goes on to "
-                f"{asked[dest]}, its learning rate decaying to the new end")
-        elif dest == "steps" and args.command == "pretrain":
+        elif dest in FIXED:
+            raise MinRobertaError(f"{checkpoint} was trained with {flag} {shown(saved[dest])}; a checkpoint fixes "
+                                  f"the model, so drop {flag} (or start a new run in another --out)")
+        elif dest == "steps" and asked[dest] <= state["step"]:
             raise MinRobertaError(f"--steps {asked[dest]} is not past {checkpoint}'s step {state['step']}")
         else:
-            value = saved[dest]
-            was = f"without {flag}" if value is None or value is False else f"with {flag}" if value is True else \
-                f"with {flag} {' '.join(map(str, value)) if isinstance(value, list) else value}"
-            raise MinRobertaError(f"{checkpoint} was trained {was}; --resume keeps a run's recipe, so drop {flag} "
-                                  "(or start a new run in another --out)")
+            say(f"{flag} {shown(asked[dest])} instead of the run's {shown(saved[dest])}, from step {state['step']} on")
     return state
+
+
+def shown(value):
+    """A recipe flag's value as the command line would give it."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return "(none)" if value is None else " ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def add_collection_arguments(command, printed, saved):
@@ -298,9 +306,13 @@ def main(argv=None):
         else:
             print("interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:   # the reader of our output has gone (`| head`): stop quietly
+    except BrokenPipeError:   # the reader of the output has gone (`| head`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # so the exit's flush does not fail again
-        return 0
+        if args.command in RECIPES:   # a training run cut short has failed
+            with contextlib.suppress(OSError):
+                print("error: the output pipe closed, so the run stopped", file=sys.stderr)
+            return 2
+        return 0   # a command that prints its results: the reader has what it wanted
     except OSError as exc:   # disk full, permission denied, ...: name the file, no traceback
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
@@ -434,11 +446,10 @@ def run_pretrain(args):
     world = distributed.world(args.mpi_timeout)
     say = lambda text: print(text, file=sys.stderr, flush=True) if world.is_main else None
     checkpoint = checkpoint_to_resume(args.out, args.resume, report=say)
-    if checkpoint is not None:
-        state = keep_recipe(args, checkpoint, say)
-        if "warmup" not in getattr(args, "given", set()):   # the run's own count, also when --steps grows
-            args.warmup = state["settings"]["warmup"]
+    state = keep_recipe(args, checkpoint, say) if checkpoint is not None else None
     settings = pretrain_settings(args)
+    if state is not None and "warmup" not in getattr(args, "given", set()):   # the run's own count, also when
+        settings = dataclasses.replace(settings, warmup=state["settings"]["warmup"])   # --steps grows
     check_mask_prob(args.mask_prob)
     if not args.init_range > 0:
         raise MinRobertaError(f"--init-range must be positive, got {args.init_range}")

@@ -67,8 +67,13 @@ def main(argv=None):
     figure.suptitle(os.path.dirname(os.path.abspath(path)))
     figure.tight_layout()
     out = args.out or os.path.join(os.path.dirname(path), "metrics.png")
-    with atomic.replacing(out) as handle:
-        figure.savefig(handle, format="png", dpi=100)
+    try:
+        with atomic.replacing(out) as handle:   # the format from the name, as matplotlib picks it
+            figure.savefig(handle, format=os.path.splitext(out)[1][1:] or "png", dpi=100)
+    except (OSError, ValueError) as exc:   # a missing folder, an unknown format
+        where, why = (exc.filename or out, exc.strerror) if isinstance(exc, OSError) else (out, exc)
+        print(f"error: {where}: {why}", file=sys.stderr)
+        return 2
     print(f"wrote {out}")
     return 0
 

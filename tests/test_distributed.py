@@ -135,7 +135,7 @@ def remove_unmapped(paths):
         except OSError:   # a process that ended meanwhile, or one not ours (which cannot map our 0600 files)
             continue
     for path in paths - mapped:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):   # gone already, or another user's
             os.unlink(path)
 
 

@@ -73,16 +73,22 @@ def test_resume_alone_keeps_the_runs_recipe(tmp_path, capsys, corpus_file):
     for key in a:
         assert np.array_equal(a[key], b[key]), key
     capsys.readouterr()
-    assert run_cli("pretrain", "--out", resumed, "--resume", "--lr", "1e-3") == 2
+    assert run_cli("pretrain", "--out", resumed, "--resume", "--preset", "mini") == 2
     err = capsys.readouterr().err.strip()
-    assert err.endswith("was trained with --lr 0.002; --resume keeps a run's recipe, so drop --lr (or start a new "
-                        "run in another --out)") and "\n" not in err
+    assert err.endswith("was trained with --preset micro; a checkpoint fixes the model, so drop --preset (or start "
+                        "a new run in another --out)") and "\n" not in err
     assert run_cli("pretrain", "--out", resumed, "--resume", "--steps", 3) == 2
     assert "--steps 3 is not past" in capsys.readouterr().err
-    assert run_cli("pretrain", "--out", resumed, "--resume", "--steps", 10) == 0
-    assert "now goes on to 10" in capsys.readouterr().err
-    steps = [json.loads(line)["step"] for line in open(resumed / "metrics.jsonl") if '"loss"' in line]
-    assert steps[-1] == 10
+    # a flag given with another value goes on from the checkpoint, said; the warmup stays the run's own
+    assert run_cli("pretrain", "--out", resumed, "--resume", "--steps", 12, "--lr", "1e-3") == 0
+    err = capsys.readouterr().err
+    assert "--steps 12 instead of the run's 8, from step 8 on" in err and "--lr 0.001 instead of the run's 0.002" in err
+    records = [json.loads(line) for line in open(resumed / "metrics.jsonl") if '"loss"' in line]
+    assert records[-1]["step"] == 12
+    warmup = round(0.15 * 8)   # the default share of the run's first --steps
+    # the record of step s is update s - 1's
+    expected = [1e-3 * (12 - (r["step"] - 1)) / (12 - warmup) for r in records if r["step"] > 8]
+    assert np.allclose([r["lr"] for r in records if r["step"] > 8], expected, rtol=1e-6)
 
 
 def test_loss_falls_on_the_builtin_corpus(tmp_path, capsys):

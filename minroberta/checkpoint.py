@@ -77,10 +77,14 @@ def _expected_shapes(config, tensors, path):
     return prefix, shapes, head, has_pooler
 
 
-def load_pretrained(path, dtype=None):
-    """An HF-layout directory -> Roberta. dtype "float32"/"float64", or None to keep the file's float type."""
+def require_model_dir(path):
     if not os.path.isdir(path):
         raise MinRobertaError(f"{path}: not a directory (expected config.json and model.safetensors inside)")
+
+
+def load_pretrained(path, dtype=None):
+    """An HF-layout directory -> Roberta. dtype "float32"/"float64", or None to keep the file's float type."""
+    require_model_dir(path)
     weights = os.path.join(path, WEIGHTS)
     if not os.path.exists(weights):
         pickles = [name for name in PICKLE_FILES if os.path.exists(os.path.join(path, name))]

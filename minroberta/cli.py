@@ -749,9 +749,11 @@ def run_attention(args):
 
 def run_masking(args):
     from . import corpus, pictures
+    from .checkpoint import require_model_dir
     from .config import Config
     from .tokenizer import Tokenizer
     pictures.pyplot()
+    require_model_dir(args.model)   # the same words as the commands that load the weights
     config = Config.load(os.path.join(args.model, "config.json"))
     tokenizer = Tokenizer.from_dir(args.model)
     tokenizer.require("mask", "masking")

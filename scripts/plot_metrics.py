@@ -12,7 +12,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from minroberta import atomic  # noqa: E402
+from minroberta.pictures import save_figure  # noqa: E402
 
 LABELS = {"valid_mask_accuracy": "accuracy at <mask>", "valid_accuracy": "accuracy, all scored tokens"}
 
@@ -68,8 +68,7 @@ def main(argv=None):
     figure.tight_layout()
     out = args.out or os.path.join(os.path.dirname(path), "metrics.png")
     try:
-        with atomic.replacing(out) as handle:   # the format from the name, as matplotlib picks it
-            figure.savefig(handle, format=os.path.splitext(out)[1][1:] or "png", dpi=100)
+        save_figure(figure, out)
     except (OSError, ValueError) as exc:   # a missing folder, an unknown format
         where, why = (exc.filename or out, exc.strerror) if isinstance(exc, OSError) else (out, exc)
         print(f"error: {where}: {why}", file=sys.stderr)

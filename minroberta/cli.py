@@ -279,9 +279,6 @@ def main(argv=None):
     try:
         if args.command in RECIPES:
             args.given = given_flags(argv, args.command)
-            if getattr(args, "no_dropout", False):   # the same as --dropout 0, and kept as that
-                args.dropout, args.no_dropout = 0.0, False
-                args.given.add("dropout")
         if getattr(args, "backend", None):
             backend.use(args.backend)
         precision.use(getattr(args, "precision", "float32"))
@@ -445,6 +442,9 @@ def run_pretrain(args):
     started = time.time()
     world = distributed.world(args.mpi_timeout)
     say = lambda text: print(text, file=sys.stderr, flush=True) if world.is_main else None
+    if args.no_dropout:   # the same as --dropout 0, and kept in the recipe as that
+        args.dropout, args.no_dropout = 0.0, False
+        args.given = getattr(args, "given", set()) | {"dropout"}
     checkpoint = checkpoint_to_resume(args.out, args.resume, report=say)
     state = keep_recipe(args, checkpoint, say) if checkpoint is not None else None
     settings = pretrain_settings(args)

@@ -1,6 +1,7 @@
-"""minroberta: a complete RoBERTa in plain NumPy (or CuPy), every forward and backward pass written by hand."""
+"""minroberta: a complete RoBERTa in plain NumPy (or CuPy), every forward and backward pass written by hand.
 
-from . import kernels  # noqa: F401  (registers the fast forms with dispatch)
+Importing it runs nothing fast: the reference core runs exactly as written until `minroberta.engine.install()`."""
+
 from .checkpoint import load_pretrained, save_pretrained
 from .config import Config
 from .errors import MinRobertaError

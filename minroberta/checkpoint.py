@@ -12,7 +12,8 @@ import numpy as np
 from . import atomic, backend
 from .config import Config
 from .errors import MinRobertaError
-from .model import DTYPES, Roberta, encoder_shapes, head_shapes, pooler_shapes
+from .bert import pooler_shapes
+from .model import DTYPES, Roberta, encoder_shapes, head_shapes
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -25,7 +26,7 @@ IGNORED_PREFIXES = ("cls.seq_relationship.",)     # BERT's next-sentence head (B
 TIED_COPIES = {"lm_head.decoder.weight": "embeddings.word_embeddings.weight", "lm_head.decoder.bias": "lm_head.bias",
                "cls.predictions.decoder.weight": "embeddings.word_embeddings.weight",
                "cls.predictions.decoder.bias": "cls.predictions.bias"}
-# a head's tensors by the first part of their names, in each family (heads.py and model.LM_HEADS name the rest)
+# a head's tensors by the first part of their names, in each family (heads.py and model.lm_head_names name the rest)
 HEAD_MARKERS = {"roberta": (("mlm", "lm_head."), ("classification", "classifier."), ("qa", "qa_outputs.")),
                 "bert": (("mlm", "cls.predictions."), ("classification", "classifier."), ("qa", "qa_outputs."))}
 ARCHITECTURES = {("roberta", "mlm"): "RobertaForMaskedLM", ("roberta", "classification"): "RobertaForSequenceClassification",

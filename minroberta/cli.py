@@ -12,29 +12,15 @@ import time
 
 import numpy as np
 
-from . import backend, collection, precision
-from .kernels import fused, threads
+from . import backend, collection
+from . import engine, recipe
+from .engine import fused, precision, threads
 from .errors import MinRobertaError
 
 DEFAULT_OUT = os.path.join("runs", "pretrain")
 VOCAB_SIZES = {"micro": 2048, "mini": 1024, "tiny": 8192, "small": 16384, "base": 32768}
-LR = 5e-3   # the default recipe's peak learning rate
-PRETRAIN_WARMUP = 0.15   # share of the updates spent warming up, when --warmup is not given
-SHAPE_FLAGS = {"--hidden-size": "hidden_size", "--layers": "num_hidden_layers", "--heads": "num_attention_heads",
-               "--intermediate-size": "intermediate_size"}
-# The flags that make a run what it is (argparse's names). Each checkpoint keeps their values (Trainer.recipe), and
-# --resume takes back those the command line leaves out, so `--resume --out DIR` alone goes on with the run as it
-# was started. One given with another value is used from the checkpoint on, and said: a lower --lr or
-# --skip-nonfinite for a run that diverged, a longer --steps, files that have moved. The model's shape and
-# parameter type (FIXED) cannot change under a checkpoint.
-PRETRAIN_RECIPE = ("corpus", "preset", "hidden_size", "layers", "heads", "intermediate_size", "seq_len", "mask_prob",
-                   "steps", "batch_size", "accumulate", "lr", "warmup", "beta2", "weight_decay", "clip_norm",
-                   "dropout", "skip_nonfinite", "seed", "dtype")
-FINETUNE_RECIPE = ("model", "task", "train", "eval", "epochs", "batch_size", "accumulate", "lr", "warmup",
-                   "weight_decay", "max_length", "seed")
-RECIPES = {"pretrain": PRETRAIN_RECIPE, "finetune": FINETUNE_RECIPE}
-FIXED = ("preset", "hidden_size", "layers", "heads", "intermediate_size", "seq_len", "dtype", "task")
-PATH_FLAGS = ("corpus", "model", "train", "eval")   # kept absolute, for a resume from another folder
+SHAPE_FLAGS = {"hidden_size": "hidden_size", "layers": "num_hidden_layers", "heads": "num_attention_heads",
+               "intermediate_size": "intermediate_size"}   # recipe field -> the Config field it overrides
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -48,17 +34,46 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def add_device_arguments(command):
-    """Where and how a command computes: the same three options on every command."""
+def add_device_arguments(command, with_precision=True):
+    """Where and how a command computes: the same options on every command (a training command's --precision
+    is a recipe flag: it is kept in the run)."""
     command.add_argument("--backend", choices=backend.BACKENDS, default=None,
                          help="array module (default: $MINROBERTA_BACKEND or numpy)")
-    command.add_argument("--precision", choices=precision.MODES, default="float32",
-                         help="matrix products: float32; tf32 (cupy, GPUs of compute capability 8.0+); fp16 (mixed "
-                              "precision: float16 products, float32 master weights, dynamic loss scaling in training)")
+    if with_precision:
+        command.add_argument("--precision", choices=precision.MODES, default="float32",
+                             help="matrix products: float32; tf32 (cupy, GPUs of compute capability 8.0+); fp16 "
+                                  "(float16 products)")
+    command.add_argument("--reference", action="store_true",
+                         help="run the reference core as written: no fast form (the same as MINROBERTA_REFERENCE=1)")
     command.add_argument("--fused", action="store_true",
                          help="fused CUDA kernels for GELU, layer norm, softmax and AdamW (cupy backend only)")
     command.add_argument("--threads", type=int, default=None,
                          help="CPU threads for the numpy backend (default: $MINROBERTA_THREADS or every usable core)")
+
+
+def add_recipe_arguments(command, recipe_class, skip=(), metavars=None):
+    """One flag per field of the recipe, named after it. Each defaults to None (not given), so that the recipe
+    knows which flags the command line set: the defaults live in recipe.py alone, and --help shows them."""
+    metavars = metavars or {}
+    common = set(recipe.names(recipe.TrainSettings))   # the command's own fields first, then the optimizer's
+    for f in sorted(dataclasses.fields(recipe_class), key=lambda f: f.name in common):
+        if f.name in skip:
+            continue
+        flag, meta = "--" + f.name.replace("_", "-"), f.metadata
+        shown_default = "" if f.default in (None, False) else f" (default: {recipe.shown(f.default)})"
+        help_text = meta["help"].replace("%", "%%") + shown_default
+        if f.type is bool:
+            command.add_argument(flag, action="store_const", const=True, default=None, help=help_text)
+        elif f.type is list:
+            command.add_argument(flag, nargs="+", metavar=metavars.get(f.name, "PATH"), default=None, help=help_text)
+        else:
+            command.add_argument(flag, type=f.type, default=None, choices=meta.get("choices"),
+                                 metavar=metavars.get(f.name), help=help_text)
+
+
+def given_recipe(args, recipe_class):
+    """The recipe flags the command line gave: field name -> value."""
+    return {name: getattr(args, name) for name in recipe.names(recipe_class) if getattr(args, name, None) is not None}
 
 
 def build_parser():
@@ -68,57 +83,16 @@ def build_parser():
     pre = commands.add_parser("pretrain",
                               help="pretrain a masked LM (default: the mini model on the stdlib docstrings)",
                               formatter_class=HelpFormatter)
-    pre.add_argument("--preset", default="mini", choices=list(VOCAB_SIZES),
-                     help="model size: mini (128 wide, 2 layers) learns to fill masks in five minutes on two CPU "
-                          "cores; tiny (256 x 4) and small (512 x 6) want longer runs; base is roberta-base's "
-                          "shape; micro is for smoke tests")
-    for flag, field in SHAPE_FLAGS.items():
-        pre.add_argument(flag, type=int, default=None, help=f"override the preset's {field}")
-    pre.add_argument("--init-range", type=float, default=0.05,
-                     help="standard deviation of the initial weights (initializer_range; RoBERTa 0.02: the small "
-                          "default model leaves the token-frequency plateau sooner from 0.05)")
-    pre.add_argument("--corpus", nargs="+", metavar="PATH",
-                     help="text files, directories or globs (blank lines separate documents); "
-                          "default: the docstrings of this Python's standard library")
+    add_recipe_arguments(pre, recipe.Pretraining, metavars={"tokenizer": "DIR"})
+    pre.add_argument("--no-dropout", dest="dropout", action="store_const", const=0.0,
+                     help="train without dropout (the same as --dropout 0)")
     pre.add_argument("--out", default=DEFAULT_OUT, help="run directory: checkpoints, metrics.jsonl, final model")
-    pre.add_argument("--steps", type=int, default=2600, help="optimizer updates")
-    pre.add_argument("--batch-size", type=int, default=64, help="sequences per micro-batch")
-    pre.add_argument("--accumulate", type=int, default=1,
-                     help="micro-batches per update (effective batch = batch-size x accumulate)")
-    pre.add_argument("--lr", type=float, default=LR, help="peak learning rate")
-    pre.add_argument("--warmup", type=int, default=-1,
-                     help="warmup updates (-1: 15%% of --steps; RoBERTa's 6%% left the short default run on the "
-                          "token-frequency plateau longer)")
-    pre.add_argument("--beta2", type=float, default=0.99,
-                     help="AdamW's second-moment decay (RoBERTa 0.98, for its large batches; the short default run "
-                          "learns a little faster with 0.99)")
-    pre.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (matrices only)")
-    pre.add_argument("--clip-norm", type=float, default=1.0, help="global gradient-norm clip (0: off)")
-    pre.add_argument("--seq-len", type=int, default=32, help="block length of the packed sequences, in tokens")
-    pre.add_argument("--mask-prob", type=float, default=0.5,
-                     help="share of the tokens chosen for the MLM loss in training (80%% <mask>, 10%% random, 10%% "
-                          "kept); validation is always masked at 15%%")
-    pre.add_argument("--vocab-size", type=int, default=None, help="BPE vocabulary size (default by preset)")
-    pre.add_argument("--tokenizer", metavar="DIR", help="use this tokenizer (tokenizer.json or vocab.json + "
-                                                         "merges.txt) instead of training one")
-    pre.add_argument("--dropout", type=float, default=0.0,
-                     help="dropout probability of hidden states and attention (RoBERTa used 0.1; a run of minutes "
-                          "learns faster without)")
-    pre.add_argument("--no-dropout", action="store_true", help="train without dropout (the same as --dropout 0)")
-    pre.add_argument("--skip-nonfinite", action="store_true",
-                     help="skip an update whose loss or gradient is NaN/inf and go on (default: stop, keeping "
-                          "the last good checkpoint)")
-    pre.add_argument("--eval-every", type=int, default=200, help="updates between validation runs")
-    pre.add_argument("--eval-batches", type=int, default=16, help="validation batches per evaluation (0: all)")
-    pre.add_argument("--save-every", type=int, default=400, help="updates between checkpoints (Ctrl-C saves too)")
-    pre.add_argument("--log-every", type=int, default=10, help="updates between metric records")
-    pre.add_argument("--seed", type=int, default=0, help="seed of the weights, data order, masks and dropout")
-    pre.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    pre.add_argument("--resume", action="store_true",
+                     help="continue the run in --out from its latest checkpoint, with the recipe it was started with")
     pre.add_argument("--stop-at-step", type=int, default=None, metavar="N",
                      help="checkpoint and stop after update N (resume later with --resume); the schedule still "
                           "runs to --steps")
-    add_device_arguments(pre)
-    pre.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="parameter precision")
+    add_device_arguments(pre, with_precision=False)
     pre.add_argument("--mpi-timeout", type=float, default=300.0, metavar="SECONDS",
                      help="under mpiexec: how long a rank waits for the others before stopping the job")
 
@@ -132,27 +106,12 @@ def build_parser():
 
     tune = commands.add_parser("finetune", help="fine-tune a pretrained model to classify texts or pairs, or "
                                                 "to answer questions", formatter_class=HelpFormatter)
-    tune.add_argument("--model", required=True, metavar="DIR", help="pretrained model directory (with tokenizer)")
-    tune.add_argument("--task", required=True, choices=["classify", "pair", "regress", "qa"],
-                      help="classify: text,label; pair: text_a,text_b,label; regress: text,label (numbers); "
-                           "qa: JSON lines with context, question, answers")
-    tune.add_argument("--train", required=True, metavar="FILE", help="training examples (.csv or .jsonl)")
-    tune.add_argument("--eval", required=True, metavar="FILE", help="evaluation examples (.csv or .jsonl)")
+    add_recipe_arguments(tune, recipe.Finetuning, skip=("steps",),
+                         metavars={"model": "DIR", "train": "FILE", "eval": "FILE"})
     tune.add_argument("--out", default=os.path.join("runs", "finetune"), help="run directory; the best model lands here")
-    tune.add_argument("--epochs", type=float, default=3.0, help="passes over the training examples")
-    tune.add_argument("--batch-size", type=int, default=16)
-    tune.add_argument("--accumulate", type=int, default=1, help="micro-batches per update")
-    tune.add_argument("--lr", type=float, default=1e-4, help="peak learning rate")
-    tune.add_argument("--warmup", type=int, default=-1, help="warmup updates (-1: 6%% of the updates)")
-    tune.add_argument("--weight-decay", type=float, default=0.01)
-    tune.add_argument("--max-length", type=int, default=None, help="tokens per example (default: the model's limit); "
-                                                                   "longer texts are truncated with a warning")
-    tune.add_argument("--eval-every", type=int, default=50, help="updates between evaluations (and best-model checks)")
-    tune.add_argument("--save-every", type=int, default=100, help="updates between checkpoints")
-    tune.add_argument("--log-every", type=int, default=10)
-    tune.add_argument("--seed", type=int, default=0, help="seed of the new head, the order and dropout")
-    tune.add_argument("--resume", action="store_true", help="continue the run in --out")
-    add_device_arguments(tune)
+    tune.add_argument("--resume", action="store_true",
+                      help="continue the run in --out, with the recipe it was started with (no other flag needed)")
+    add_device_arguments(tune, with_precision=False)
 
     predict = commands.add_parser("predict", help="apply a fine-tuned model to texts, pairs or questions",
                                   formatter_class=HelpFormatter)
@@ -202,63 +161,7 @@ def build_parser():
     masking.add_argument("--epochs", type=int, default=2, help="the same sequences masked for this many epochs, one "
                                                                "panel each: the masks are drawn afresh every epoch")
     masking.add_argument("--seed", type=int, default=0, help="the seed the masks are drawn from")
-    parser.commands = {"pretrain": pre, "finetune": tune}   # for given_flags
     return parser
-
-
-def given_flags(argv, command):
-    """Which of the command's recipe flags the command line sets itself rather than leaving at their defaults:
-    the same arguments parsed again with a marker for their defaults."""
-    parser, unset = build_parser(), object()
-    parser.commands[command].set_defaults(**dict.fromkeys(RECIPES[command], unset))
-    parsed = vars(parser.parse_args(argv))
-    return {dest for dest in RECIPES[command] if parsed[dest] is not unset}
-
-
-def recipe_of(args):
-    """The recipe flags' values as a checkpoint keeps them."""
-    recipe = {}
-    for dest in RECIPES[args.command]:
-        value = getattr(args, dest)
-        if dest in PATH_FLAGS and value is not None:
-            value = [os.path.abspath(v) for v in value] if isinstance(value, list) else os.path.abspath(value)
-        recipe[dest] = value
-    return recipe
-
-
-def keep_recipe(args, checkpoint, say):
-    """On --resume: the checkpoint's recipe replaces the flags left at their defaults; one given with another
-    value replaces the run's from here on, and is said (a FIXED one is a one-line error, as is a --steps that is
-    not past the checkpoint). -> the checkpoint's trainer state."""
-    from .train import read_state
-    state = read_state(checkpoint)
-    saved = state.get("recipe")
-    if saved is None:   # written before checkpoints kept their recipe: the trainer settings, as far as they go
-        settings = state.get("settings", {})
-        saved = {k: settings[k] for k in ("steps", "batch_size", "accumulate", "lr", "weight_decay", "clip_norm",
-                                          "seed", "skip_nonfinite") if k in settings}
-    given, asked = getattr(args, "given", set()), recipe_of(args)
-    for dest in RECIPES[args.command]:
-        if dest not in saved or asked[dest] == saved[dest]:
-            continue
-        flag = "--" + dest.replace("_", "-")
-        if dest not in given:
-            setattr(args, dest, saved[dest])
-        elif dest in FIXED:
-            raise MinRobertaError(f"{checkpoint} was trained with {flag} {shown(saved[dest])}; a checkpoint fixes "
-                                  f"the model, so drop {flag} (or start a new run in another --out)")
-        elif dest == "steps" and asked[dest] <= state["step"]:
-            raise MinRobertaError(f"--steps {asked[dest]} is not past {checkpoint}'s step {state['step']}")
-        else:
-            say(f"{flag} {shown(asked[dest])} instead of the run's {shown(saved[dest])}, from step {state['step']} on")
-    return state
-
-
-def shown(value):
-    """A recipe flag's value as the command line would give it."""
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    return "(none)" if value is None else " ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def add_collection_arguments(command, printed, saved):
@@ -277,12 +180,14 @@ def add_collection_arguments(command, printed, saved):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        if args.command in RECIPES:
-            args.given = given_flags(argv, args.command)
         if getattr(args, "backend", None):
             backend.use(args.backend)
-        precision.use(getattr(args, "precision", "float32"))
-        fused.use(getattr(args, "fused", False))
+        engine.reference(getattr(args, "reference", False))
+        if engine.install():   # the fast forms; with --reference, every op runs as written
+            fused.use(getattr(args, "fused", False))
+        elif getattr(args, "fused", False):
+            raise MinRobertaError("--fused kernels are the engine's; drop --reference to use them")
+        use_precision(getattr(args, "precision", None) or "float32")   # a run's own is set from its recipe
         if getattr(args, "threads", None) is not None:
             threads.use(args.threads)
         commands = {"pretrain": run_pretrain, "fill-mask": run_fill_mask, "finetune": run_finetune,
@@ -293,19 +198,19 @@ def main(argv=None):
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:   # a second Ctrl-C in training, or the first anywhere else
-        from .train import list_checkpoints
-        saved = list_checkpoints(args.out) if args.command in RECIPES else []
+        from .engine.trainer import list_checkpoints
+        saved = list_checkpoints(args.out) if args.command in recipe.RECIPES else []
         if saved:
             print(f"interrupted: the last checkpoint, {saved[-1]}, is whole; continue with --resume --out {args.out}",
                   file=sys.stderr)
-        elif args.command in RECIPES:
+        elif args.command in recipe.RECIPES:
             print(f"interrupted before the first checkpoint: nothing in {args.out} to resume", file=sys.stderr)
         else:
             print("interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:   # the reader of the output has gone (`| head`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # so the exit's flush does not fail again
-        if args.command in RECIPES:   # a training run cut short has failed
+        if args.command in recipe.RECIPES:   # a training run cut short has failed
             with contextlib.suppress(OSError):
                 print("error: the output pipe closed, so the run stopped", file=sys.stderr)
             return 2
@@ -314,6 +219,13 @@ def main(argv=None):
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
+
+
+def use_precision(mode):
+    """Matrix products in `mode`; any but float32 is the engine's."""
+    if mode != "float32" and not engine.installed():
+        raise MinRobertaError(f"--precision {mode} is the engine's; drop --reference to use it")
+    precision.use(mode)
 
 
 # --- fill-mask -----------------------------------------------------------------------------------------
@@ -393,78 +305,68 @@ def held_out_probes(tokenizer, documents, max_tokens, count=PROBES, seed=0):
 
 
 def pretrain_settings(args):
-    """The trainer's settings from `minroberta pretrain`'s arguments (scripts/race.py reads the same)."""
-    from .train import TrainSettings
-    settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, accumulate=args.accumulate, lr=args.lr,
-                             warmup=args.warmup if args.warmup >= 0 else max(1, round(PRETRAIN_WARMUP * args.steps)),
-                             betas=(0.9, args.beta2), weight_decay=args.weight_decay, clip_norm=args.clip_norm,
-                             dropout=dropout_prob(args) > 0, skip_nonfinite=args.skip_nonfinite,
-                             eval_every=args.eval_every, eval_batches=args.eval_batches,
-                             save_every=args.save_every, log_every=args.log_every, seed=args.seed)
-    settings.validate()
-    return settings
+    """The recipe of a new `minroberta pretrain` run: the defaults with the flags given on top (scripts/race.py
+    reads the same)."""
+    return recipe.resolve(recipe.Pretraining, given_recipe(args, recipe.Pretraining))
 
 
-def pretrain_config(args, tokenizer):
-    """The model's Config from `minroberta pretrain`'s arguments: the preset, its overrides, the tokenizer."""
+def pretrain_config(settings, tokenizer):
+    """The model's Config from a pretraining recipe: the preset, its overrides, the tokenizer."""
     from .config import Config, preset
-    shape = preset(args.preset)
-    for flag, field in SHAPE_FLAGS.items():
-        value = getattr(args, flag[2:].replace("-", "_"))
-        if value is not None:
-            shape[field] = value
-    config = Config(vocab_size=tokenizer.vocab_size, max_position_embeddings=args.seq_len + 2,
-                    pad_token_id=tokenizer.pad_id, bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id,
-                    initializer_range=args.init_range, **shape)
-    return config.replace(hidden_dropout_prob=dropout_prob(args), attention_probs_dropout_prob=dropout_prob(args))
+    shape = preset(settings.preset)
+    for name, config_field in SHAPE_FLAGS.items():
+        if getattr(settings, name) is not None:
+            shape[config_field] = getattr(settings, name)
+    return Config(vocab_size=tokenizer.vocab_size, max_position_embeddings=settings.seq_len + 2,
+                  pad_token_id=tokenizer.pad_id, bos_token_id=tokenizer.bos_id, eos_token_id=tokenizer.eos_id,
+                  initializer_range=settings.init_range, hidden_dropout_prob=settings.dropout,
+                  attention_probs_dropout_prob=settings.dropout, **shape)
 
 
 def check_mask_prob(value):
-    """pretrain and masking take the same --mask-prob."""
+    """The masking picture takes the same --mask-prob as the pretraining recipe."""
     if not 0.0 < value <= 1.0:
         raise MinRobertaError(f"--mask-prob must be in (0, 1], got {value}")
 
 
-def dropout_prob(args):
-    if not 0.0 <= args.dropout < 1.0:
-        raise MinRobertaError(f"--dropout must be in [0, 1), got {args.dropout}")
-    return 0.0 if args.no_dropout else args.dropout
+def training_recipe(args, recipe_class, say):
+    """-> (the run's recipe, the checkpoint to resume from or None). A new run takes the defaults with the flags
+    given on top; --resume takes the checkpoint's recipe with them on top, each change said (recipe.resolve)."""
+    from .engine.trainer import checkpoint_to_resume, read_state
+    checkpoint = checkpoint_to_resume(args.out, args.resume, report=say)
+    if checkpoint is None:
+        return recipe.resolve(recipe_class, given_recipe(args, recipe_class)), None
+    state = read_state(checkpoint)
+    saved = recipe.from_saved(recipe_class, state, checkpoint)
+    return recipe.resolve(recipe_class, given_recipe(args, recipe_class), saved, state["step"], checkpoint, say), \
+        checkpoint
 
 
 def run_pretrain(args):
-    from . import corpus, distributed
+    from . import corpus, loop
+    from .checkpoint import save_pretrained
     from .config import Config
     from .data import PretrainingData
+    from .engine import distributed
+    from .engine.trainer import Trainer, list_checkpoints
     from .model import Roberta
     from .tokenizer import Tokenizer, train_tokenizer
-    from .train import Trainer, checkpoint_to_resume, list_checkpoints
 
     started = time.time()
     world = distributed.world(args.mpi_timeout)
     say = lambda text: print(text, file=sys.stderr, flush=True) if world.is_main else None
-    if args.no_dropout:   # the same as --dropout 0, and kept in the recipe as that
-        args.dropout, args.no_dropout = 0.0, False
-        args.given = getattr(args, "given", set()) | {"dropout"}
-    checkpoint = checkpoint_to_resume(args.out, args.resume, report=say)
-    state = keep_recipe(args, checkpoint, say) if checkpoint is not None else None
-    settings = pretrain_settings(args)
-    if state is not None and "warmup" not in getattr(args, "given", set()):   # the run's own count, also when
-        settings = dataclasses.replace(settings, warmup=state["settings"]["warmup"])   # --steps grows
-    check_mask_prob(args.mask_prob)
-    if not args.init_range > 0:
-        raise MinRobertaError(f"--init-range must be positive, got {args.init_range}")
-    if not 0.0 <= args.beta2 < 1.0:
-        raise MinRobertaError(f"--beta2 must be in [0, 1), got {args.beta2}")
-    if args.seq_len < 8:
-        raise MinRobertaError(f"--seq-len must be at least 8, got {args.seq_len}")
-    if args.precision != "float32" and args.dtype != "float32":
-        raise MinRobertaError(f"--precision {args.precision} works on float32 parameters; drop --dtype {args.dtype}")
+    reference = not engine.installed()
+    if reference and (args.resume or args.stop_at_step is not None or world.size > 1):
+        raise MinRobertaError("--reference runs the reference loop (loop.py), which has no checkpoints, resume or "
+                              "MPI; drop --reference for those")
+    settings, checkpoint = training_recipe(args, recipe.Pretraining, say)
+    use_precision(settings.precision)
     if world.size > 1:
-        say(f"data parallel over {world.size} MPI ranks: global batch {world.size} x {args.batch_size} sequences")
+        say(f"data parallel over {world.size} MPI ranks: global batch {world.size} x {settings.batch_size} sequences")
 
-    source = "the standard library's docstrings" if not args.corpus else ", ".join(args.corpus)
+    source = "the standard library's docstrings" if not settings.corpus else ", ".join(settings.corpus)
     say(f"reading {source}")
-    documents = list(corpus.stdlib_documents()) if not args.corpus else list(corpus.read_documents(args.corpus))
+    documents = list(corpus.stdlib_documents()) if not settings.corpus else list(corpus.read_documents(settings.corpus))
     corpus.require_nonempty(documents, source)
     train_docs, valid_docs = corpus.train_valid_split(documents)
     if not train_docs or not valid_docs:   # found now, not at the first evaluation
@@ -474,15 +376,15 @@ def run_pretrain(args):
 
     if checkpoint is not None:
         tokenizer = Tokenizer.from_dir(checkpoint)
-    elif args.tokenizer:
-        tokenizer = Tokenizer.from_dir(args.tokenizer)
+    elif settings.tokenizer:
+        tokenizer = Tokenizer.from_dir(settings.tokenizer)
     else:
-        vocab_size = args.vocab_size or VOCAB_SIZES[args.preset]
+        vocab_size = settings.vocab_size or VOCAB_SIZES[settings.preset]
         say(f"training a byte-level BPE tokenizer, vocabulary {vocab_size}")
         trained = train_tokenizer(train_docs, vocab_size=vocab_size).to_json() if world.is_main else ""
         tokenizer = Tokenizer.from_json(world.broadcast_bytes(trained.encode("utf-8")).decode("utf-8"))
 
-    config = pretrain_config(args, tokenizer)
+    config = pretrain_config(settings, tokenizer)
     if checkpoint is not None:
         saved = Config.load(os.path.join(checkpoint, "config.json"))
         for field in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
@@ -492,30 +394,38 @@ def run_pretrain(args):
                                       f"asks for {getattr(config, field)}; use the same --preset/--seq-len, or "
                                       "another --out")
     say("packing FULL-SENTENCES blocks")
-    data = PretrainingData.build(tokenizer, train_docs, valid_docs, block_size=args.seq_len, seed=args.seed,
-                                 mask_prob=args.mask_prob)
-    say(f"{data.num_train:,} training and {data.num_valid:,} validation sequences of at most {args.seq_len} tokens")
+    data = PretrainingData.build(tokenizer, train_docs, valid_docs, block_size=settings.seq_len, seed=settings.seed,
+                                 mask_prob=settings.mask_prob)
+    say(f"{data.num_train:,} training and {data.num_valid:,} validation sequences of at most {settings.seq_len} "
+        "tokens")
 
     os.makedirs(args.out, exist_ok=True)
-    model = Roberta(config, seed=args.seed, dtype=args.dtype)
-    trainer = Trainer(model, data, tokenizer, settings, args.out, world=world)
-    trainer.recipe = recipe_of(args)
-    trainer.begin(checkpoint, report=say)
+    model = Roberta(config, seed=settings.seed, dtype=settings.dtype)
     parameters = sum(int(np.prod(p.shape)) for p in model.params.values())
-    where = backend.name() + (f" on {threads.count()} threads" if backend.name() == "numpy" else "")
-    say(f"model: {args.preset}, {parameters / 1e6:.1f}M parameters, backend {where}, {args.dtype}"
-        f"{'' if args.precision == 'float32' else ', ' + args.precision + ' products'}; "
-        f"{settings.steps} updates of {trainer.global_batch * settings.accumulate} sequences")
-    result = trainer.run(stop_at=args.stop_at_step)
-    if not world.is_main:
-        return 0
-    if trainer.interrupted:
-        print(f"interrupted after update {trainer.step} of {settings.steps}: saved "
-              f"{list_checkpoints(args.out)[-1]}; continue with --resume --out {args.out}")
-        return 130
-    if trainer.step < settings.steps:
-        print(f"stopped at step {trainer.step} of {settings.steps}; continue with --resume --out {args.out}")
-        return 0
+    if reference:
+        where = f"{backend.name()}, the reference core (loop.py, no fast form)"
+    else:
+        where = backend.name() + (f" on {threads.count()} threads" if backend.name() == "numpy" else "")
+    say(f"model: {settings.preset}, {parameters / 1e6:.1f}M parameters, backend {where}, {settings.dtype}"
+        f"{'' if settings.precision == 'float32' else ', ' + settings.precision + ' products'}; "
+        f"{settings.steps} updates of {world.size * settings.batch_size * settings.accumulate} sequences")
+    if reference:
+        result = loop.train(model, data, settings, say=say)
+        save_pretrained(model, args.out, tokenizer=tokenizer)
+    else:
+        trainer = Trainer(model, data, tokenizer, settings, args.out, world=world)
+        trainer.begin(checkpoint, report=say)
+        result = trainer.run(stop_at=args.stop_at_step)
+        if not world.is_main:
+            return 0
+        if trainer.interrupted:
+            print(f"interrupted after update {trainer.step} of {settings.steps}: saved "
+                  f"{list_checkpoints(args.out)[-1]}; continue with --resume --out {args.out}")
+            return 130
+        if trainer.step < settings.steps:
+            print(f"stopped at step {trainer.step} of {settings.steps}; continue with --resume --out {args.out}")
+            return 0
+        model = trainer.model
 
     seconds = time.time() - started
     took = f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
@@ -528,7 +438,7 @@ def run_pretrain(args):
         print("held-out sentences, one word masked [true word] -> the model's top 3:")
     hits = 0
     for text, word in probes:
-        predictions = fill_mask(trainer.model, tokenizer, text, top_k=3)[0]
+        predictions = fill_mask(model, tokenizer, text, top_k=3)[0]
         hits += word in [t.strip() for t, _ in predictions]
         print(f"  {text}  [{word}]  ->  " + ", ".join(f"{t.strip()} ({p:.2f})" for t, p in predictions))
     if probes:
@@ -544,42 +454,43 @@ def run_finetune(args):
 
     from . import finetune
     from .checkpoint import load_pretrained
+    from .engine.trainer import Trainer, list_checkpoints
     from .tokenizer import Tokenizer
-    from .train import TrainSettings, Trainer, checkpoint_to_resume, list_checkpoints
     say = lambda text: print(text, file=sys.stderr, flush=True)
-    checkpoint = checkpoint_to_resume(args.out, args.resume, report=say)
-    if checkpoint is not None:
-        keep_recipe(args, checkpoint, say)
-    pretrained = load_pretrained(args.model)
-    tokenizer = Tokenizer.from_dir(args.model)
+    settings, checkpoint = training_recipe(args, recipe.Finetuning, say)
+    missing = [name for name in recipe.Finetuning.REQUIRED if getattr(settings, name) is None]
+    if missing:
+        raise MinRobertaError(f"finetune needs {', '.join('--' + name for name in missing)} (or --resume --out DIR "
+                              "to continue a run)")
+    use_precision(settings.precision)
+    pretrained = load_pretrained(settings.model)
+    tokenizer = Tokenizer.from_dir(settings.model)
     pad_id = tokenizer.require("pad", "fine-tuning (its batches are padded)")
-    max_length = tokens_per_text(args.max_length, pretrained)
-    train = finetune.encode_examples(args.train, args.task, tokenizer, max_length, warn=say)
-    if args.task in ("classify", "pair"):
+    max_length = tokens_per_text(settings.max_length, pretrained)
+    train = finetune.encode_examples(settings.train, settings.task, tokenizer, max_length, warn=say)
+    if settings.task in ("classify", "pair"):
         labels = finetune.label_vocabulary(train)
-        valid = finetune.encode_examples(args.eval, args.task, tokenizer, max_length, labels=labels, warn=say)
+        valid = finetune.encode_examples(settings.eval, settings.task, tokenizer, max_length, labels=labels, warn=say)
         config_changes = {"extra": {**pretrained.config.extra, "id2label": {str(i): name for name, i in labels.items()},
                                     "label2id": labels}}
         task, head = finetune.Classification(), "classification"
-    elif args.task == "regress":
-        valid = finetune.encode_examples(args.eval, args.task, tokenizer, max_length, warn=say)
+    elif settings.task == "regress":
+        valid = finetune.encode_examples(settings.eval, settings.task, tokenizer, max_length, warn=say)
         config_changes = {"extra": {**pretrained.config.extra, "num_labels": 1, "problem_type": "regression"}}
         config_changes["extra"].pop("id2label", None)
         task, head = finetune.Regression(), "classification"
     else:
-        valid = finetune.encode_examples(args.eval, args.task, tokenizer, max_length, warn=say)
+        valid = finetune.encode_examples(settings.eval, settings.task, tokenizer, max_length, warn=say)
         config_changes, task, head = {}, finetune.QuestionAnswering(valid), "qa"
-    model = pretrained.with_head(head, seed=args.seed, **config_changes)
-    data = finetune.FinetuneData(train, valid, pad_id, args.seed)
-    steps = max(1, math.ceil(args.epochs * data.batches_per_epoch(args.batch_size) / args.accumulate))
-    settings = TrainSettings(steps=steps, batch_size=args.batch_size, accumulate=args.accumulate, lr=args.lr,
-                             warmup=args.warmup, weight_decay=args.weight_decay, eval_every=args.eval_every,
-                             eval_batches=0, save_every=args.save_every, log_every=args.log_every, seed=args.seed)
+    model = pretrained.with_head(head, seed=settings.seed, **config_changes)
+    data = finetune.FinetuneData(train, valid, pad_id, settings.seed)
+    steps = max(1, math.ceil(settings.epochs * data.batches_per_epoch(settings.batch_size) / settings.accumulate))
+    settings = dataclasses.replace(settings, steps=steps)
     os.makedirs(args.out, exist_ok=True)
     trainer = Trainer(model, data, tokenizer, settings, args.out, task=task)
-    trainer.recipe = recipe_of(args)
     trainer.begin(checkpoint, report=say)
-    say(f"fine-tuning for {args.task}: {len(train)} training and {len(valid)} evaluation examples, {steps} updates")
+    say(f"fine-tuning for {settings.task}: {len(train)} training and {len(valid)} evaluation examples, {steps} "
+        "updates")
     trainer.run()
     if trainer.interrupted:
         print(f"interrupted after update {trainer.step} of {steps}: saved {list_checkpoints(args.out)[-1]}; "

@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from . import atomic, backend
-from .kernels import threads
+from .engine import threads
 from .errors import MinRobertaError
 
 CHUNK_TEXTS = 4096      # texts read, sorted by length and answered together; the rest wait unread

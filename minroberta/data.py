@@ -4,12 +4,18 @@
 
 import numpy as np
 
-from . import distributed
 from .corpus import split_sentences, train_valid_split
 from .errors import MinRobertaError
 from .ops.cross_entropy import IGNORE_INDEX   # noqa: F401  (train.py and the tests take it from here too)
 VALID_EPOCH = 2**31 - 1   # the fixed "epoch" of the validation masks (the seed must be >= 0): same every time
 VALID_MASK_PROB = 0.15    # validation is masked at RoBERTa's rate whatever the training rate, so runs compare
+
+
+def rank_share(indices, rank, size):
+    """Rank `rank`'s contiguous share of a global batch's sample indices: the shares of all ranks are
+    disjoint and together are exactly the batch (sizes differ by at most one)."""
+    count = len(indices)
+    return indices[rank * count // size:(rank + 1) * count // size]
 
 
 # --- FULL-SENTENCES packing
@@ -167,7 +173,7 @@ class PretrainingData:
     def train_batch(self, epoch, batch_index, batch_size, shard=(0, 1)):
         """Batch `batch_index` (0 <= it < batches_per_epoch) of `epoch`'s order, a permutation drawn from
         default_rng([seed, epoch]), freshly masked for that epoch; with shard = (rank, ranks), only that
-        rank's share of it (distributed.shard). -> dict of (B, T) int64 input_ids, attention_mask, labels."""
+        rank's share of it (rank_share). -> dict of (B, T) int64 input_ids, attention_mask, labels."""
         if not 0 <= batch_index < self.batches_per_epoch(batch_size):
             raise IndexError(f"batch {batch_index} of an epoch of {self.batches_per_epoch(batch_size)}")
         if self._permutation[0] != epoch:
@@ -177,7 +183,7 @@ class PretrainingData:
             picked = np.resize(order, batch_size)
         else:
             picked = order[batch_index * batch_size:(batch_index + 1) * batch_size]
-        picked = distributed.shard(picked, *shard)
+        picked = rank_share(picked, *shard)
         return self._collate([self.train_samples[i] for i in picked], picked, epoch, self.mask_prob)
 
     def valid_batches(self, batch_size):

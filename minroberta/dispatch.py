@@ -1,27 +1,39 @@
-"""Where an op may hand its work to a fast form: the registry that minroberta/kernels/ fills and the ops consult.
+"""Where an op may hand its work to a fast form: the registry that the engine fills, and that stays off until the
+engine is installed.
 
-An op in ops/ is the plain reference. One line near its top asks `fast_form(name, ...)`; when a fast form is
-registered for the active backend and settings, that form does the work and returns what the reference would.
-With nothing registered, or inside `reference_only()`, every op runs its reference.
+An op in ops/ is the plain reference. One line near its top asks `fast_form(name, ...)`. Until
+`minroberta.engine.install()` has run, that answer is always None, so the reference runs exactly as written.
+Once installed, a form registered for the op that applies to the active backend and settings does the work and
+returns what the reference would. `reference_only()` turns the forms off again for a block.
 """
 
 import contextlib
 
 _forms = {}        # op name -> [(applies, form)], tried in registration order
-_enabled = True
+_installed = False
 
 
 def register(op, applies):
-    """Decorator: `form` may stand in for `op` whenever applies(*args given to fast_form) is true."""
+    """Decorator: `form` may stand in for `op` whenever applies(*args given to fast_form) is true, once installed."""
     def add(form):
         _forms.setdefault(op, []).append((applies, form))
         return form
     return add
 
 
+def install(on=True):
+    """Switch the registered forms on (or off): the engine's `install` calls this, nothing else should."""
+    global _installed
+    _installed = bool(on)
+
+
+def installed():
+    return _installed
+
+
 def fast_form(op, *args):
     """The first registered fast form of `op` that applies to `args` now, or None: run the reference."""
-    if _enabled:
+    if _installed:
         for applies, form in _forms.get(op, ()):
             if applies(*args):
                 return form
@@ -35,10 +47,10 @@ def registered():
 
 @contextlib.contextmanager
 def reference_only():
-    """Every op runs its reference inside this block."""
-    global _enabled
-    previous, _enabled = _enabled, False
+    """Every op runs its reference inside this block, installed or not."""
+    global _installed
+    previous, _installed = _installed, False
     try:
         yield
     finally:
-        _enabled = previous
+        _installed = previous

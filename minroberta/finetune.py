@@ -16,7 +16,8 @@ import string
 
 import numpy as np
 
-from . import backend, distributed
+from . import backend, heads
+from .data import rank_share
 from .errors import MinRobertaError
 from .ops import cross_entropy_forward
 
@@ -196,7 +197,7 @@ class FinetuneData:
 
     def train_batch(self, epoch, batch_index, batch_size, shard=(0, 1)):
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.train))
-        picked = distributed.shard(order[batch_index * batch_size:(batch_index + 1) * batch_size], *shard)
+        picked = rank_share(order[batch_index * batch_size:(batch_index + 1) * batch_size], *shard)
         return self._collate(self.train, picked)
 
     def valid_batches(self, batch_size):
@@ -225,7 +226,7 @@ class Classification:
         return len(batch["labels"])
 
     def loss_and_grads(self, model, batch, dropout_key, loss_scale=1.0):
-        return model.classification_loss_and_grads(batch["input_ids"], batch["attention_mask"], batch["labels"],
+        return heads.classification_loss_and_grads(model, batch["input_ids"], batch["attention_mask"], batch["labels"],
                                                    batch["token_type_ids"], dropout_key=dropout_key,
                                                    loss_scale=loss_scale)
 
@@ -307,7 +308,7 @@ class QuestionAnswering:
         return len(batch["start_positions"])
 
     def loss_and_grads(self, model, batch, dropout_key, loss_scale=1.0):
-        return model.qa_loss_and_grads(batch["input_ids"], batch["attention_mask"], batch["start_positions"],
+        return heads.qa_loss_and_grads(model, batch["input_ids"], batch["attention_mask"], batch["start_positions"],
                                        batch["end_positions"], batch["token_type_ids"], dropout_key=dropout_key,
                                        loss_scale=loss_scale)
 

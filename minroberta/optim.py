@@ -37,21 +37,11 @@ def clip_by_global_norm(grads, max_norm):
     return norm
 
 
-def flat_views(flat, names, shapes):
-    """name -> the view of `flat` (1-D, the tensors laid end to end in the order of `names`) in its shape."""
-    views, offset = {}, 0
-    for name in names:
-        size = math.prod(shapes[name])
-        views[name] = flat[offset:offset + size].reshape(shapes[name])
-        offset += size
-    return views
-
-
 def adamw_update(p, g, m, v, decay, beta1, beta2, eps, step_size, bias_correction2_sqrt):
     """One tensor's AdamW update, p, m and v in place (the same operations, in the same order, as torch's):
     p <- p * decay;  m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;
     p <- p - m / (sqrt(v) / sqrt(1 - b2^t) + eps) * lr / (1 - b1^t)."""
-    if fast := fast_form("adamw_update", p):         # kernels/: blocks over the threads, or one CUDA kernel
+    if fast := fast_form("adamw_update", p):         # engine/: blocks over the threads, or one CUDA kernel
         return fast(p, g, m, v, decay, beta1, beta2, eps, step_size, bias_correction2_sqrt)
     if decay != 1.0:
         p *= decay
@@ -65,11 +55,8 @@ def adamw_update(p, g, m, v, decay, beta1, beta2, eps, step_size, bias_correctio
 class AdamW:
     """m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;  p <- p (1 - lr wd) - lr/(1 - b1^t) * m / (sqrt(v)/sqrt(1 - b2^t) + eps).
 
-    The moments live in one flat buffer each, a view per parameter, the decayed matrices first. Parameters
-    handed to `hold` move into a third such buffer, and gradients into a fourth (`gather`); a step on those
-    is then one update over the decayed block and one over the rest, instead of one per tensor (dozens of
-    small tensors in a small model, each a round of calls). Parameters held otherwise are updated tensor by
-    tensor, with the same arithmetic."""
+    One pair of moments per parameter, updated tensor by tensor. (The engine's FlatAdamW keeps them in flat
+    buffers and updates all the parameters at once, with the same arithmetic: engine/flat.py.)"""
 
     def __init__(self, params, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01):
         xp = backend.xp()
@@ -77,66 +64,23 @@ class AdamW:
         self.eps = eps
         self.weight_decay = weight_decay
         self.step_count = 0
-        self.decays = {name: p.ndim >= 2 for name, p in params.items()}
-        self.names = [n for n in params if self.decays[n]] + [n for n in params if not self.decays[n]]
+        self.decays = {name: p.ndim >= 2 for name, p in params.items()}   # matrices only: not biases or norms
+        self.names = list(params)
         self.shapes = {n: tuple(params[n].shape) for n in self.names}
-        self.decayed_size = sum(params[n].size for n in self.names if self.decays[n])
-        dtypes = {params[n].dtype for n in self.names}
-        self.dtype = dtypes.pop() if len(dtypes) == 1 else None          # one flat buffer needs one dtype
-        dtype = self.dtype or next(iter(params.values())).dtype
-        self._flat_exp_avg, self._flat_exp_avg_sq = (xp.zeros(self._size(), dtype=dtype) for _ in range(2))
-        self.exp_avg, self.exp_avg_sq = self._views(self._flat_exp_avg), self._views(self._flat_exp_avg_sq)
-        self.held, self.gradients = None, None
+        self.exp_avg = {name: xp.zeros_like(p) for name, p in params.items()}
+        self.exp_avg_sq = {name: xp.zeros_like(p) for name, p in params.items()}
 
-    def _size(self):
-        return sum(math.prod(shape) for shape in self.shapes.values())
-
-    def _views(self, flat):
-        return flat_views(flat, self.names, self.shapes)
-
-    def hold(self, params, flat=None):
-        """params copied into one flat buffer (`flat`, 1-D, if given: memory another process maps, say): -> a dict
-        of views into it, to use as the model's parameters (the dict given is left as it was). With several
-        dtypes, params itself."""
-        if self.dtype is None:
-            return params
-        if flat is None:
-            flat = backend.xp().empty(self._size(), dtype=self.dtype)
-        elif flat.shape != (self._size(),) or flat.dtype != self.dtype:
-            raise MinRobertaError(f"a flat parameter buffer must be ({self._size()},) {self.dtype}, got "
-                                  f"{flat.shape} {flat.dtype}")
-        self.held = self._views(flat)
-        for name in self.names:
-            self.held[name][...] = params[name]
-        self._flat_params = flat
-        self.gradients = backend.xp().empty_like(flat)
-        self._gradient_views = self._views(self.gradients)
-        return dict(self.held)
-
-    def gather(self, grads):
-        """grads copied into the flat gradient buffer (laid out as the held parameters): -> that 1-D buffer,
-        for clipping and `step` in one pass each. None when no parameters are held."""
-        if self.held is None:
-            return None
-        for name in self.names:
-            self._gradient_views[name][...] = grads[name]
-        return self.gradients
-
-    def step(self, params, grads, lr):
-        """One update of every parameter, in place. grads: keyed like params, or the buffer `gather` gave (with
-        params the dict `hold` gave): then one update over all of them."""
+    def hyperparameters(self, lr):
+        """This update's step size lr / (1 - b1^t), sqrt(1 - b2^t) and the weight-decay factor 1 - lr wd."""
         self.step_count += 1
         step_size = lr / (1.0 - self.beta1 ** self.step_count)
         bias_correction2_sqrt = math.sqrt(1.0 - self.beta2 ** self.step_count)
         decay = 1.0 - lr * self.weight_decay if self.weight_decay else 1.0
-        if grads is self.gradients and self.held is not None:
-            if any(params[name] is not self.held[name] for name in self.names):
-                raise MinRobertaError("the gathered gradients need the parameters AdamW.hold gave")
-            m, v = self._flat_exp_avg, self._flat_exp_avg_sq
-            for part, part_decay in ((slice(0, self.decayed_size), decay), (slice(self.decayed_size, None), 1.0)):
-                adamw_update(self._flat_params[part], grads[part], m[part], v[part], part_decay, self.beta1,
-                             self.beta2, self.eps, step_size, bias_correction2_sqrt)
-            return
+        return step_size, bias_correction2_sqrt, decay
+
+    def step(self, params, grads, lr):
+        """One update of every parameter, in place. grads: keyed like params."""
+        step_size, bias_correction2_sqrt, decay = self.hyperparameters(lr)
         for name, p in params.items():
             adamw_update(p, grads[name], self.exp_avg[name], self.exp_avg_sq[name],
                          decay if self.decays[name] else 1.0, self.beta1, self.beta2, self.eps, step_size,
@@ -149,7 +93,7 @@ class AdamW:
         return arrays
 
     def load_state_arrays(self, arrays, step_count, source="optimizer state"):
-        """The moments copied into their flat buffers; a missing or misshapen one is an error naming it."""
+        """The moments copied in place; a missing or misshapen one is an error naming it."""
         for moments, prefix in ((self.exp_avg, "exp_avg."), (self.exp_avg_sq, "exp_avg_sq.")):
             for name in self.names:
                 key = prefix + name

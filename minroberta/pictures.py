@@ -36,7 +36,7 @@ def attention_probabilities(model, input_ids, attention_mask=None):
 
     The one place that reads the model's internals: the training forward keeps each layer's probabilities
     (before dropout) in its cache for the backward."""
-    _, cache = model.encode(input_ids, attention_mask, keep_cache=True)
+    _, cache = model.encode(input_ids, attention_mask)
     return np.stack([backend.to_host(layer.attention.attention.probs) for layer in cache.layers])
 
 

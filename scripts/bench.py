@@ -89,10 +89,11 @@ def minroberta_model(p):
 def worker_minroberta(p, mode, steps, warmup, precision_mode="float32", use_fused=False):
     import numpy as np
 
-    from minroberta import backend, precision
-    from minroberta.kernels import fused, threads
+    from minroberta import backend, engine
+    from minroberta.engine import fused, precision, threads
     from minroberta.ops import cross_entropy_forward
     from minroberta.optim import AdamW
+    engine.install()   # the fast forms, as `minroberta pretrain` runs them (MINROBERTA_REFERENCE=1: the core alone)
     precision.use(precision_mode)
     fused.use(use_fused)
     scaler = precision.LossScaler() if precision_mode == "fp16" else None
@@ -201,10 +202,11 @@ def profile_minroberta(p, mode, steps, warmup):
 
     import numpy as np
 
+    from minroberta import engine, optim
     from minroberta import model as model_module
-    from minroberta import optim
-    from minroberta.kernels import rows
+    from minroberta.engine import rows, scored
     from minroberta.ops import attention, linear
+    engine.install()
     own, inner = collections.Counter(), []
 
     def timed(label, function):
@@ -223,8 +225,10 @@ def profile_minroberta(p, mode, steps, warmup):
         module.matmul = timed("matrix products", module.matmul)
     for name in ("softmax_forward", "softmax_backward"):
         setattr(attention, name, timed(name, getattr(attention, name)))
-    for name in PROFILED_OPS:
-        setattr(model_module, name, timed(name, getattr(model_module, name)))
+    for name in PROFILED_OPS:   # where the model and the engine's training step call them
+        for module in (model_module, scored):
+            if hasattr(module, name):
+                setattr(module, name, timed(name, getattr(module, name)))
     optim.AdamW.step = timed("AdamW", optim.AdamW.step)
     model, (ids, mask, labels) = minroberta_model(p), inputs(p, np)
     optimizer = optim.AdamW(model.params) if mode == "train" else None
@@ -311,7 +315,7 @@ def main():
         args.preset, args.mode = args.preset[0], args.mode[0]
         return run_worker(args)
     if args.profile:
-        from minroberta.kernels import threads
+        from minroberta.engine import threads
         threads.use(args.threads)
         return profile_minroberta(PRESETS[args.preset[0]], args.mode[0], args.steps, args.warmup)
 

@@ -51,7 +51,7 @@ def write_texts(path, count):
 
 def worker_minroberta(model_dir, texts_path, out, threads):
     from minroberta import cli
-    from minroberta.kernels import threads as pool
+    from minroberta.engine import threads as pool
     pool.use(threads)
     start = time.perf_counter()
     loaded = cli.load_encoder(model_dir)

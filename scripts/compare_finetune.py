@@ -38,7 +38,8 @@ IMPLEMENTATIONS = ("minroberta", "transformers")
 
 def worker_minroberta(args, train, evaluation, out):
     """The command itself; the training loop timed by wrapping Trainer.run."""
-    from minroberta import cli, train as training
+    from minroberta import cli
+    from minroberta.engine import trainer as training
     timing = {}
     run = training.Trainer.run
 

@@ -3,7 +3,7 @@
 erfc(z) ~= t * P(t) * exp(-z^2),  t = 1 / (1 + p z),  z >= 0, P of degree 5 (the form of Hastings'
 approximations). For each p on a grid, P's coefficients come from a weighted least-squares fit iterated
 towards the minimax absolute error (Lawson's reweighting); the best p is kept. The printed constants are
-those of minroberta/kernels/gelu32.py (_ERFC_P, _ERFC_POLY). Run: python scripts/fit_erf.py
+those of minroberta/engine/gelu32.py (_ERFC_P, _ERFC_POLY). Run: python scripts/fit_erf.py
 """
 
 import math

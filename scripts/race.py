@@ -30,7 +30,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from minroberta import atomic, corpus, save_pretrained  # noqa: E402
-from minroberta.kernels import threads  # noqa: E402
+from minroberta.engine import threads  # noqa: E402
 from minroberta.cli import VOCAB_SIZES, build_parser, pretrain_config, pretrain_settings  # noqa: E402
 from minroberta.data import IGNORE_INDEX, PretrainingData  # noqa: E402
 from minroberta.model import Roberta  # noqa: E402
@@ -41,8 +41,8 @@ SIDES = ("minroberta", "huggingface")
 
 
 def recipe(extra):
-    """`minroberta pretrain`'s arguments with its defaults, plus the user's `extra` flags."""
-    return build_parser().parse_args(["pretrain", *extra])
+    """`minroberta pretrain`'s recipe: its defaults, with the user's `extra` flags on top."""
+    return pretrain_settings(build_parser().parse_args(["pretrain", *extra]))
 
 
 def prepare(args, work):
@@ -68,8 +68,8 @@ def load_data(args, tokenizer):
 
 def minroberta_side(args, work, data, budget):
     from minroberta.checkpoint import load_pretrained
-    from minroberta.train import Trainer
-    settings = pretrain_settings(args)
+    from minroberta.engine.trainer import Trainer
+    settings = args
     trainer = Trainer(load_pretrained(work), data, None, settings, out_dir=None)
     trainer.progress.quiet = True
     clock = 0.0
@@ -86,7 +86,7 @@ def huggingface_side(args, work, data, budget):
     import torch
     from transformers import RobertaForMaskedLM
     torch.manual_seed(args.seed)
-    settings = pretrain_settings(args)
+    settings = args
     model = RobertaForMaskedLM.from_pretrained(work, attn_implementation="eager")
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]

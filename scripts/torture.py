@@ -31,7 +31,7 @@ import numpy as np
 import minroberta
 from minroberta.checkpoint import read_safetensors
 from minroberta.corpus import stdlib_documents
-from minroberta.train import CHECKPOINTS, METRICS, OPTIMIZER, list_checkpoints, read_state
+from minroberta.engine.trainer import CHECKPOINTS, METRICS, OPTIMIZER, list_checkpoints, read_state
 
 SAVE_EVERY = 2
 IN_WRITE_SHARE = 0.35      # the share of kills aimed at a checkpoint write rather than at a random moment

@@ -2,8 +2,8 @@
 
 import pytest
 
-from minroberta import backend, precision
-from minroberta.kernels import fused, threads
+from minroberta import backend, dispatch, engine
+from minroberta.engine import fused, precision, threads
 
 
 @pytest.fixture(params=["numpy", "standin"])
@@ -25,10 +25,13 @@ def numpy_backend():
 
 @pytest.fixture(autouse=True)
 def float32_products_afterwards():
-    """Precision, fused kernels and the thread count are process-wide switches (a command-line run sets them):
-    every test leaves them as it found them for the next."""
+    """Precision, fused kernels, the thread count and whether the engine is installed are process-wide switches
+    (a command-line run or a trainer sets them): every test leaves them as it found them for the next, and the
+    engine uninstalled, so each test starts on the reference core."""
     thread_count = threads.count()
     yield
     precision.use("float32")
     fused.use(False)
     threads.use(thread_count)
+    engine.reference(False)
+    dispatch.install(False)

@@ -9,7 +9,7 @@ import os
 import pytest
 
 import minroberta
-import minroberta.train   # noqa: F401 here, not first inside a test: its Progress binds sys.stderr when imported
+import minroberta.engine.trainer   # noqa: F401 here, not first inside a test: its Progress binds sys.stderr when imported
 from minroberta import backend
 from minroberta.cli import main
 from minroberta.corpus import stdlib_docstrings

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import minroberta
-from minroberta import backend, precision
-from minroberta.kernels import fused
+from minroberta import backend, engine
+from minroberta.engine import fused, precision
 from minroberta.checkpoint import read_safetensors
 from minroberta.optim import AdamW
 from tests.reference import gradient_floor, relative_error
@@ -93,6 +93,7 @@ def test_pretraining_on_the_gpu_learns_and_resumes_exactly(tmp_path):
 def device_loss_and_grads(dtype, mode="float32", use_fused=False):
     """On CuPy with the given matrix precision and kernels: logits, loss, gradients (host), params after AdamW."""
     backend.use("cupy")
+    engine.install()
     precision.use(mode)
     fused.use(use_fused)
     ids, mask, labels = batch()

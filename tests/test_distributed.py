@@ -15,8 +15,8 @@ from hypothesis import given, strategies as st
 
 import minroberta
 from minroberta.checkpoint import read_safetensors
-from minroberta.distributed import shard
-from minroberta.train import list_checkpoints
+from minroberta.data import rank_share as shard
+from minroberta.engine.trainer import list_checkpoints
 
 RUN = ["pretrain", "--preset", "micro", "--seq-len", "64", "--steps", "4", "--eval-every", "2", "--save-every", "2",
        "--log-every", "1", "--no-dropout", "--mpi-timeout", "20"]
@@ -109,7 +109,8 @@ def test_two_ranks_train_bit_for_bit_as_one_process_accumulating(tmp_path, dtype
 
 KILL_RANK_ONE = """
 import os, signal, sys
-from minroberta import train, cli
+from minroberta import cli
+from minroberta.engine import trainer as train
 original = train.Trainer.train_step
 def dying_step(self):
     if self.world.rank == 1 and self.step == 3:

@@ -1,4 +1,4 @@
-"""The fused CUDA kernels (minroberta/kernels/fused.py), checked without a GPU in two ways:
+"""The fused CUDA kernels (minroberta/engine/fused.py), checked without a GPU in two ways:
 
 - each kernel body, wrapped as CuPy wraps it (inputs by value, outputs by reference, T the element type), is
   compiled by nvcc for the GPU, so a typo or a type error in the CUDA text fails here;
@@ -16,7 +16,8 @@ import pytest
 
 import minroberta
 from minroberta import backend
-from minroberta.kernels import fused
+from minroberta import engine
+from minroberta.engine import fused
 from minroberta.optim import AdamW
 from tests.reference import gradient_floor, relative_error
 
@@ -109,6 +110,7 @@ def host_library(tmp_path_factory):
 def fused_on_the_cpu(host_library, numpy_backend, monkeypatch):
     """fused.enabled() is true and fused.kernel(name) is the host-compiled body; yields the call counts."""
     calls = {}
+    engine.install()
     monkeypatch.setattr(fused, "_enabled", True)
     monkeypatch.setattr(fused, "kernel", lambda name: HostKernel(host_library, name, *fused.KERNELS[name][:2], calls))
     yield calls

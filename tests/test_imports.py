@@ -10,13 +10,17 @@ import minroberta
 
 PACKAGE = os.path.dirname(minroberta.__file__)
 
-# what the reference may import: the array module, the product's precision, the fast-form registry, and itself
-OPS_MAY_IMPORT = {"minroberta.backend", "minroberta.errors", "minroberta.precision", "minroberta.dispatch"}
+# what the reference ops may import: the array module, the fast-form registry, and themselves
+OPS_MAY_IMPORT = {"minroberta.backend", "minroberta.errors", "minroberta.dispatch"}
 # the bottom layer imports nothing of the package above it
 BOTTOM = {"minroberta.errors": set(), "minroberta.dispatch": set(),
           "minroberta.backend": {"minroberta.errors", "minroberta.device_standin"},
-          "minroberta.device_standin": set(),
-          "minroberta.precision": {"minroberta.backend", "minroberta.errors", "minroberta.dispatch"}}
+          "minroberta.device_standin": set()}
+# the reference core: what a reader learns from, which runs as written until the engine is installed
+CORE = ("minroberta.backend", "minroberta.config", "minroberta.errors", "minroberta.dispatch", "minroberta.ops",
+        "minroberta.model", "minroberta.bert", "minroberta.heads", "minroberta.optim", "minroberta.loop",
+        "minroberta.recipe", "minroberta.data", "minroberta.corpus", "minroberta.tokenizer",
+        "minroberta.checkpoint", "minroberta.atomic", "minroberta.device_standin")
 
 
 def module_name(path):
@@ -110,15 +114,25 @@ def test_the_bottom_layer_imports_only_below_itself():
         assert edges[name] <= allowed, f"{name} imports {sorted(edges[name] - allowed)}"
 
 
+def test_the_core_never_imports_the_engine():
+    """The engine installs itself around the core; the core, imported and run alone, is exactly what it reads."""
+    for name, targets in graph().items():
+        if any(name == c or name.startswith(c + ".") for c in CORE):
+            engine = {t for t in targets if t == "minroberta.engine" or t.startswith("minroberta.engine.")}
+            assert not engine, f"{name} imports {sorted(engine)}, the engine"
+
+
 def test_data_flows_one_way():
-    """README's cli -> train -> (data, model, optim) -> ops -> backend: nothing imports a module above it."""
+    """README's cli -> (engine, tasks) -> (loop, model, optim, data) -> ops -> backend: nothing imports a
+    module above it."""
     above = {"minroberta.ops": {"minroberta.model", "minroberta.heads", "minroberta.optim", "minroberta.data",
-                                "minroberta.train", "minroberta.cli", "minroberta.kernels", "minroberta.checkpoint"},
-             "minroberta.model": {"minroberta.train", "minroberta.cli", "minroberta.kernels", "minroberta.checkpoint",
+                                "minroberta.loop", "minroberta.cli", "minroberta.engine", "minroberta.checkpoint"},
+             "minroberta.model": {"minroberta.loop", "minroberta.cli", "minroberta.engine", "minroberta.checkpoint",
                                   "minroberta.finetune"},
-             "minroberta.data": {"minroberta.train", "minroberta.cli", "minroberta.model"},
-             "minroberta.optim": {"minroberta.train", "minroberta.cli", "minroberta.model", "minroberta.kernels"},
-             "minroberta.train": {"minroberta.cli"}}
+             "minroberta.data": {"minroberta.loop", "minroberta.cli", "minroberta.model", "minroberta.engine"},
+             "minroberta.optim": {"minroberta.loop", "minroberta.cli", "minroberta.model", "minroberta.engine"},
+             "minroberta.loop": {"minroberta.cli", "minroberta.engine"},
+             "minroberta.engine": {"minroberta.cli"}}
     for name, targets in graph().items():
         for layer, forbidden in above.items():
             if name == layer or name.startswith(layer + "."):

@@ -1,4 +1,4 @@
-"""The inference fast forms (kernels/inference.py: attention, layer norm, GELU and the whole layer) held to the reference
+"""The inference fast forms (engine/inference.py: attention, layer norm, GELU and the whole layer) held to the reference
 ops they replace: the same outputs on drawn shapes, masks and backends, and the whole encoder without a cache
 against the encoder that keeps one."""
 
@@ -7,9 +7,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import minroberta
-from minroberta import backend
-from minroberta.kernels import threads
-from minroberta.kernels.inference import attention_inference, gelu_in_place, layernorm_in_place
+from minroberta import backend, engine
+from minroberta.engine import threads
+from minroberta.engine.inference import attention_inference, gelu_in_place, layernorm_in_place
 from minroberta.ops import attention_forward, gelu_forward, layernorm_forward
 from tests.reference import relative_error
 
@@ -25,7 +25,7 @@ def drawn(seed, dtype, *shape, scale=1.0):
 @given(batch=st.integers(1, 4), seq=st.integers(1, 9), heads=st.integers(1, 3), head_dim=st.integers(1, 5),
        padded=st.booleans(), dtype=st.sampled_from(["float64", "float32"]), seed=st.integers(0, 2**32 - 1))
 def test_blocked_attention_equals_the_reference(xp, batch, seq, heads, head_dim, padded, dtype, seed, monkeypatch):
-    from minroberta.kernels import inference
+    from minroberta.engine import inference
     monkeypatch.setattr(inference, "SCORES_BLOCK", 1)   # one sequence per block: the blocking is exercised
     q, k, v = (drawn(seed + i, dtype, batch, seq, heads * head_dim, scale=3.0) for i in range(3))
     lengths = np.random.default_rng(seed).integers(1, seq + 1, size=batch) if padded else np.full(batch, seq)
@@ -49,7 +49,8 @@ def test_layer_norm_in_place_equals_the_reference(xp, rows, channels, dtype, see
 
 def test_gelu_in_place_equals_the_exact_gelu(numpy_backend):
     """NumPy's float32 block form against the float64 reference on a fine grid and random values: as close as
-    float32 allows, and closer than the float32 reference form."""
+    float32 allows, and closer than the float32 form training runs (the engine's)."""
+    engine.install()
     grid = np.concatenate([np.linspace(-12, 12, 240001), np.random.default_rng(0).standard_normal(100000) * 3])
     grid = grid.astype(np.float32).astype(np.float64)                   # values float32 can hold
     exact, _ = gelu_forward(grid)                                       # float64
@@ -86,14 +87,16 @@ def test_the_encoder_without_a_cache_equals_the_one_with(xp, model_type, dtype):
     ids = np.where(mask == 1, ids, config.pad_token_id)
     types = np.tile(np.arange(9) >= 5, (3, 1)).astype(np.int64) * (model_type == "bert")
     for args in ((ids, mask, types), (ids[:1], None, types[:1])):   # padded, and with no mask at all
-        cached, _ = model.encode(*args, keep_cache=True)
-        fast, cache = model.encode(*args, keep_cache=False)
-        assert cache is None
+        cached, _ = model.encode(*args)
+        engine.install()
+        fast = model.hidden_states(*args)
+        engine.uninstall()
         assert relative_error(backend.to_host(fast), backend.to_host(cached)) <= TOLERANCE[dtype] * 10
 
 
 def test_the_fast_forms_on_several_threads_equal_one(numpy_backend, monkeypatch):
     monkeypatch.setattr(threads, "MIN_CHUNK", 8)
+    engine.install()
     config = minroberta.Config(vocab_size=40, hidden_size=12, num_hidden_layers=2, num_attention_heads=3,
                                intermediate_size=20, max_position_embeddings=40)
     model = minroberta.Roberta(config, seed=3, head=None)
@@ -109,7 +112,10 @@ def test_the_fast_forms_on_several_threads_equal_one(numpy_backend, monkeypatch)
     assert relative_error(two, one) <= 1e-6
 
 
-def test_outputs_of_several_batches_equal_the_model_on_each_and_leave_the_weights_alone(xp):
+@pytest.mark.parametrize("installed", [False, True])
+def test_outputs_of_several_batches_equal_the_model_on_each_and_leave_the_weights_alone(xp, installed):
+    if installed:
+        engine.install()
     config = minroberta.Config(vocab_size=40, hidden_size=12, num_hidden_layers=2, num_attention_heads=3,
                                intermediate_size=20, max_position_embeddings=40, type_vocab_size=2)
     model = minroberta.Roberta(config, seed=3)

@@ -1,4 +1,4 @@
-"""Every registered fast form (minroberta/kernels/) against the reference op it stands in for, on arrays drawn by
+"""Every registered fast form (minroberta/engine/) against the reference op it stands in for, on arrays drawn by
 hypothesis. Registering a new form for an op listed in CASES is enough to have it checked here; a new op needs
 its case. Row-wise and elementwise forms must give identical bits (with chunks forced small, so the threaded
 path itself runs), and so must the in-place forms of rows.py on the device stand-in, where they run as on CuPy;
@@ -13,18 +13,31 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
 import minroberta
-from minroberta import backend, dispatch, model, ops, optim, precision
+from minroberta import backend, dispatch, model, ops, optim
 from minroberta.device_standin import DeviceArray
-from minroberta.kernels import fused, gelu32, inference, products, rows, threads
+from minroberta.engine import fused, gelu32, inference, precision, products, rows, scored, threads
+from minroberta.ops.matmul import matmul
 from tests.test_fused import HostKernel, host_library  # noqa: F401  (the host-compiled kernels fixture)
 
 EXAMPLES = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
-REFERENCES = {"matmul": precision.matmul, "adamw_update": optim.adamw_update, "layer_output": model.layer_output,
-              "encode_many": model.encode_many, "shifted_softmax": ops.cross_entropy.shifted_softmax}
+
+
+def hidden_states(roberta, ids, key_mask, types):
+    """Roberta.hidden_states as the reference computes it: the encoder with every cache kept."""
+    mask = np.ones_like(ids) if key_mask is None else key_mask
+    return model.encoder_forward(model.Scope(roberta.params, roberta.prefix), roberta.config, ids, mask, types,
+                                 None)[0]
+
+
+REFERENCES = {"matmul": matmul, "adamw_update": optim.adamw_update, "hidden_states": hidden_states,
+              "encode_many": lambda roberta, batches: [hidden_states(roberta, ids, None, types) for ids, types in batches],
+              "mlm_loss_and_grads": lambda roberta, *args: roberta.loss_and_grads(*args),
+              "shifted_softmax": ops.cross_entropy.shifted_softmax}
 CUPY_ONLY = {fused.erf, fused.normal_cdf_and_pdf}   # CuPy's own special functions: checked by tests/test_cupy.py
 # (absolute, relative) tolerance by form; a form not named gives identical bits
-TOLERANCES = {products.matmul: {"float64": (0, 1e-12), "float32": (0, 1e-5)},
+TOLERANCES = {precision.matmul: {"float64": (0, 0), "float32": (0, 0)},   # float32 and float64 products are plain
+              products.matmul: {"float64": (0, 1e-12), "float32": (0, 1e-5)},
               gelu32.normal_cdf_and_pdf: {"float32": (2.5e-7, 0)},
               # sums over rows rounded in another order (rows._row_sums, rows._column_sums)
               rows.layernorm_forward: {"float64": (0, 1e-12), "float32": (0, 1e-5)},
@@ -34,8 +47,10 @@ TOLERANCES = {products.matmul: {"float64": (0, 1e-12), "float32": (0, 1e-5)},
               rows.masked_softmax: {"float64": (0, 1e-12), "float32": (0, 1e-6)},
               rows.masked_softmax_backward: {"float64": (0, 1e-12), "float32": (0, 1e-5)},
               rows.shifted_softmax: {"float64": (0, 1e-12), "float32": (0, 1e-6)},
-              inference.layer_output: {"float64": (0, 1e-11), "float32": (0, 2e-5)},
-              inference.encode_many: {"float64": (0, 1e-11), "float32": (0, 2e-5)}}
+              inference.hidden_states: {"float64": (0, 1e-11), "float32": (0, 2e-5)},
+              inference.encode_many: {"float64": (0, 1e-11), "float32": (0, 2e-5)},
+              # the last layer's products on the scored rows alone, and its gradients scattered back
+              scored.mlm_loss_and_grads: {"float64": (0, 1e-11), "float32": (0, 2e-5)}}
 FUSED = {"float64": (0, 1e-12), "float32": (1e-7, 2e-6)}
 OVERWRITES = {"masked_softmax"}   # ops whose contract lets them use up an input; the others' inputs must end alike
 # where each form is checked: NumPy, and the device stand-in for the forms that run on CuPy without --fused
@@ -110,26 +125,35 @@ def adamw_case(data, dtype):
     return (p, g, m, v, decay, 0.9, 0.98, 1e-6, 1e-2, 0.3)
 
 
-def layer_output_case(data, dtype):
-    heads, head_dim, batch, seq = dims(data, 4, high=3)
-    config = minroberta.Config(vocab_size=10, hidden_size=heads * head_dim, num_hidden_layers=1,
-                               num_attention_heads=heads, intermediate_size=data.draw(st.integers(1, 8)),
-                               max_position_embeddings=10)
-    params = model.init_params(model.encoder_shapes(config, ""), config, data.draw(st.integers(0, 99)), dtype)
+def tiny_roberta(data, dtype, **config):
+    heads, head_dim = dims(data, 2, high=3)
+    config = minroberta.Config(vocab_size=10, hidden_size=heads * head_dim,
+                               num_hidden_layers=data.draw(st.integers(1, 2)), num_attention_heads=heads,
+                               intermediate_size=data.draw(st.integers(1, 8)), max_position_embeddings=12, **config)
+    return minroberta.Roberta(config, seed=data.draw(st.integers(0, 99)), dtype=dtype)
+
+
+def hidden_states_case(data, dtype):
+    roberta = tiny_roberta(data, dtype)
+    batch, seq = dims(data, 2, high=4)
+    ids = data.draw(hnp.arrays(np.int64, (batch, seq), elements=st.integers(2, 9)))
     key_mask = None
     if data.draw(st.booleans()):
         lengths = np.array(data.draw(st.lists(st.integers(1, seq), min_size=batch, max_size=batch)))
         key_mask = (np.arange(seq)[None, :] < lengths[:, None]).astype(np.int64)
-    return (params, config, "encoder.layer.0.", array(data, dtype, (batch, seq, config.hidden_size)), key_mask)
+    return (roberta, ids, key_mask, np.zeros_like(ids))
+
+
+def mlm_loss_case(data, dtype):
+    """Without dropout: with it, the last layer's masks would be drawn over the scored rows alone (other draws)."""
+    roberta, ids, key_mask, _ = hidden_states_case(data, dtype)
+    scored = data.draw(hnp.arrays(np.bool_, ids.shape))
+    labels = np.where(scored, ids, -100)
+    return (roberta, ids, key_mask, labels, None, None, data.draw(st.sampled_from([1.0, 0.25])))
 
 
 def encode_many_case(data, dtype):
-    heads, head_dim = dims(data, 2, high=3)
-    config = minroberta.Config(vocab_size=10, hidden_size=heads * head_dim,
-                               num_hidden_layers=data.draw(st.integers(1, 2)), num_attention_heads=heads,
-                               intermediate_size=data.draw(st.integers(1, 8)), max_position_embeddings=12,
-                               type_vocab_size=2)
-    roberta = minroberta.Roberta(config, seed=data.draw(st.integers(0, 99)), dtype=dtype)
+    roberta = tiny_roberta(data, dtype, type_vocab_size=2)
     batches = []
     for b, t in data.draw(st.lists(st.tuples(st.integers(1, 3), st.integers(1, 9)), min_size=1, max_size=4)):
         ids = data.draw(hnp.arrays(np.int64, (b, t), elements=st.integers(0, 9)))
@@ -160,8 +184,9 @@ CASES = {   # op -> draw(data, dtype) -> the op's arguments (host arrays)
     "erf": lambda data, dtype: (array(data, dtype, tuple(dims(data, 2, high=40)), -9.0, 9.0),),
     "matmul": matmul_case,
     "adamw_update": adamw_case,
-    "layer_output": layer_output_case,
+    "hidden_states": hidden_states_case,
     "encode_many": encode_many_case,
+    "mlm_loss_and_grads": mlm_loss_case,
     "shifted_softmax": shifted_softmax_case,
 }
 
@@ -218,6 +243,8 @@ def assert_close(got, expected, tolerance, where):
     got, expected = leaves(got), leaves(expected)
     assert len(got) == len(expected), where
     for i, (a, b) in enumerate(zip(got, expected)):
+        if isinstance(b, np.generic):   # a 0-d result, such as a loss
+            a, b = np.asarray(a), np.asarray(b)
         if not isinstance(b, np.ndarray):
             assert a == b or (a is None and b is None), f"{where}, item {i}: {a!r} != {b!r}"
             continue
@@ -238,6 +265,7 @@ def small_chunks(numpy_backend, monkeypatch):
     monkeypatch.setattr(gelu32, "BLOCK", 7)
     monkeypatch.setattr(inference, "SCORES_BLOCK", 1)
     threads.use(2)
+    dispatch.install(True)   # the forms run as the engine runs them, each other's forms inside them
 
 
 @pytest.fixture
@@ -283,6 +311,7 @@ def test_the_in_place_forms_run_on_every_backend_and_fused_kernels_first(where, 
     """The stand-in gets the forms CuPy would: rows.py's without --fused, fused.py's (registered first) with it."""
     previous = backend.name()
     xp = backend.use(where)
+    dispatch.install(True)
     try:
         x = xp.ones((2, 3))
         for op, forms in dispatch.registered().items():

@@ -221,17 +221,23 @@ DRAWN = {"linear": drawn_linear, "layernorm": drawn_layernorm, "gelu": drawn_gel
 @pytest.fixture
 def threaded_chunks(numpy_backend, monkeypatch):
     """The fast CPU forms on two threads, their chunks cut so small that these arrays are split."""
-    from minroberta.kernels import gelu32, products, threads
+    from minroberta.engine import gelu32, products, threads
     monkeypatch.setattr(threads, "MIN_CHUNK", 8)
     monkeypatch.setattr(products, "PRODUCT_MIN_CHUNK", 16)
     monkeypatch.setattr(gelu32, "BLOCK", 7)
     threads.use(2)
 
 
-@pytest.fixture(params=["numpy", "standin", "threaded"])
+@pytest.fixture(params=["reference", "numpy", "standin", "threaded"])
 def where(request):
-    """Each backend as it runs by default (the stand-in through rows.py's in-place forms, as CuPy), and the NumPy
-    backend's fast forms on small chunks over two threads."""
+    """The reference ops as written; then, with the engine installed, each backend as it runs (the stand-in
+    through rows.py's in-place forms, as CuPy), and the NumPy backend's fast forms on small chunks over two
+    threads."""
+    from minroberta import engine
+    if request.param == "reference":
+        yield request.param
+        return
+    engine.install()
     if request.param == "threaded":
         request.getfixturevalue("threaded_chunks")
         yield request.param
@@ -263,10 +269,11 @@ def test_checker_catches_a_backward_that_writes_into_dout(numpy_backend):
 @EXAMPLES
 @given(batch=st.integers(1, 2), seq=st.integers(1, 4), seed=seeds, data=st.data())
 def test_layer_on_chosen_rows(xp, batch, seq, seed, data):
-    """model.layer_forward with rows: attention over every token, the token-wise half on the chosen flat
-    positions only, y (N, C); its backward against central differences in x and in weights on both sides of
-    the cut (the query projection before it, the FFN after it)."""
+    """The engine's last layer on the scored rows (engine/scored.py): attention over every token, the token-wise
+    half on the chosen flat positions only, y (N, C); its backward against central differences in x and in
+    weights on both sides of the cut (the query projection before it, the FFN after it)."""
     from minroberta import Config, model
+    from minroberta.engine import scored
     config = Config(vocab_size=5, hidden_size=4, num_hidden_layers=1, num_attention_heads=2, intermediate_size=6,
                     max_position_embeddings=8)
     layer = "encoder.layer.0."
@@ -280,10 +287,11 @@ def test_layer_on_chosen_rows(xp, batch, seq, seed, data):
 
     def forward(x, query, ffn):
         chosen = {**params, query_name: query, ffn_name: ffn}
-        return model.layer_forward(chosen, config, layer, x, key_mask, None, rows=backend.to_device(rows))
+        return scored.scored_layer_forward(model.Scope(chosen, layer), config, x, key_mask, None,
+                                           backend.to_device(rows))
 
     def backward(dy, cache):
         grads = {}
-        dx = model.layer_backward(dy, cache, layer, grads)
+        dx = scored.scored_layer_backward(dy, cache, model.Scope(grads, layer))
         return {"x": dx, "query": grads[query_name], "ffn": grads[ffn_name]}
     check_gradients(forward, backward, inputs, ["x", "query", "ffn"])

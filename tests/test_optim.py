@@ -5,6 +5,7 @@ import pytest
 
 import minroberta
 from minroberta import backend
+from minroberta.engine.flat import FlatAdamW
 from minroberta.optim import AdamW, clip_by_global_norm, linear_schedule
 from tests.reference import reference_mlm, relative_error, transformers_or_skip
 
@@ -48,7 +49,7 @@ def test_ten_steps_match_a_transformers_trainer(numpy_backend, dtype, tolerance)
     """Same initial weights, same masked batches, same AdamW hyperparameters and schedule: same per-step
     losses and the same final parameters as RobertaForMaskedLM + torch.optim.AdamW."""
     torch, _ = transformers_or_skip()
-    from minroberta.train import TrainSettings, Trainer
+    from minroberta.engine.trainer import TrainSettings, Trainer
 
     config = minroberta.Config(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                                intermediate_size=32, max_position_embeddings=18, hidden_dropout_prob=0.0,
@@ -72,8 +73,7 @@ def test_ten_steps_match_a_transformers_trainer(numpy_backend, dtype, tolerance)
         def train_batch(self, epoch, index, batch_size, shard=(0, 1)):
             return batches[index]
 
-    settings = TrainSettings(steps=10, batch_size=4, lr=1e-3, warmup=3, weight_decay=0.01, clip_norm=1.0,
-                             dropout=False)
+    settings = TrainSettings(steps=10, batch_size=4, lr=1e-3, warmup=3, beta2=0.98, weight_decay=0.01, clip_norm=1.0)
     trainer = Trainer(model, FixedBatches(), None, settings, out_dir=None)
     decay = [p for n, p in reference.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in reference.named_parameters() if p.ndim < 2]
@@ -101,7 +101,7 @@ def test_held_parameters_take_the_same_updates_as_separate_ones(xp):
     host = {"b": rng.standard_normal(5), "w": rng.standard_normal((4, 3)), "v": rng.standard_normal((2, 2)),
             "g": rng.standard_normal(3)}
     separate = {k: backend.to_device(v.copy()) for k, v in host.items()}
-    plain, flat = AdamW(separate, weight_decay=0.1), AdamW(separate, weight_decay=0.1)
+    plain, flat = AdamW(separate, weight_decay=0.1), FlatAdamW(separate, weight_decay=0.1)
     held = flat.hold({k: backend.to_device(v.copy()) for k, v in host.items()})
     for step in range(4):
         grads = {k: backend.to_device(rng.standard_normal(v.shape)) for k, v in host.items()}

@@ -13,10 +13,17 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import minroberta
-from minroberta import backend, precision
-from minroberta.precision import LossScaler
+from minroberta import backend, engine, heads
+from minroberta.engine import precision
+from minroberta.engine.precision import LossScaler
 from tests.reference import gradient_floor, reference_mlm, relative_error, transformers_or_skip
 from tests.test_pretrain import SMALL_RUN, corpus_file, final_params, run_cli   # noqa: F401 (a fixture)
+
+
+@pytest.fixture(autouse=True)
+def engine_installed():
+    """Lower-precision products are the engine's: it stands in for ops/matmul.py's plain product."""
+    engine.install()
 
 LOGITS_TOLERANCE, LOSS_TOLERANCE, GRADIENT_TOLERANCE = 2e-3, 1e-5, 5e-3
 CONFIG = dict(vocab_size=200, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
@@ -153,7 +160,7 @@ def test_loss_scaler_backs_off_on_overflow_and_grows_after_a_run_of_good_updates
 
 def test_an_overflowing_scale_skips_updates_and_comes_down(tmp_path, numpy_backend):
     from minroberta.data import PretrainingData
-    from minroberta.train import TrainSettings, Trainer
+    from minroberta.engine.trainer import TrainSettings, Trainer
     precision.use("fp16")
     config = minroberta.Config(vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
                                intermediate_size=8, max_position_embeddings=20)
@@ -215,11 +222,11 @@ def test_every_loss_scales_its_gradients_and_not_its_value(numpy_backend, head):
     elif head == "qa":
         model = mlm.with_head("qa")
         starts, ends = rng.integers(0, 30, 4), rng.integers(30, 60, 4)
-        run = lambda scale: model.qa_loss_and_grads(ids, mask, starts, ends, loss_scale=scale)
+        run = lambda scale: heads.qa_loss_and_grads(model, ids, mask, starts, ends, loss_scale=scale)
     else:
         model = mlm.with_head("classification", extra={"num_labels": 3 if head == "classes" else 1})
         targets = rng.integers(0, 3, 4) if head == "classes" else rng.standard_normal(4)
-        run = lambda scale: model.classification_loss_and_grads(ids, mask, targets, loss_scale=scale)
+        run = lambda scale: heads.classification_loss_and_grads(model, ids, mask, targets, loss_scale=scale)
     loss, grads = run(1.0)
     scaled_loss, scaled_grads = run(8.0)
     assert float(scaled_loss) == float(loss)
@@ -232,7 +239,7 @@ def test_every_loss_scales_its_gradients_and_not_its_value(numpy_backend, head):
                                         {"scale": 2.0, "good_steps": -1}, [65536.0]])
 def test_a_damaged_loss_scale_makes_the_trainer_state_unusable(tmp_path, loss_scale):
     """Caught where every trainer state is checked, so resuming falls back past it with a one-line warning."""
-    from minroberta.train import STATE, read_state
+    from minroberta.engine.trainer import STATE, read_state
     (tmp_path / STATE).write_text(json.dumps({"step": 3, "optimizer_steps": 3, "loss_scale": loss_scale}))
     with pytest.raises(minroberta.MinRobertaError, match=f"{STATE}: not a trainer state"):
         read_state(str(tmp_path))

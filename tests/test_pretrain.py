@@ -13,7 +13,7 @@ import minroberta
 from minroberta import backend
 from minroberta.checkpoint import read_safetensors
 from minroberta.cli import main
-from minroberta.train import MaskedLM, TrainSettings, Trainer, list_checkpoints
+from minroberta.engine.trainer import MaskedLM, TrainSettings, Trainer, list_checkpoints
 
 SMALL_RUN = ["--preset", "micro", "--seq-len", "64", "--batch-size", "8", "--log-every", "2", "--eval-batches", "4"]
 
@@ -130,7 +130,7 @@ def test_a_tiny_model_overfits_one_batch(numpy_backend):
     inputs = np.where(labels != -100, 4, ids)
     batch = {"input_ids": inputs, "attention_mask": np.ones_like(ids), "labels": labels}
 
-    trainer = Trainer(model, OneBatch(batch), None, TrainSettings(steps=150, lr=3e-3, warmup=10, dropout=False), None)
+    trainer = Trainer(model, OneBatch(batch), None, TrainSettings(steps=150, lr=3e-3, warmup=10), None)
     for _ in range(150):
         loss, _, _ = trainer.train_step()
     assert loss < 0.1
@@ -139,9 +139,10 @@ def test_a_tiny_model_overfits_one_batch(numpy_backend):
 def test_on_two_threads_a_step_runs_a_part_per_thread_and_makes_the_whole_batchs_update(numpy_backend):
     """Uneven parts (7 rows into 4 + 3, scored tokens unequal): weighted by their scored tokens, the parts'
     update is the one-thread update of the batch whole, to float32 rounding."""
-    from minroberta.kernels import threads
+    from minroberta.engine import threads
     config = minroberta.Config(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                               intermediate_size=32, max_position_embeddings=34)
+                               intermediate_size=32, max_position_embeddings=34, hidden_dropout_prob=0.0,
+                               attention_probs_dropout_prob=0.0)
     rng = np.random.default_rng(1)
     ids = rng.integers(5, 50, size=(7, 24))
     labels = np.where(rng.random(ids.shape) < np.linspace(0.1, 0.6, 7)[:, None], ids, -100)
@@ -159,7 +160,7 @@ def test_on_two_threads_a_step_runs_a_part_per_thread_and_makes_the_whole_batchs
         for count in (1, 2):
             threads.use(count)
             trainer = Trainer(minroberta.Roberta(config, seed=0), OneBatch(batch), None,
-                              TrainSettings(steps=3, lr=1e-2, warmup=0, dropout=False), None, task=Counting())
+                              TrainSettings(steps=3, lr=1e-2, warmup=0), None, task=Counting())
             losses = [trainer.train_step()[0] for _ in range(3)]
             updated[count] = (losses, trainer.model.params)
     finally:
@@ -168,7 +169,7 @@ def test_on_two_threads_a_step_runs_a_part_per_thread_and_makes_the_whole_batchs
     seen.clear()
     batch = {k: v[:1] for k, v in batch.items()}   # one row for two threads: the micro-batch stays whole
     threads.use(2)
-    Trainer(minroberta.Roberta(config, seed=0), OneBatch(batch), None, TrainSettings(steps=1, dropout=False), None,
+    Trainer(minroberta.Roberta(config, seed=0), OneBatch(batch), None, TrainSettings(steps=1), None,
             task=Counting()).train_step()
     assert seen == [1]
     assert np.allclose(updated[1][0], updated[2][0], rtol=1e-5)

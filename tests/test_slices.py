@@ -1,14 +1,14 @@
-"""The trainer's slices in worker processes (minroberta/slices.py): the same updates as with the slices on threads,
+"""The trainer's slices in worker processes (minroberta/engine/workers.py): the same updates as with the slices on threads,
 bit for bit; a worker that dies is a one-line error; workers that cannot start leave the slices to the threads."""
 
 import numpy as np
 import pytest
 
 import minroberta
-from minroberta import slices
+from minroberta.engine import workers as slices
 from minroberta.errors import MinRobertaError
-from minroberta.kernels import threads
-from minroberta.train import TrainSettings, Trainer
+from minroberta.engine import threads
+from minroberta.engine.trainer import TrainSettings, Trainer
 
 pytestmark = pytest.mark.skipif(not slices.available(), reason="worker processes need Linux's memfd_create")
 
@@ -34,7 +34,7 @@ class Batches:
 
 def trainer(workers):
     made = Trainer(minroberta.Roberta(CONFIG, seed=0), Batches(), None,
-                   TrainSettings(steps=5, lr=1e-2, warmup=1, dropout=False), None)
+                   TrainSettings(steps=5, lr=1e-2, warmup=1), None)
     made.use_workers = workers
     made.progress.quiet = True
     return made
@@ -84,14 +84,14 @@ def test_workers_that_cannot_start_leave_the_slices_to_the_threads(numpy_backend
 def test_a_restored_optimizer_that_lists_the_parameters_otherwise_gets_workers_that_agree(numpy_backend):
     """A restore holds the parameters anew, perhaps in another order (load_pretrained's, not the model's): the
     workers must follow, or they would read one tensor's numbers as another's."""
-    from minroberta.optim import AdamW
+    from minroberta.engine.flat import FlatAdamW
     threads.use(2)
     runs = {}
     for workers in (False, True):
         t = trainer(workers)
         t.train_step()
         reordered, before = dict(reversed(list(t.model.params.items()))), list(t.optimizer.names)
-        t.optimizer = AdamW(reordered, betas=t.settings.betas, eps=t.settings.eps,
+        t.optimizer = FlatAdamW(reordered, betas=t.settings.betas, eps=t.settings.eps,
                             weight_decay=t.settings.weight_decay)
         assert t.optimizer.names != before
         t.model.params = t.optimizer.hold(reordered)

@@ -1,4 +1,4 @@
-"""The NumPy work cut over threads (minroberta/kernels/threads.py): the same numbers as on one thread, errors and NumPy's
+"""The NumPy work cut over threads (minroberta/engine/threads.py), with the engine installed: the same numbers as on one thread, errors and NumPy's
 error state carried across, bad thread counts refused. Chunks are made tiny here so that small arrays are cut."""
 
 import os
@@ -9,9 +9,15 @@ import numpy as np
 import pytest
 
 import minroberta
-from minroberta import MinRobertaError, ops
-from minroberta.kernels import products, threads
+from minroberta import MinRobertaError, engine, ops
+from minroberta.engine import products, threads
 from minroberta.optim import AdamW
+
+
+@pytest.fixture(autouse=True)
+def engine_installed():
+    """The forms that cut their work over the threads are the engine's."""
+    engine.install()
 
 
 @pytest.fixture

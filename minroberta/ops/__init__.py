@@ -1,5 +1,5 @@
 """The ops, the reference math of the model: each a forward returning (out, cache) and a backward returning
-gradients, derivation beside it. Read these first; their fast forms (minroberta/kernels/) are machinery."""
+gradients, derivation beside it. Read these first; their fast forms (minroberta/engine/) are machinery, off until the engine is installed."""
 
 from .attention import (attention_backward, attention_forward, masked_softmax, masked_softmax_backward,
                         softmax_backward, softmax_forward)

@@ -6,7 +6,7 @@ from collections import namedtuple
 from .. import backend
 from ..dispatch import fast_form
 from ..errors import MinRobertaError
-from ..precision import matmul
+from .matmul import matmul
 from .checks import require_shape
 from .dropout import dropout_backward, dropout_forward
 
@@ -18,7 +18,7 @@ AttentionCache = namedtuple("AttentionCache", "qh kh vh probs probs_used drop_sc
 def softmax_forward(scores):
     """scores (..., K) -> probs over the last axis, computed after subtracting the row max (exp cannot
     overflow; the max entry becomes exp(0) = 1). The cache is probs."""
-    if fast := fast_form("softmax_forward", scores):   # kernels/rows.py: in one buffer
+    if fast := fast_form("softmax_forward", scores):   # engine/rows.py: in one buffer
         return fast(scores)
     e = backend.xp().exp(scores - scores.max(axis=-1, keepdims=True))     # (..., K)
     probs = e / e.sum(axis=-1, keepdims=True)
@@ -36,7 +36,7 @@ def softmax_backward(dprobs, probs):
 def masked_softmax(scores, additive, scale):
     """softmax(scores * scale + additive) over the last axis: scores (B, nh, T, T), which it may overwrite;
     additive (B, T), one value per key."""
-    if fast := fast_form("masked_softmax", scores):    # kernels/: in place, or two CUDA kernels
+    if fast := fast_form("masked_softmax", scores):    # engine/: in place, or two CUDA kernels
         return fast(scores, additive, scale)
     probs, _ = softmax_forward(scores * scale + additive[:, None, None, :])
     return probs

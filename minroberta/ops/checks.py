@@ -1,5 +1,7 @@
 """Argument checks shared by the ops: one-line ValueErrors that name the argument and the shapes involved."""
 
+import numpy as np
+
 from .. import backend
 from ..errors import MinRobertaError
 
@@ -30,3 +32,23 @@ def require_ids_in_range(name, ids, size, allowed_negative=None):
         bad = low if low < 0 else high
         allowed = f" (or {allowed_negative})" if allowed_negative is not None else ""
         raise MinRobertaError(f"{name} holds id {bad}, outside [0, {size}){allowed}; shape {tuple(ids.shape)}")
+
+
+def as_id_array(name, values, expected_shape=None, ndim=2):
+    """Lists, host arrays or device arrays of integer ids -> an int64 device array of `ndim` dimensions
+    ((batch, sequence) by default), or a clear error."""
+    xp = backend.xp()
+    if isinstance(values, xp.ndarray) and not isinstance(values, np.ndarray):
+        array = values
+    else:
+        host = np.asarray(values)
+        # an empty list arrives as float64 and is let through; any other non-integer dtype is refused
+        if host.dtype == object or (host.dtype.kind not in "iub" and not (host.size == 0 and host.dtype.kind == "f")):
+            raise MinRobertaError(f"{name} must hold integers, got dtype {host.dtype}")
+        array = backend.to_device(host.astype(np.int64))
+    if array.ndim != ndim:
+        expected = "(batch, sequence)" if ndim == 2 else "(batch,)"
+        raise MinRobertaError(f"{name} must have shape {expected}, got shape {tuple(array.shape)}")
+    if expected_shape is not None and tuple(array.shape) != tuple(expected_shape):
+        raise MinRobertaError(f"{name} has shape {tuple(array.shape)}, expected {tuple(expected_shape)}")
+    return array.astype(xp.int64)

@@ -32,7 +32,7 @@ def shifted_softmax(logits, labels):
     """The row softmax of logits (N, V) after subtracting each row's max (stable: the max entry is 0), and what
     the loss takes from it: -> the label's shifted logit z_y - max z (N,), the row sums of exp(z - max z) (N, 1),
     the probabilities (N, V). labels (N,) in [0, V)."""
-    if fast := fast_form("shifted_softmax", logits):   # kernels/rows.py: in one buffer, rows over the threads
+    if fast := fast_form("shifted_softmax", logits):   # engine/rows.py: in one buffer, rows over the threads
         return fast(logits, labels)
     xp = backend.xp()
     shifted = logits - logits.max(axis=1, keepdims=True)                # (N, V)

@@ -20,7 +20,7 @@ def gelu_forward(x):
     """x (...) -> x * Phi(x), Phi(x) = (1 + erf(x / sqrt 2)) / 2.
     The cache keeps Phi and the normal density phi as well as x: the backward needs both, and a fast form that
     gets phi while computing Phi saves recomputing an exp."""
-    if fast := fast_form("gelu_forward", x):         # kernels/fused.py: one CUDA kernel
+    if fast := fast_form("gelu_forward", x):         # engine/fused.py: one CUDA kernel
         return fast(x)
     cdf, pdf = normal_cdf_and_pdf(x)                    # (...), (...)
     cache = GeluCache(x, cdf, pdf)
@@ -46,7 +46,7 @@ def gelu_output(cache):
 def normal_cdf_and_pdf(x):
     """Phi(x) = (1 + erf(x / sqrt 2)) / 2 and phi(x) = exp(-x^2 / 2) / sqrt(2 pi), elementwise: GELU's gate and
     the other half of its derivative. float32 input is computed in float64 and rounded."""
-    if fast := fast_form("normal_cdf_and_pdf", x):   # kernels/: a fitted erfc in float32 blocks; CuPy's own
+    if fast := fast_form("normal_cdf_and_pdf", x):   # engine/: a fitted erfc in float32 blocks; CuPy's own
         return fast(x)
     xp = backend.xp()
     if x.dtype != xp.float64:
@@ -61,7 +61,7 @@ def erf(x):
     erf(x) = 1 - e^{-x^2} / (sqrt(pi) (x + (1/2)/(x + 1/(x + (3/2)/(x + ...)))))   for |x| >= 3.
     Both forms are evaluated from the innermost term outwards, on clamped inputs, then selected; they agree
     with math.erf to about 1e-15."""
-    if fast := fast_form("erf", x):                  # kernels/fused.py: CuPy's own
+    if fast := fast_form("erf", x):                  # engine/fused.py: CuPy's own
         return fast(x)
     xp = backend.xp()
     if x.dtype != xp.float64:

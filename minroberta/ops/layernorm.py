@@ -12,7 +12,7 @@ LayerNormCache = namedtuple("LayerNormCache", "xhat rstd gamma")
 def layernorm_forward(x, gamma, beta, eps):
     """x (..., C), gamma (C,), beta (C,) -> y = gamma * (x - mean) * rstd + beta, rstd = 1/sqrt(var + eps)."""
     require_last_dim("x", x, gamma.shape[0], f"layer norm size, gamma shape {tuple(gamma.shape)}")
-    if fast := fast_form("layernorm_forward", x):    # kernels/: rows over the threads, or one CUDA kernel
+    if fast := fast_form("layernorm_forward", x):    # engine/: rows over the threads, or one CUDA kernel
         return fast(x, gamma, beta, eps)
     mean = x.mean(axis=-1, keepdims=True)                # (..., 1)
     centred = x - mean                                   # (..., C)

@@ -3,7 +3,7 @@
 from collections import namedtuple
 
 from ..dispatch import fast_form
-from ..precision import matmul
+from .matmul import matmul
 from .checks import require_last_dim, require_shape
 
 LinearCache = namedtuple("LinearCache", "x weight has_bias")   # x is None when the caller keeps it instead
@@ -12,12 +12,12 @@ LinearCache = namedtuple("LinearCache", "x weight has_bias")   # x is None when 
 def linear_forward(x, weight, bias=None, keep_input=True):
     """x (..., I), weight (O, I), bias (O,) or None -> y (..., O).
     The leading dimensions are flattened so the BLAS sees one large (N, I) x (I, O) product rather than a loop
-    of small ones; `matmul` is plain `@` unless a lower precision was chosen (precision.py).
+    of small ones; `matmul` is plain `@` (ops/matmul.py).
     keep_input=False leaves x out of the cache, for a caller that can hand it back to the backward."""
     require_last_dim("x", x, weight.shape[1], f"weight's input size, weight shape {tuple(weight.shape)}")
     if bias is not None:
         require_shape("bias", bias, (weight.shape[0],))
-    if fast := fast_form("linear_forward", x):       # kernels/rows.py: the bias added in place
+    if fast := fast_form("linear_forward", x):       # engine/rows.py: the bias added in place
         return fast(x, weight, bias, keep_input)
     y = matmul(x.reshape(-1, x.shape[-1]), weight.T)     # (N, O)
     if bias is not None:

@@ -7,7 +7,7 @@ Processes share only the parameters, the gradients and the slices' token ids, in
 (memfd) that all of them map. Each slice is computed as on a thread, and the gradients are summed in the same
 order, so every bit of the update is the same (tests/test_slices.py).
 
-A worker is a fresh interpreter (`python -m minroberta.slices`), not a fork of this one, which already runs
+A worker is a fresh interpreter (`python -m minroberta.engine.workers`), not a fork of this one, which already runs
 threads (the pool's, the tokenizer's) that a fork could leave holding locks. It inherits the memory file's
 descriptor, reads one line of JSON (the model's config and where each array lies in the file), maps the file and
 answers "ready". Then, for each update, once its slice's ids, mask and labels are in the file, it reads a line
@@ -30,8 +30,9 @@ import weakref
 
 import numpy as np
 
-from .errors import MinRobertaError
-from .optim import flat_views
+from .. import dispatch
+from ..errors import MinRobertaError
+from .flat import flat_views
 
 _INPUTS = ("input_ids", "attention_mask", "labels")
 
@@ -86,11 +87,11 @@ class Workers:
             environment = dict(os.environ, OPENBLAS_NUM_THREADS="1", MINROBERTA_THREADS="1",
                                MINROBERTA_BACKEND="numpy")
             setup = {"descriptor": descriptor, "config": model.config.to_dict(), "dtype": model.dtype,
-                     "prefix": model.prefix, "head": model.head, "names": self.names,
+                     "prefix": model.prefix, "head": model.head, "names": self.names, "installed": dispatch.installed(),
                      "shapes": {n: list(s) for n, s in self.shapes.items()}, "layout": self.layout, "rows": rows,
                      "seq": seq}
             for index in range(count):
-                process = subprocess.Popen([sys.executable, "-m", "minroberta.slices"], stdin=subprocess.PIPE,
+                process = subprocess.Popen([sys.executable, "-m", "minroberta.engine.workers"], stdin=subprocess.PIPE,
                                            stdout=subprocess.PIPE, env=environment, cwd=package_parent, text=True,
                                            bufsize=1, pass_fds=(descriptor,), start_new_session=True)
                 self.processes.append(process)
@@ -191,8 +192,8 @@ def serve(stdin=sys.stdin):
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     np.seterr(over="ignore", invalid="ignore")   # as the trainer's step: a non-finite loss is its to report
     try:
-        from .config import Config
-        from .model import Roberta
+        from ..config import Config
+        from ..model import Roberta
         setup = json.loads(stdin.readline())
         shapes = {n: tuple(s) for n, s in setup["shapes"].items()}
         layout, index = setup["layout"], setup["index"]
@@ -202,6 +203,7 @@ def serve(stdin=sys.stdin):
         inputs = _inputs(buffer, layout["inputs"][index], setup["rows"], setup["seq"])
         model = Roberta(Config.from_dict(setup["config"]), dtype=setup["dtype"], params=params,
                         prefix=setup["prefix"], head=setup["head"])
+        dispatch.install(setup["installed"])   # the engine's forms on here exactly when they are in the trainer
         answers.write("ready\n")
     except Exception as error:   # noqa: BLE001 (reported to the trainer, which stops with it)
         answers.write(f"error {type(error).__name__}: {error}".replace("\n", " ") + "\n")

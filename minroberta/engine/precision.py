@@ -2,8 +2,8 @@
 that float16 gradients need.
 
 Every matrix product of the model (the linear layers and attention's four batched products, forward and
-backward) goes through `matmul`. Everything else (layer norm, softmax, GELU, cross-entropy, the optimizer)
-always runs on float32 values, and the parameters stay float32: they are the master weights.
+backward) goes through ops/matmul.py, which the "fp16" form below stands in for. Everything else (layer norm,
+softmax, GELU, cross-entropy, the optimizer) always runs on float32 values, and the parameters stay float32: they are the master weights.
 
   "float32"  products in the operands' own dtype (float64 stays float64). The default.
   "tf32"     CuPy only: cuBLAS may round float32 operands to TF32 (10 mantissa bits) inside its tensor-core
@@ -18,9 +18,9 @@ Choose with `precision.use(name)` (the command line's --precision).
 
 import numpy as np
 
-from . import backend
-from .dispatch import fast_form
-from .errors import MinRobertaError
+from .. import backend, dispatch
+from ..dispatch import register
+from ..errors import MinRobertaError
 
 MODES = ("float32", "tf32", "fp16")
 
@@ -32,6 +32,8 @@ def use(name):
     global _mode
     if name not in MODES:
         raise MinRobertaError(f"unknown precision {name!r}; choose one of {', '.join(MODES)}")
+    if name != "float32" and not dispatch.installed():
+        raise MinRobertaError(f"precision {name!r} is the engine's: call minroberta.engine.install() first")
     if name == "tf32" and backend.name() != "cupy":
         raise MinRobertaError("precision 'tf32' is a GPU matrix mode: it needs the cupy backend (--backend cupy)")
     if backend.name() == "cupy":
@@ -59,16 +61,19 @@ def _set_cublas_compute_types(mode):
     cupy._core.set_compute_type(np.float16, linalg.COMPUTE_TYPE_FP32)
 
 
+def in_float16(*_):
+    return _mode == "fp16"
+
+
+@register("matmul", in_float16)
 def matmul(a, b):
-    """a @ b under the selected precision, returned in a's dtype. (..., M, K) x (..., K, N) -> (..., M, N)."""
-    if fast := fast_form("matmul", a, b):            # kernels/products.py: one product per thread
-        return fast(a, b)
+    """a @ b with float16 operands and result, returned in a's dtype (ops/matmul.py's product, in fp16)."""
     return product(a, b)
 
 
 def product(a, b, out=None):
     """One product under the selected precision, on the calling thread alone, written into out when given
-    (the reference of matmul, and what its fast form runs on each chunk)."""
+    (what the fp16 form and each chunk of the threads' form run)."""
     if _mode != "fp16":
         return backend.xp().matmul(a, b, out=out)
     xp = backend.xp()

@@ -5,7 +5,7 @@ threads. Those threads spin for a while after each product, waiting for the next
 exactly when the single-threaded elementwise work that follows could use them (docs/performance.md).
 
 So with more than one thread the BLAS is pinned to one, and the model's heavy work (every matrix product,
-kernels/products.py, and the large elementwise passes of kernels/rows.py: GELU, layer norm, softmax, bias adds,
+products.py, and the large elementwise passes of rows.py: GELU, layer norm, softmax, bias adds,
 AdamW) runs as contiguous chunks of rows, one per thread. NumPy lets go of the interpreter lock inside
 operations on large arrays, so the chunks run in parallel. Many independent large tasks (inference on packs of
 texts, the parts of a training batch) go to `each` instead: whole tasks side by side, nothing cut inside them,

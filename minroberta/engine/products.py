@@ -4,7 +4,7 @@ BLAS's kernels place it), so tests/test_kernels.py holds it to the reference at 
 
 from .. import backend
 from ..dispatch import register
-from ..precision import product
+from .precision import product
 from . import threads
 
 # multiply-adds below which a product's chunk is not worth a thread (a few microseconds of BLAS work)

@@ -12,7 +12,7 @@ Reductions (a row's max, sum, mean) stay CuPy's own.
 
 import math
 
-from .. import backend
+from .. import backend, dispatch
 from ..dispatch import register
 from ..errors import MinRobertaError
 from ..ops.layernorm import LayerNormCache
@@ -57,6 +57,8 @@ def use(on):
     global _enabled
     if on and backend.name() != "cupy":
         raise MinRobertaError("fused kernels are CUDA code: they need the cupy backend (--backend cupy)")
+    if on and not dispatch.installed():
+        raise MinRobertaError("fused kernels are the engine's: call minroberta.engine.install() first")
     _enabled = bool(on)
 
 

@@ -10,7 +10,7 @@ from ..ops.gelu import GeluCache
 from ..ops.layernorm import LayerNormCache
 from ..ops.linear import LinearCache
 from ..ops import attention
-from ..precision import matmul
+from ..ops.matmul import matmul
 from . import threads
 
 

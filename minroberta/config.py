@@ -141,7 +141,8 @@ class Config:
             labels = changes.pop("num_labels")
             extra = dict(changes.get("extra", self.extra))
             if len(extra.get("id2label") or ()) != labels:   # names of other labels would override the count
-                extra.pop("id2label", None), extra.pop("label2id", None)
+                for key in ("id2label", "label2id"):
+                    extra.pop(key, None)
             changes["extra"] = {**extra, "num_labels": labels}
         fields = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(changes) - fields)

@@ -1,8 +1,8 @@
 """Contextual vectors: pooled sentence embeddings and per-token vectors aligned with the text.
 
+    model, tokenizer = minroberta.load_pretrained(directory), minroberta.load_tokenizer(directory)
     vectors = sentence_embeddings(model, tokenizer, ["first text", "second"], pooling="mean")   # (N, C)
     word_vector(model, tokenizer, "The quick brown fox jumps.", "fox")                       # (C,)
-    tokenizer = minroberta.load_tokenizer(directory)          # the tokenizer saved beside a model
 
 A sentence-transformers directory says how its model pools and normalises (modules.json, 1_Pooling/config.json)
 and how many tokens it reads (sentence_bert_config.json); `sentence_setup` reads those files.
@@ -165,12 +165,12 @@ def word_vector(model, tokenizer, text, word, occurrence=0):
     covers = lambda offset: offset[0] < end and offset[1] > start and offset[1] > offset[0]   # the word's tokens
     encoding = tokenizer.encode(text)
     whole = [i for i, offset in enumerate(encoding.offsets) if covers(offset)]
+    if not whole:
+        raise MinRobertaError(f"no token of {_shown(text)} holds {word!r} (the tokenizer drops its characters)")
     limit = model.config.max_sequence_length
     if len(encoding.ids) > limit:   # the model reads the first `limit` tokens, special tokens included
         encoding = tokenizer.encode(text, max_length=limit)
     pieces = [i for i, offset in enumerate(encoding.offsets) if covers(offset)]
-    if not whole:
-        raise MinRobertaError(f"no token of {_shown(text)} holds {word!r} (the tokenizer drops its characters)")
     if len(pieces) < len(whole):
         raise MinRobertaError(f"{word!r} ends at token {whole[-1]} of {_shown(text)}, past the model's {limit} "
                               "positions (special tokens included); cut the text")

@@ -17,6 +17,7 @@ INSTALL_HINT = "drawing needs matplotlib: pip install matplotlib (or pip install
 # what dynamic masking did to a token, as masking_actions labels it; colours of the masking picture
 ACTIONS = ("not chosen", "chosen: <mask>", "chosen: random token", "chosen: kept", "special or padding")
 ACTION_COLOURS = ("#ffffff", "#e4572e", "#f3a712", "#76b041", "#d9d9d9")
+MASKING_FONT = 11   # points: the masking picture's text
 
 
 def pyplot():
@@ -207,15 +208,16 @@ def draw_masking(tokenizer, batches, path, title=None):
     plt.close(figure)
 
 
-MASKING_FONT = 11   # points
-
-
 def _token_boxes(tokenizer, batch):
     """Per sequence, its tokens laid out as text: [(start, end, shown text, action, replacement or None)] in
-    characters. A token that opens a word (a leading space) or a special token starts one character after
-    the previous box; a piece that goes on a word touches it. Padding is left out."""
+    characters. A token that opens a word (byte-level BPE: a leading space; WordPiece: no leading "##") or a
+    special token starts one character after the previous box; a piece that goes on a word touches it.
+    Padding is left out."""
     actions = masking_actions(batch, tokenizer.special_ids, tokenizer.mask_id)
     special = set(tokenizer.special_ids)
+    wordpiece = type(getattr(getattr(tokenizer, "raw", None), "model", None)).__name__ == "WordPiece"
+    opens = lambda text: not text.startswith("##") if wordpiece else text[:1].isspace()
+    shown_as = lambda text: (text[2:] if wordpiece and text.startswith("##") else text).strip() or repr(text)
     layout = []
     for row in range(batch["ids"].shape[0]):
         tokens, cursor, after_special = [], 0, False
@@ -224,11 +226,11 @@ def _token_boxes(tokenizer, batch):
                 continue
             text = tokenizer.decode([int(token_id)], skip_special_tokens=False)
             is_special = int(token_id) in special
-            if tokens and (text[:1].isspace() or is_special or after_special):
+            if tokens and (opens(text) or is_special or after_special):
                 cursor += 1
-            shown = text.strip() or repr(text)
+            shown = shown_as(text)
             replaced = actions[row, column] == 2
-            replacement = tokenizer.decode([int(batch["input_ids"][row, column])], skip_special_tokens=False).strip() \
+            replacement = shown_as(tokenizer.decode([int(batch["input_ids"][row, column])], skip_special_tokens=False)) \
                 if replaced else None
             tokens.append((cursor, cursor + len(shown), shown, int(actions[row, column]), replacement))
             cursor += len(shown)

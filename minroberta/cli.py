@@ -142,6 +142,9 @@ def build_parser():
                                                       "matplotlib)", formatter_class=HelpFormatter)
     attention.add_argument("--model", required=True, metavar="DIR", help="a model directory (with tokenizer)")
     attention.add_argument("--out", default="attention.png", metavar="PNG", help="where to write the picture")
+    attention.add_argument("--layer", type=int, default=None, metavar="N", help="draw this layer only (from 0)")
+    attention.add_argument("--head", type=int, default=None, metavar="N",
+                           help="draw this head only (from 0); with --layer, one large map with its numbers")
     add_device_arguments(attention)
     attention.add_argument("text", help='the text, e.g. "Return the number of items in the list."')
 
@@ -237,6 +240,9 @@ def fill_mask(model, tokenizer, text, top_k=5):
         raise MinRobertaError("this model has no masked-LM head, so it cannot fill masks")
     mask_id = tokenizer.require("mask", "fill-mask")
     mask_token = tokenizer.id_to_token(mask_id)
+    if "[MASK]" in text and mask_token != "[MASK]":   # BERT's spelling would be read as three plain pieces
+        raise MinRobertaError(f"{text!r} writes its mask [MASK], as BERT does; this model's tokenizer writes it "
+                              f"{mask_token} (RoBERTa's spelling), so write {mask_token} instead")
     encoding = tokenizer.encode(text.replace("<mask>", mask_token) if mask_token != "<mask>" else text)
     if len(encoding.ids) > model.config.max_sequence_length:
         raise MinRobertaError(f"text is {len(encoding.ids)} tokens, the model takes at most "
@@ -265,8 +271,13 @@ def run_fill_mask(args):
                               "embed and finetune use it as an encoder")
     tokenizer = Tokenizer.from_dir(args.model)
     tokenizer.require("mask", "fill-mask")
+    told = False
     for text in args.text:
         filled = fill_mask(model, tokenizer, text, args.top_k)   # before printing: an error is one line alone
+        if len(filled) > 1 and not told:
+            print("note: the masks of one text are predicted independently, each with every mask in place; "
+                  "the top words of two masks need not fit together", file=sys.stderr)
+            told = True
         print(text)
         for n, predictions in enumerate(filled):
             shown = "  ".join(f"{token.strip() or repr(token)} {p:.3f}" for token, p in predictions)
@@ -535,13 +546,17 @@ def run_predict(args):
         if args.context is None:
             raise MinRobertaError("a QA model needs --context (the passage); the texts are the questions")
         qa = finetune.QuestionAnswering(None)
+        cut = total = 0
         for question in texts:
+            total += 1
+            cut += len(tokenizer.encode(question, args.context).ids) > limit
             encoding = tokenizer.encode(question, args.context, max_length=limit)
             out = model(np.array([encoding.ids]), None, np.array([encoding.type_ids]))
             offsets = [o if s == 1 else None for o, s in zip(encoding.offsets, encoding.sequence_ids)]
             answer = qa.answer(backend.to_host(out.start_logits)[0], backend.to_host(out.end_logits)[0], offsets,
                                args.context)
             print(f"{answer}\t{question}")
+        collection.say_truncated(cut, total, limit, "questions with the context")
         return 0
     if model.head != "classification":
         raise MinRobertaError(f"{args.model} has no classification or QA head; fine-tune it first "
@@ -557,10 +572,12 @@ def run_predict(args):
         record = lambda text, row: {"text": text, "label": names[int(row.argmax())], "score": float(row.max()),
                                     "probabilities": dict(zip(names, row.tolist()))}
     progress = collection.Progress("predict")
+    cut = total = 0
     with collection.results(args.output, num_labels, line, record) as write:
         for chunk in collection.chunks(texts):
             pairs = None if args.pair is None else [args.pair] * len(chunk)
             encodings = tokenizer.encode_many(chunk, pairs, max_length=limit)
+            cut, total = cut + sum(e.truncated for e in encodings), total + len(chunk)
             logits = collection.infer(model, encodings, lambda out: out.logits, num_labels, batch_tokens(args),
                                       on_batch=progress.add)                              # (n, L)
             if num_labels > 1:   # probabilities
@@ -568,6 +585,7 @@ def run_predict(args):
                 logits /= logits.sum(axis=1, keepdims=True)
             write(chunk, logits)
     progress.finish()
+    collection.say_truncated(cut, total, limit)
     return 0
 
 
@@ -592,21 +610,25 @@ def embed_texts(args, model, tokenizer, setup):
     if args.pooling == "tokens":
         if args.output and not args.output.endswith(".npz"):
             raise MinRobertaError(f"--output {args.output}: --pooling tokens saves named arrays, so it must end in .npz")
-        return print_token_embeddings(model, tokenizer, list(texts), args.output)
+        texts = list(texts)
+        limit = model.config.max_sequence_length
+        collection.say_truncated(sum(len(tokenizer.encode(t).ids) > limit for t in texts), len(texts), limit)
+        return print_token_embeddings(model, tokenizer, texts, args.output)
     modes = setup.pooling if args.pooling is None else (args.pooling,)
     normalize = setup.normalize if args.normalize is None else args.normalize
     width = model.config.hidden_size * len(modes)
     line = lambda text, row: f"{text}\t" + " ".join(f"{v:.4f}" for v in row)
     record = lambda text, row: {"text": text, "vector": row.tolist()}
     progress = collection.Progress("embed")
-    count = 0
+    count, cut = 0, []
     with collection.results(args.output, width, line, record) as write:
         for chunk in collection.chunks(texts):
             write(chunk, embed.sentence_embeddings(model, tokenizer, chunk, modes, normalize=normalize,
                                                    max_length=max_length, max_tokens=batch_tokens(args),
-                                                   on_batch=progress.add))
+                                                   on_batch=progress.add, on_truncated=cut.append))
             count += len(chunk)
     progress.finish()
+    collection.say_truncated(sum(cut), count, max_length)
     if args.output:
         print(f"saved {count} vector{'s' * (count != 1)} of {width} dimensions to {args.output}")
     return 0
@@ -653,8 +675,11 @@ def run_attention(args):
     tokenizer = Tokenizer.from_dir(args.model)
     ids = pictures.encode_for_picture(model, tokenizer, args.text)
     probs = pictures.attention_probabilities(model, np.array([ids]))[:, 0]            # (layers, heads, T, T)
-    pictures.draw_attention(pictures.token_labels(tokenizer, ids), probs, args.out, title=args.text)
-    print(f"drew {probs.shape[0]} layers x {probs.shape[1]} heads over {len(ids)} tokens to {args.out}")
+    probs, layer_ids, head_ids = pictures.select_heads(probs, args.layer, args.head)
+    pictures.draw_attention(pictures.token_labels(tokenizer, ids), probs, args.out, title=args.text,
+                            layer_ids=layer_ids, head_ids=head_ids)
+    print(f"drew {probs.shape[0]} layer{'s' * (probs.shape[0] != 1)} x {probs.shape[1]} "
+          f"head{'s' * (probs.shape[1] != 1)} over {len(ids)} tokens to {args.out}")
     return 0
 
 

@@ -143,6 +143,14 @@ def results(path, width, line, record):
         handle.write(npy_header((count, width)))   # the same size: only the row count changes
 
 
+def say_truncated(count, total, limit, what="texts"):
+    """One warning line on standard error when `count` of `total` texts were cut to `limit` tokens (finetune's
+    words for the same thing): a cut text is answered from its first part only."""
+    if count:
+        print(f"warning: {count} of {total} {what} were longer than {limit} tokens and were truncated",
+              file=sys.stderr, flush=True)
+
+
 NPY_HEADER_BYTES = 128   # magic, version, length and the header dict padded with spaces: a multiple of 64
 
 

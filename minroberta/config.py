@@ -135,6 +135,20 @@ class Config:
         atomic.write_json(path, self.to_dict())
 
     def replace(self, **changes):
+        """A copy with fields changed; num_labels (kept in `extra`, as config.json keeps it) may be one of them.
+        An unknown name is a one-line error."""
+        if "num_labels" in changes:
+            labels = changes.pop("num_labels")
+            extra = dict(changes.get("extra", self.extra))
+            if len(extra.get("id2label") or ()) != labels:   # names of other labels would override the count
+                for key in ("id2label", "label2id"):
+                    extra.pop(key, None)
+            changes["extra"] = {**extra, "num_labels": labels}
+        fields = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - fields)
+        if unknown:
+            raise MinRobertaError(f"config has no field {unknown[0]!r} (fields: {', '.join(sorted(fields))}, "
+                                  "num_labels)")
         return dataclasses.replace(self, **changes)
 
 

@@ -1,5 +1,6 @@
 """Contextual vectors: pooled sentence embeddings and per-token vectors aligned with the text.
 
+    model, tokenizer = minroberta.load_pretrained(directory), minroberta.load_tokenizer(directory)
     vectors = sentence_embeddings(model, tokenizer, ["first text", "second"], pooling="mean")   # (N, C)
     word_vector(model, tokenizer, "The quick brown fox jumps.", "fox")                       # (C,)
 
@@ -10,6 +11,7 @@ and how many tokens it reads (sentence_bert_config.json); `sentence_setup` reads
 import dataclasses
 import json
 import os
+import re
 
 import numpy as np
 
@@ -122,31 +124,62 @@ def check_pooling(modes):
 
 
 def sentence_embeddings(model, tokenizer, texts, pooling="mean", batch_size=None, normalize=False, max_length=None,
-                        max_tokens=collection.MAX_TOKENS, on_batch=None):
+                        max_tokens=collection.MAX_TOKENS, on_batch=None, on_truncated=None):
     """One vector per text, pooled as `pooling` says (a mode of POOLINGS, or several side by side), optionally
     scaled to unit length. Texts are cut to max_length tokens (default: the model's limit) and run in packs of
-    batches of one length (at most max_tokens tokens or batch_size texts a pack). -> float32 host array
-    (N, C * modes)."""
+    batches of one length (at most max_tokens tokens or batch_size texts a pack); on_truncated(count) hears how
+    many were cut. -> float32 host array (N, C * modes)."""
     modes = check_pooling(pooling)
     encodings = tokenizer.encode_many(texts, max_length=max_length or model.config.max_sequence_length)
+    if on_truncated is not None:
+        on_truncated(sum(e.truncated for e in encodings))
     return collection.infer(model, encodings, lambda out: pool(out.hidden_states, modes, normalize),
                             model.config.hidden_size * len(modes), max_tokens, batch_size, on_batch, hidden_only=True)
 
 
 def token_embeddings(model, tokenizer, text):
-    """[(token, (start, end), vector)] for every token of `text` (specials included, with offsets (0, 0))."""
+    """[(token, (start, end), vector)] for every token of `text` the model reads (specials included, with offsets
+    (0, 0)); a text longer than the model's positions is cut to them."""
     encoding = tokenizer.encode(text, max_length=model.config.max_sequence_length)
     hidden = backend.to_host(model(np.array([encoding.ids]), None, np.array([encoding.type_ids])).hidden_states)[0]
     return [(token, tuple(offset), hidden[i]) for i, (token, offset) in enumerate(zip(encoding.tokens, encoding.offsets))]
 
 
-def word_vector(model, tokenizer, text, word):
-    """The contextual vector of the first occurrence of `word` in `text`: the mean of the vectors of the
-    tokens that overlap its characters."""
-    start = text.find(word)
-    if start < 0:
-        raise MinRobertaError(f"{word!r} does not occur in {text!r}")
-    end = start + len(word)
-    overlapping = [vector for token, (s, e), vector in token_embeddings(model, tokenizer, text)
-                   if s < end and e > start and e > s]
-    return np.mean(overlapping, axis=0)
+def word_vector(model, tokenizer, text, word, occurrence=0):
+    """The contextual vector of `word` in `text`: the mean of the last hidden states of its tokens (a word the
+    tokenizer cuts into pieces gets the average of its pieces). The word is matched whole and as written
+    ("he" is not in "The", nor "ox" in "fox"), at its first occurrence or the `occurrence`-th (from 0), and
+    its tokens are found by their character offsets. An empty or absent word, or one past the model's
+    positions, is a one-line error. -> (C,) host array."""
+    if not isinstance(word, str) or not word.strip():
+        raise MinRobertaError(f"word_vector needs a word, got {word!r}")
+    if isinstance(occurrence, bool) or not isinstance(occurrence, int) or occurrence < 0:
+        raise MinRobertaError(f"occurrence must be an index from 0, got {occurrence!r}")
+    found = [m.start() for m in re.finditer(rf"(?<!\w){re.escape(word)}(?!\w)", text)]
+    if not found:
+        raise MinRobertaError(f"{word!r} does not occur as a whole word in {_shown(text)}")
+    if occurrence >= len(found):
+        raise MinRobertaError(f"{word!r} occurs {len(found)} time{'s' * (len(found) != 1)} in {_shown(text)}; "
+                              f"occurrence {occurrence} (counted from 0) is not there")
+    start, end = found[occurrence], found[occurrence] + len(word)
+    covers = lambda offset: offset[0] < end and offset[1] > start and offset[1] > offset[0]   # the word's tokens
+    encoding = tokenizer.encode(text)
+    whole = [i for i, offset in enumerate(encoding.offsets) if covers(offset)]
+    if not whole:
+        raise MinRobertaError(f"no token of {_shown(text)} holds {word!r} (the tokenizer drops its characters)")
+    limit = model.config.max_sequence_length
+    if len(encoding.ids) > limit:   # the model reads the first `limit` tokens, special tokens included
+        encoding = tokenizer.encode(text, max_length=limit)
+    pieces = [i for i, offset in enumerate(encoding.offsets) if covers(offset)]
+    if len(pieces) < len(whole):
+        raise MinRobertaError(f"{word!r} ends at token {whole[-1]} of {_shown(text)}, past the model's {limit} "
+                              "positions (special tokens included); cut the text")
+    if min(encoding.offsets[i][0] for i in pieces) < start or max(encoding.offsets[i][1] for i in pieces) > end:
+        raise MinRobertaError(f"{word!r} shares a token with the text around it in {_shown(text)}")
+    hidden = model(np.array([encoding.ids]), None, np.array([encoding.type_ids])).hidden_states[0]   # (T, C)
+    return backend.to_host(hidden[pieces].mean(axis=0))                                            # (C,)
+
+
+def _shown(text, width=60):
+    """A text for a one-line message: quoted, newlines escaped, long ones cut."""
+    return repr(text if len(text) <= width else text[:width] + "...")

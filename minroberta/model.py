@@ -369,7 +369,8 @@ class Roberta:
         """This encoder under a new head (fresh weights for the head, as the reference initialises them):
         how a pretrained encoder becomes a classifier or a QA model. The encoder's names take the prefix
         transformers' head models use ("roberta.", "bert."), so the result saves in their layout. BERT's
-        classifier keeps the pretrained pooler it runs on, when there is one."""
+        classifier keeps the pretrained pooler it runs on, when there is one. config_changes are Config fields
+        (num_labels among them): `model.with_head("classification", num_labels=2)`."""
         config = self.config.replace(**config_changes) if config_changes else self.config
         prefix = f"{config.model_type}."
         fresh = Roberta(config, seed=seed, dtype=self.dtype, prefix=prefix, head=head, pooler=False)

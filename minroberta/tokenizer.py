@@ -36,7 +36,7 @@ SPELLINGS = {"bos": ("<s>", "[CLS]"), "eos": ("</s>", "[SEP]"), "pad": ("<pad>",
 SPECIAL_TOKEN_FILES = ("special_tokens_map.json", "tokenizer_config.json")   # the first names a role first
 
 Encoding = namedtuple("Encoding", "ids tokens offsets sequence_ids type_ids")   # sequence_ids: 0, 1 or None (special)
-Ids = namedtuple("Ids", "ids type_ids")                                         # one unpadded text: what the model reads
+Ids = namedtuple("Ids", "ids type_ids truncated", defaults=(False,))   # one unpadded text: what the model reads
 
 
 def _roberta_pipeline(raw):
@@ -251,9 +251,9 @@ class Tokenizer:
         return Encoding(encoding.ids, encoding.tokens, encoding.offsets, encoding.sequence_ids, encoding.type_ids)
 
     def encode_many(self, texts, pairs=None, max_length=None):
-        """Each text (or pair) with special tokens, unpadded: [Ids(ids, type_ids)], all in one call on every
-        core. Length-bucketed batches are cut from these."""
-        return [Ids(e.ids, e.type_ids) for e in self._encode_raw(texts, pairs, max_length)]
+        """Each text (or pair) with special tokens, unpadded: [Ids(ids, type_ids, truncated)], all in one call on
+        every core. Length-bucketed batches are cut from these."""
+        return [Ids(e.ids, e.type_ids, bool(e.overflowing)) for e in self._encode_raw(texts, pairs, max_length)]
 
     def encode_batch(self, texts, pairs=None, max_length=None, with_types=False):
         """-> input_ids, attention_mask (and token_type_ids with `with_types`): (B, T) int64 arrays padded to

@@ -293,7 +293,7 @@ def test_a_pickle_only_directory_says_to_convert_and_nothing_unpickles(numpy_bac
 def test_a_missing_directory_is_a_one_line_error(numpy_backend, tmp_path):
     with pytest.raises(MinRobertaError) as caught:
         minroberta.load_pretrained(str(tmp_path / "nowhere"))
-    assert_one_line_error(caught.value, str(tmp_path / "nowhere"), "not a directory")
+    assert_one_line_error(caught.value, str(tmp_path / "nowhere"), "no such model directory", "downloads nothing")
 
 
 # --- damage drawn by hypothesis: load correctly, or a one-line MinRobertaError; nothing else ------------

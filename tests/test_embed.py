@@ -158,6 +158,93 @@ def test_roberta_embeddings_equal_a_padded_transformers_batch(roberta_dir, numpy
     assert got.shape == expected.shape and relative_error(got, expected) <= 1e-5
 
 
+# --- word vectors -------------------------------------------------------------------------------------------
+
+FOX = "The quick brown fox jumps over the lazy dog"
+BANKS = "I sat on the bank of the river, then went to the bank to deposit my pay"
+
+
+@pytest.fixture(scope="module")
+def minilm_pair(minilm):
+    return minroberta.load_pretrained(minilm), minroberta.load_tokenizer(minilm)
+
+
+@pytest.fixture(scope="module")
+def minilm_reference(minilm):
+    """transformers' BertModel and tokenizer on the MiniLM folder."""
+    torch, transformers = transformers_or_skip()
+    return (transformers.BertModel.from_pretrained(minilm, attn_implementation="eager").eval(),
+            transformers.AutoTokenizer.from_pretrained(minilm))
+
+
+def word_vector_of(pair, text, word, occurrence=0):
+    model, tokenizer = pair
+    return embed.word_vector(model, tokenizer, text, word, occurrence)
+
+
+@pytest.mark.parametrize("text,word,occurrence", [
+    (FOX, "fox", 0),
+    ("Unbelievably, the fox outran the hounds", "Unbelievably", 0),   # several WordPiece pieces
+    (BANKS, "bank", 0),
+    (BANKS, "bank", 1),
+])
+def test_a_word_vector_is_transformers_hidden_states_of_its_tokens_averaged(minilm_reference, minilm_pair,
+                                                                            numpy_backend, text, word, occurrence):
+    """transformers' own tokenizer finds the word's tokens by its offsets, BertModel gives their states."""
+    torch, _ = transformers_or_skip()
+    reference, reference_tokenizer = minilm_reference
+    encoded = reference_tokenizer(text, return_offsets_mapping=True, return_tensors="pt")
+    start = [i for i in range(len(text)) if text.startswith(word, i)][occurrence]
+    pieces = [i for i, (s, e) in enumerate(encoded.pop("offset_mapping")[0].tolist())
+              if start <= s < e <= start + len(word)]
+    with torch.no_grad():
+        expected = reference(**encoded).last_hidden_state[0, pieces].mean(0).numpy()         # (C,)
+    got = word_vector_of(minilm_pair, text, word, occurrence)
+    cosine = got @ expected / np.linalg.norm(got) / np.linalg.norm(expected)
+    assert got.shape == (384,) and cosine >= 0.99999 and np.abs(got - expected).max() <= 1e-4
+    assert len(pieces) >= (3 if word == "Unbelievably" else 1)
+
+
+def test_context_moves_the_fox(minilm_pair, numpy_backend):
+    """The point of a contextual vector: the animal in two sentences is close, the news channel is not."""
+    cosine = lambda a, b: a @ b / np.linalg.norm(a) / np.linalg.norm(b)
+    fox = word_vector_of(minilm_pair, FOX, "fox")
+    animal = word_vector_of(minilm_pair, "A fox crept into the henhouse at night", "fox")
+    news = word_vector_of(minilm_pair, "She watched the evening report on Fox News", "Fox")
+    assert cosine(fox, animal) > cosine(fox, news) + 0.1
+
+
+@pytest.mark.parametrize("text,word,occurrence,message", [
+    (FOX, "", 0, "word_vector needs a word, got ''"),
+    (FOX, "  ", 0, "word_vector needs a word"),
+    (FOX, "he", 0, "'he' does not occur as a whole word in 'The quick brown fox"),   # inside "The"
+    (FOX, "ox", 0, "'ox' does not occur as a whole word"),                            # inside "fox"
+    (FOX, "cat", 0, "'cat' does not occur as a whole word"),
+    (FOX, "fox", 1, "'fox' occurs 1 time in 'The quick brown fox jumps over the lazy dog'; occurrence 1 "
+                    "(counted from 0) is not there"),
+    (FOX, "fox", -1, "occurrence must be an index from 0, got -1"),
+    ("word " * 600 + "fox", "fox", 0, "'fox' ends at token 601 of 'word word"),
+    ("word " * 600 + "fox", "fox", 0, "past the model's 512 positions (special tokens included); cut the text"),
+])
+def test_a_word_that_is_not_there_is_a_one_line_error(minilm_pair, text, word, occurrence, message):
+    with pytest.raises(MinRobertaError) as caught:
+        word_vector_of(minilm_pair, text, word, occurrence)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_word_within_the_positions_of_a_long_text_is_read(minilm_pair):
+    vector = word_vector_of(minilm_pair, "fox " + "word " * 600, "fox")
+    assert vector.shape == (384,) and np.all(np.isfinite(vector))
+
+
+def test_the_python_api_names_the_tokenizer_and_the_head_options(minilm, roberta_dir):
+    assert minroberta.load_tokenizer(minilm).encode("fox").tokens == ["[CLS]", "fox", "[SEP]"]
+    model = minroberta.load_pretrained(roberta_dir)
+    assert model.with_head("classification", num_labels=2).params["classifier.out_proj.weight"].shape == (2, 16)
+    with pytest.raises(MinRobertaError, match="config has no field 'labels'"):
+        model.with_head("classification", labels=2)
+
+
 # --- batches, order, streaming ------------------------------------------------------------------------------
 
 @settings(max_examples=200, deadline=None)
@@ -290,6 +377,21 @@ def test_predict_over_a_file_gives_transformers_probabilities_in_order(roberta_c
     assert main(["predict", "--model", roberta_classifier, *texts[:2]]) == 0
     assert [line.split("\t")[0] for line in capsys.readouterr().out.splitlines()] == \
         [names[i] for i in expected[:2].argmax(1)]
+
+
+@pytest.mark.parametrize("command", [["embed"], ["embed", "--pooling", "tokens"], ["predict"],
+                                     ["predict", "--context", "short"]])
+def test_embed_and_predict_say_when_they_cut_a_text(roberta_dir, roberta_classifier, tmp_path, capsys, command):
+    long_text = " ".join(docstrings(40))                                              # far past 64 tokens
+    model = roberta_classifier if command[0] == "predict" else roberta_dir
+    if command[1:2] == ["--context"]:   # a QA model: the question and the context are cut together
+        qa = minroberta.load_pretrained(roberta_dir).with_head("qa")
+        model = str(tmp_path / "qa")
+        minroberta.save_pretrained(qa, model, tokenizer=roberta_dir)
+    assert main([command[0], "--model", model, *command[1:], "short text", long_text]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    what = "questions with the context" if "--context" in command else "texts"
+    assert err == [f"warning: 1 of 2 {what} were longer than 64 tokens and were truncated"]
 
 
 # --- one-line errors ----------------------------------------------------------------------------------------

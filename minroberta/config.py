@@ -2,7 +2,6 @@
 
 import dataclasses
 import json
-import os
 
 from . import atomic
 from .errors import MinRobertaError
@@ -152,18 +151,21 @@ class Config:
         return dataclasses.replace(self, **changes)
 
 
+# Model sizes by name, for `minroberta pretrain --preset` and the benchmark.
+PRESETS = {
+    # for tests and smoke runs: seconds per hundred steps
+    "micro": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256),
+    # the default recipe's: fills masks from context after five minutes on two CPU cores
+    "mini": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512),
+    # wants longer runs: more capacity, slower steps
+    "tiny": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024),
+    "small": dict(hidden_size=512, num_hidden_layers=6, num_attention_heads=8, intermediate_size=2048),
+    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+}
+
+
 def preset(name):
-    """Model sizes by name, for `minroberta pretrain --preset` and the benchmark."""
-    presets = {
-        # for tests and smoke runs: seconds per hundred steps
-        "micro": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=256),
-        # the default recipe's: fills masks from context after five minutes on two CPU cores
-        "mini": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512),
-        # wants longer runs: more capacity, slower steps
-        "tiny": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024),
-        "small": dict(hidden_size=512, num_hidden_layers=6, num_attention_heads=8, intermediate_size=2048),
-        "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
-    }
-    if name not in presets:
-        raise MinRobertaError(f"unknown preset {name!r}; choose one of {', '.join(presets)}")
-    return presets[name]
+    """The shape fields of the preset `name` (a fresh dict)."""
+    if name not in PRESETS:
+        raise MinRobertaError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return dict(PRESETS[name])

@@ -6,7 +6,7 @@ import numpy as np
 
 from .corpus import split_sentences, train_valid_split
 from .errors import MinRobertaError
-from .ops.cross_entropy import IGNORE_INDEX   # noqa: F401  (train.py and the tests take it from here too)
+from .ops.cross_entropy import IGNORE_INDEX   # noqa: F401  (scripts and the tests take it from here too)
 VALID_EPOCH = 2**31 - 1   # the fixed "epoch" of the validation masks (the seed must be >= 0): same every time
 VALID_MASK_PROB = 0.15    # validation is masked at RoBERTa's rate whatever the training rate, so runs compare
 

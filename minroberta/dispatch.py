@@ -21,6 +21,11 @@ def register(op, applies):
     return add
 
 
+def always(*_):
+    """A form's `applies` when it stands in on every backend and setting."""
+    return True
+
+
 def install(on=True):
     """Switch the registered forms on (or off): the engine's `install` calls this, nothing else should."""
     global _installed

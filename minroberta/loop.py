@@ -13,8 +13,9 @@ import numpy as np
 
 from . import backend
 from .errors import MinRobertaError
+from .model import uses_dropout
 from .ops import IGNORE_INDEX, cross_entropy_forward
-from .optim import AdamW, clip_by_global_norm, linear_schedule
+from .optim import AdamW, clip_by_global_norm, global_norm, linear_schedule
 
 
 def train(model, data, settings, say=print):
@@ -36,40 +37,51 @@ def train(model, data, settings, say=print):
 def train_step(model, optimizer, data, settings, step):
     """One update: the gradient of the mean loss over the scored tokens of all its micro-batches, clipped, then
     one AdamW step. -> (the update's loss, its learning rate)."""
-    batches = [micro_batch(data, settings, step, i) for i in range(settings.accumulate)]
+    batches = [micro_batch(data, step, i, settings.accumulate, settings.batch_size)
+               for i in range(settings.accumulate)]
     scored = [scored_count(batch) for batch in batches]
-    dropout = model.config.hidden_dropout_prob > 0 or model.config.attention_probs_dropout_prob > 0
+    dropout = uses_dropout(model.config)
     grads, loss = None, 0.0
     for i, batch in enumerate(batches):
         weight = scored[i] / max(1, sum(scored))      # this micro-batch's share of the update's scored tokens
         dropout_key = (settings.seed, step, i) if dropout else None
         part_loss, part_grads = model.loss_and_grads(batch["input_ids"], batch["attention_mask"], batch["labels"],
                                                      dropout_key=dropout_key, loss_scale=weight)
-        if grads is None:
-            grads = part_grads
-        else:
-            for name, g in part_grads.items():
-                grads[name] += g
+        grads = add_gradients(grads, part_grads)
         loss += weight * backend.scalar(part_loss)
     if settings.clip_norm > 0:
         norm = backend.scalar(clip_by_global_norm(grads, settings.clip_norm))
-        if not math.isfinite(norm):
-            raise MinRobertaError(f"non-finite gradient at step {step + 1}")
+    else:
+        norm = backend.scalar(global_norm(grads))
+    if not (math.isfinite(loss) and math.isfinite(norm)):   # an update now would make every weight NaN
+        raise MinRobertaError(f"non-finite {'loss' if not math.isfinite(loss) else 'gradient'} at step {step + 1}; "
+                              "stopping (try a lower --lr)")
     lr = linear_schedule(step, settings.lr, settings.warmup_steps, settings.steps)
     optimizer.step(model.params, grads, lr)
     return loss, lr
 
 
-def micro_batch(data, settings, step, i):
-    """Micro-batch i of update `step`: the (step * accumulate + i)-th batch of the epochs' shuffled orders,
-    its sequences masked afresh for their epoch (data.py). A pure function of the seed and the numbers."""
-    per_epoch = data.batches_per_epoch(settings.batch_size)
-    g = step * settings.accumulate + i
-    return data.train_batch(g // per_epoch, g % per_epoch, settings.batch_size)
+def micro_batch(data, step, i, accumulate, batch_size, shard=(0, 1)):
+    """Micro-batch i of update `step`: the (step * accumulate + i)-th batch of the epochs' shuffled orders, its
+    sequences masked afresh for their epoch (data.py); under MPI, this rank's share of it. A pure function of the
+    seed and these numbers."""
+    per_epoch = data.batches_per_epoch(batch_size)
+    g = step * accumulate + i
+    return data.train_batch(g // per_epoch, g % per_epoch, batch_size, shard=shard)
 
 
 def scored_count(batch):
+    """The tokens a batch's loss scores: its labels that are not IGNORE_INDEX."""
     return int(np.sum(np.asarray(batch["labels"]) != IGNORE_INDEX))
+
+
+def add_gradients(total, part):
+    """total + part, keyed alike, added into total in place (the first part becomes the total)."""
+    if total is None:
+        return part
+    for name, g in part.items():
+        total[name] += g
+    return total
 
 
 # --- evaluation

@@ -140,6 +140,12 @@ class Dropout:
         self.generator = generator
 
 
+def uses_dropout(config):
+    """Whether training draws dropout masks: any of the config's rates above zero (the classifier's too)."""
+    rates = (config.hidden_dropout_prob, config.attention_probs_dropout_prob, config.extra.get("classifier_dropout"))
+    return any(rate is not None and float(rate) > 0 for rate in rates)
+
+
 def hidden_dropout(dropout, x):
     return (x, None) if dropout is None else dropout_forward(x, dropout.hidden_p, dropout.generator)
 

@@ -59,7 +59,6 @@ class AdamW:
     buffers and updates all the parameters at once, with the same arithmetic: engine/flat.py.)"""
 
     def __init__(self, params, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01):
-        xp = backend.xp()
         self.beta1, self.beta2 = betas
         self.eps = eps
         self.weight_decay = weight_decay
@@ -67,8 +66,13 @@ class AdamW:
         self.decays = {name: p.ndim >= 2 for name, p in params.items()}   # matrices only: not biases or norms
         self.names = list(params)
         self.shapes = {n: tuple(params[n].shape) for n in self.names}
-        self.exp_avg = {name: xp.zeros_like(p) for name, p in params.items()}
-        self.exp_avg_sq = {name: xp.zeros_like(p) for name, p in params.items()}
+        self.exp_avg, self.exp_avg_sq = self.zero_moments(params)
+
+    def zero_moments(self, params):
+        """The first and second moments, zero: one array per parameter, keyed like params."""
+        xp = backend.xp()
+        return ({name: xp.zeros_like(p) for name, p in params.items()},
+                {name: xp.zeros_like(p) for name, p in params.items()})
 
     def hyperparameters(self, lr):
         """This update's step size lr / (1 - b1^t), sqrt(1 - b2^t) and the weight-decay factor 1 - lr wd."""

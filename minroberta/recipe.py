@@ -11,6 +11,7 @@ import dataclasses
 import math
 import os
 
+from .config import PRESETS
 from .errors import MinRobertaError
 
 
@@ -59,11 +60,15 @@ class TrainSettings:
             if value is None or f.type not in (int, float):
                 if value is not None and not isinstance(value, f.type):   # a damaged saved recipe
                     raise MinRobertaError(f"{flag} must be {f.type.__name__}, got {value!r}")
+                if value is not None and "choices" in meta and value not in meta["choices"]:
+                    raise MinRobertaError(f"{flag} must be one of {', '.join(meta['choices'])}, got {value!r}")
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-                    f.type is int and not float(value).is_integer()):
+                    f.type is int and not (math.isfinite(value) and float(value).is_integer())):
                 raise MinRobertaError(f"{flag} must be {'a whole number' if f.type is int else 'a number'}, "
                                       f"got {value!r}")
+            if f.type is int:
+                setattr(self, f.name, int(value))   # 2600.0 read back from a JSON file counts as 2600
             if not math.isfinite(value):
                 raise MinRobertaError(f"{flag} must be a finite number, got {value}")
             if "below" in meta and not meta["low"] <= value < meta["below"]:
@@ -81,9 +86,10 @@ class TrainSettings:
 class Pretraining(TrainSettings):
     corpus: list = field(None, "text files, directories or globs (blank lines separate documents); default: the "
                                "docstrings of this Python's standard library")
-    preset: str = field("mini", choices=("micro", "mini", "tiny", "small", "base"), help="model size: mini (128 wide, 2 layers) learns to fill masks in five minutes on two "
-                                "CPU cores; tiny (256 x 4) and small (512 x 6) want longer runs; base is "
-                                "roberta-base's shape; micro is for smoke tests")
+    preset: str = field("mini", choices=tuple(PRESETS),
+                        help="model size: mini (128 wide, 2 layers) learns to fill masks in five minutes on two CPU "
+                             "cores; tiny (256 x 4) and small (512 x 6) want longer runs; base is roberta-base's "
+                             "shape; micro is for smoke tests")
     hidden_size: int = field(None, "override the preset's hidden_size", low=1)
     layers: int = field(None, "override the preset's num_hidden_layers", low=1)
     heads: int = field(None, "override the preset's num_attention_heads", low=1)
@@ -100,9 +106,9 @@ class Pretraining(TrainSettings):
     dropout: float = field(0.0, "dropout probability of hidden states and attention (RoBERTa used 0.1; a run "
                                      "of minutes learns faster without)", low=0.0, below=1.0)
     dtype: str = field("float32", "parameter precision", choices=("float32", "float64"))
-    precision: str = field("float32", choices=("float32", "tf32", "fp16"), help="matrix products: float32; tf32 (cupy, GPUs of compute capability 8.0+); "
-                                      "fp16 (mixed precision: float16 products, float32 master weights, dynamic "
-                                      "loss scaling)")
+    precision: str = field("float32", choices=("float32", "tf32", "fp16"),
+                           help="matrix products: float32; tf32 (cupy, GPUs of compute capability 8.0+); fp16 (mixed "
+                                "precision: float16 products, float32 master weights, dynamic loss scaling)")
 
     def validate(self):
         super().validate()
@@ -115,8 +121,9 @@ class Pretraining(TrainSettings):
 @dataclasses.dataclass
 class Finetuning(TrainSettings):
     model: str = field(None, "pretrained model directory (with tokenizer)")
-    task: str = field(None, choices=("classify", "pair", "regress", "qa"), help="classify: text,label; pair: text_a,text_b,label; regress: text,label (numbers); qa: "
-                            "JSON lines with context, question, answers")
+    task: str = field(None, choices=("classify", "pair", "regress", "qa"),
+                      help="classify: text,label; pair: text_a,text_b,label; regress: text,label (numbers); qa: JSON "
+                           "lines with context, question, answers")
     train: str = field(None, "training examples (.csv or .jsonl)")
     eval: str = field(None, "evaluation examples (.csv or .jsonl)")
     epochs: float = field(3.0, "passes over the training examples", positive=True)
@@ -139,12 +146,12 @@ class Finetuning(TrainSettings):
     REQUIRED = ("model", "task", "train", "eval")
 
 
-# The fields a checkpoint fixes: they make the model what it is, so a resume cannot change them.
-FIXED = ("preset", "hidden_size", "layers", "heads", "intermediate_size", "seq_len", "dtype", "task", "model")
+# The fields a checkpoint fixes: they made the model and its tokenizer what they are, so a resume cannot change them.
+FIXED = ("preset", "hidden_size", "layers", "heads", "intermediate_size", "seq_len", "dtype", "task", "model",
+         "tokenizer", "vocab_size", "init_range")
 # Paths kept absolute, so that a run resumes from another folder.
 PATHS = ("corpus", "model", "train", "eval", "tokenizer")
-# Where the trainer's run happens rather than what it is: never part of a recipe.
-RECIPES = {"pretrain": Pretraining, "finetune": Finetuning}
+RECIPES = {"pretrain": Pretraining, "finetune": Finetuning}   # by command
 
 
 def names(recipe_class):
@@ -167,7 +174,12 @@ def shown(value):
 def from_saved(recipe_class, state, source):
     """The recipe a checkpoint's trainer_state.json saved under "settings" (checkpoints written before this file
     kept the command's flags under "recipe": those count too). Fields it lacks keep their defaults."""
-    saved = {**(state.get("settings") or {}), **(state.get("recipe") or {})}
+    settings, flags = state.get("settings") or {}, state.get("recipe") or {}
+    if not isinstance(settings, dict) or not isinstance(flags, dict):
+        raise MinRobertaError(f"{source}: its trainer state holds a damaged recipe (not a mapping of names)")
+    saved = {**settings, **flags}
+    if "precision" not in saved and state.get("precision") in ("float32", "tf32", "fp16"):
+        saved["precision"] = state["precision"]   # kept beside the recipe before it joined it
     types = {f.name: f.type for f in dataclasses.fields(recipe_class)}
     known = {k: v for k, v in saved.items() if k in types and not (types[k] is not bool and isinstance(v, bool))}
     try:

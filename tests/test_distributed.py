@@ -15,7 +15,7 @@ from hypothesis import given, strategies as st
 
 import minroberta
 from minroberta.checkpoint import read_safetensors
-from minroberta.data import rank_share as shard
+from minroberta.data import rank_share
 from minroberta.engine.trainer import list_checkpoints
 
 RUN = ["pretrain", "--preset", "micro", "--seq-len", "64", "--steps", "4", "--eval-every", "2", "--save-every", "2",
@@ -25,7 +25,7 @@ RUN = ["pretrain", "--preset", "micro", "--seq-len", "64", "--steps", "4", "--ev
 @given(size=st.integers(0, 200), ranks=st.integers(1, 8))
 def test_shards_partition_a_batch(size, ranks):
     batch = np.arange(size) * 7 + 3
-    parts = [shard(batch, rank, ranks) for rank in range(ranks)]
+    parts = [rank_share(batch, rank, ranks) for rank in range(ranks)]
     assert np.array_equal(np.concatenate(parts), batch)             # all of it, in order, nothing twice
     assert max(map(len, parts)) - min(map(len, parts)) <= 1
 

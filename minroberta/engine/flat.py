@@ -25,8 +25,8 @@ class FlatAdamW(AdamW):
     move into a third such buffer, and gradients into a fourth (`gather`); `step` on those is one update per
     block. Parameters held otherwise are updated tensor by tensor, as AdamW does."""
 
-    def __init__(self, params, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.01):
-        super().__init__(params, betas, eps, weight_decay)
+    def zero_moments(self, params):
+        """Both moments in one flat buffer each, the decayed matrices first, and a view per parameter."""
         xp = backend.xp()
         self.names = [n for n in params if self.decays[n]] + [n for n in params if not self.decays[n]]
         self.decayed_size = sum(params[n].size for n in self.names if self.decays[n])
@@ -34,8 +34,8 @@ class FlatAdamW(AdamW):
         self.dtype = dtypes.pop() if len(dtypes) == 1 else None          # one flat buffer needs one dtype
         dtype = self.dtype or next(iter(params.values())).dtype
         self._flat_exp_avg, self._flat_exp_avg_sq = (xp.zeros(self._size(), dtype=dtype) for _ in range(2))
-        self.exp_avg, self.exp_avg_sq = self._views(self._flat_exp_avg), self._views(self._flat_exp_avg_sq)
         self.held, self.gradients = None, None
+        return self._views(self._flat_exp_avg), self._views(self._flat_exp_avg_sq)
 
     def _size(self):
         return sum(math.prod(shape) for shape in self.shapes.values())

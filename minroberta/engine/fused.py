@@ -58,7 +58,8 @@ def use(on):
     if on and backend.name() != "cupy":
         raise MinRobertaError("fused kernels are CUDA code: they need the cupy backend (--backend cupy)")
     if on and not dispatch.installed():
-        raise MinRobertaError("fused kernels are the engine's: call minroberta.engine.install() first")
+        raise MinRobertaError("fused kernels are the engine's, which is off (--reference, MINROBERTA_REFERENCE=1, or "
+                              "minroberta.engine.install() not called)")
     _enabled = bool(on)
 
 

@@ -7,7 +7,7 @@ import itertools
 import math
 
 from .. import backend
-from ..dispatch import register
+from ..dispatch import always, register
 from ..model import Scope, embeddings_forward, layer_forward, query_key_value
 from ..ops.attention import merge_heads, padding_mask, split_heads
 from ..ops.linear import linear_forward
@@ -90,10 +90,6 @@ def layer_rows(p, config, x, shapes, key_mask=None):
     o, _ = linear_forward(g, p["output.dense.weight"], p["output.dense.bias"])                   # (N, C)
     o += h
     return layernorm_in_place(o, p["output.LayerNorm.weight"], p["output.LayerNorm.bias"], config.layer_norm_eps)
-
-
-def always(*_):
-    return True
 
 
 @register("hidden_states", always)

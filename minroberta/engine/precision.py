@@ -3,7 +3,8 @@ that float16 gradients need.
 
 Every matrix product of the model (the linear layers and attention's four batched products, forward and
 backward) goes through ops/matmul.py, which the "fp16" form below stands in for. Everything else (layer norm,
-softmax, GELU, cross-entropy, the optimizer) always runs on float32 values, and the parameters stay float32: they are the master weights.
+softmax, GELU, cross-entropy, the optimizer) always runs on float32 values, and the parameters stay float32:
+they are the master weights.
 
   "float32"  products in the operands' own dtype (float64 stays float64). The default.
   "tf32"     CuPy only: cuBLAS may round float32 operands to TF32 (10 mantissa bits) inside its tensor-core
@@ -33,7 +34,8 @@ def use(name):
     if name not in MODES:
         raise MinRobertaError(f"unknown precision {name!r}; choose one of {', '.join(MODES)}")
     if name != "float32" and not dispatch.installed():
-        raise MinRobertaError(f"precision {name!r} is the engine's: call minroberta.engine.install() first")
+        raise MinRobertaError(f"precision {name!r} is the engine's, which is off (--reference, MINROBERTA_REFERENCE=1, "
+                              "or minroberta.engine.install() not called)")
     if name == "tf32" and backend.name() != "cupy":
         raise MinRobertaError("precision 'tf32' is a GPU matrix mode: it needs the cupy backend (--backend cupy)")
     if backend.name() == "cupy":

@@ -6,7 +6,6 @@ on. tests/test_kernels.py holds each to its reference on NumPy and on the device
 
 from .. import backend
 from ..dispatch import register
-from ..ops.gelu import GeluCache
 from ..ops.layernorm import LayerNormCache
 from ..ops.linear import LinearCache
 from ..ops import attention
@@ -23,13 +22,13 @@ def in_place(*_):
 
 
 @register("linear_forward", in_place)
-def linear_forward(x, weight, bias=None, keep_input=True):
+def linear_forward(x, weight, bias=None):
     """The product whole (it has its own fast form), then y += bias in place (y's rows over the threads on NumPy)."""
     xp = backend.xp()
     y = matmul(x.reshape(-1, x.shape[-1]), weight.T)     # (N, O)
     if bias is not None:
         threads.over_rows(lambda rows: xp.add(y[rows], bias, out=y[rows]), y.shape[0], y.shape[1])
-    return y.reshape(*x.shape[:-1], weight.shape[0]), LinearCache(x if keep_input else None, weight, bias is not None)
+    return y.reshape(*x.shape[:-1], weight.shape[0]), LinearCache(x, weight, bias is not None)
 
 
 def _row_sums(a, b=None):

@@ -12,7 +12,7 @@ The model's own stages (model.py) do all the math; this file only chooses the ro
 from collections import namedtuple
 
 from .. import backend
-from ..dispatch import register
+from ..dispatch import always, register
 from ..model import (LayerCache, Scope, dense_norm_backward, dense_norm_forward, embeddings_backward,
                      embeddings_forward, feed_forward, feed_forward_backward, layer_backward, layer_forward,
                      self_attention_backward, self_attention_forward)
@@ -60,10 +60,6 @@ def scored_layer_backward(dy, cache, g):
     dx = dx.reshape(-1, channels)
     dx[cache.rows] += dx_skip
     return dx.reshape(cache.shape)                                                  # (B, T, C)
-
-
-def always(*_):
-    return True
 
 
 @register("mlm_loss_and_grads", always)

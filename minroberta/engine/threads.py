@@ -159,7 +159,7 @@ def each(work, items):
 @contextlib.contextmanager
 def alone():
     """Inside, ops run whole on the calling thread, as inside a task of `each`: for work that other processes
-    run beside (slices.py), which have the other cores."""
+    run beside (workers.py), which have the other cores."""
     token = _whole_task.set(True)
     try:
         yield

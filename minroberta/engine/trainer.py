@@ -25,8 +25,8 @@ from .. import atomic, backend
 from ..checkpoint import load_pretrained, read_safetensors, save_pretrained
 from ..data import rank_share
 from ..errors import MinRobertaError
-from ..loop import describe, evaluation_sums, metrics_of
-from ..ops import IGNORE_INDEX
+from ..loop import add_gradients, describe, evaluation_sums, metrics_of, micro_batch, scored_count
+from ..model import uses_dropout
 from ..optim import clip_by_global_norm, global_norm, linear_schedule
 from ..recipe import TrainSettings  # noqa: F401  (the trainer's settings; tests and scripts take it from here)
 from . import distributed, install, precision, threads, workers as worker_processes
@@ -51,7 +51,7 @@ class MaskedLM:
         self.mask_id = mask_id
 
     def weight(self, batch):
-        return int(np.sum(batch["labels"] != IGNORE_INDEX))
+        return scored_count(batch)
 
     def loss_and_grads(self, model, batch, dropout_key, loss_scale=1.0):
         return model.loss_and_grads(batch["input_ids"], batch["attention_mask"], batch["labels"],
@@ -110,8 +110,7 @@ class Trainer:
         if self.world.size > 1 and not isinstance(self.task, MaskedLM):
             raise MinRobertaError("only pretraining runs on several processes; fine-tune with one")
         self.global_batch = settings.batch_size * self.world.size
-        config = model.config   # dropout on where the model's config asks for it
-        self.dropout = config.hidden_dropout_prob > 0 or config.attention_probs_dropout_prob > 0
+        self.dropout = uses_dropout(model.config)
         self.best = None
         self.skipped = 0   # updates skipped for a non-finite loss or gradient (--skip-nonfinite)
         self.optimizer = FlatAdamW(model.params, betas=settings.betas, eps=settings.eps,
@@ -130,16 +129,14 @@ class Trainer:
     def micro_batches(self, step):
         """The micro-batches of update `step`: global micro-batch g = step * accumulate + i, read in order
         (this rank's shard of each, under MPI)."""
-        per_epoch = self.data.batches_per_epoch(self.global_batch)
         for i in range(self.settings.accumulate):
-            g = step * self.settings.accumulate + i
-            yield i, self.data.train_batch(g // per_epoch, g % per_epoch, self.global_batch,
-                                           shard=(self.world.rank, self.world.size))
+            yield i, micro_batch(self.data, step, i, self.settings.accumulate, self.global_batch,
+                                 shard=(self.world.rank, self.world.size))
 
     def losses_and_grads(self, batch, dropout_key, total_scored):
         """[(loss, gradients, weight)] of a micro-batch's parts: the micro-batch whole, or, on several NumPy
-        threads without dropout and with a row for each, one slice of its rows per thread (data.rank_share's
-        slices), computed side by side: in worker processes where they apply (slice_workers), else on the threads
+        threads without dropout and with a row for each, one part of its rows per thread (data.rank_share's
+        shares), computed side by side: in worker processes where they apply (part_workers), else on the threads
         (threads.each). Whole parts side by side beat cutting every op of one batch (docs/performance.md);
         dropout draws its masks for the micro-batch whole, so with dropout it stays whole. A part's weight is its
         share of the update's scored tokens, and its gradients come already weighted (through the loss scale), so
@@ -151,7 +148,7 @@ class Trainer:
         else:
             parts = [{k: rank_share(v, j, count) for k, v in batch.items()} for j in range(count)]
         weights = [self.task.weight(part) / total_scored for part in parts]
-        if len(parts) > 1 and (workers := self.slice_workers(parts)) is not None:
+        if len(parts) > 1 and (workers := self.part_workers(parts)) is not None:
             def here(part, part_scale):
                 with threads.alone():   # the workers have the other cores
                     return self.task.loss_and_grads(self.model, part, None, part_scale)
@@ -164,7 +161,7 @@ class Trainer:
         threads.each(run, range(len(parts)))   # one part: on this thread, its ops cut as usual
         return results
 
-    def slice_workers(self, parts):
+    def part_workers(self, parts):
         """The worker processes for parts[1:] (workers.py), started on first use and again when the parts or the
         parameters' layout change; None where they do not apply: pretraining on NumPy in float32 on one rank,
         parameters in the optimizer's flat buffer, Linux, and MINROBERTA_SLICE_WORKERS not 0. If they cannot
@@ -183,7 +180,7 @@ class Trainer:
                                               parts[0]["input_ids"].shape[1])
             except (OSError, MinRobertaError) as error:
                 self.use_workers = False
-                self.progress.message(f"slice worker processes did not start ({error}); the slices run on threads")
+                self.progress.message(f"worker processes did not start ({error}); the parts run on threads")
                 return None
         self.workers.bind(self.model, self.optimizer)   # again after a restore, which holds the parameters anew
         return self.workers
@@ -217,11 +214,7 @@ class Trainer:
             # i * ranks + r), so ranks x accumulation in any split gives the same draws and the same update
             key = (self.settings.seed, step, i * world.size + world.rank) if self.dropout else None
             for part_loss, part_grads, weight in self.losses_and_grads(batch, key, total_scored):
-                if grads is None:   # the first part's gradients become the sum
-                    grads = part_grads
-                else:
-                    for k, g in part_grads.items():
-                        grads[k] += g
+                grads = add_gradients(grads, part_grads)
                 loss += weight * backend.scalar(part_loss)
             tokens += int(np.sum(batch["attention_mask"]))
         if world.size > 1:
@@ -483,7 +476,9 @@ def read_state(checkpoint):
     try:
         with open(path, encoding="utf-8") as handle:
             state = json.load(handle)
-        int(state["step"]), int(state["optimizer_steps"])
+        for key in ("step", "optimizer_steps"):   # whole numbers, as the trainer wrote them
+            if isinstance(state[key], bool) or not isinstance(state[key], int) or state[key] < 0:
+                raise ValueError(f"{key} {state[key]!r} is not a count of updates")
         if state.get("loss_scale") is not None:
             precision.LossScaler().load_state(state["loss_scale"])   # raises on a damaged one
         return state

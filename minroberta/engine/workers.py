@@ -1,22 +1,22 @@
-"""The trainer's slices in worker processes (Linux, NumPy, pretraining without dropout): of a micro-batch cut
-into one slice of rows per thread, this process computes the first slice and a worker process each other one.
+"""Worker processes for the trainer's parts (Linux, NumPy, pretraining without dropout): of a micro-batch cut
+into one part of its rows per thread, this process computes the first part and a worker process each other one.
 
-Why not threads: two threads each running a slice of small arrays keep taking the interpreter lock from each
+Why not threads: two threads each running a part of small arrays keep taking the interpreter lock from each
 other (every NumPy call takes it) on every op of the update (measured in docs/performance.md).
-Processes share only the parameters, the gradients and the slices' token ids, in one anonymous memory file
-(memfd) that all of them map. Each slice is computed as on a thread, and the gradients are summed in the same
-order, so every bit of the update is the same (tests/test_slices.py).
+Processes share only the parameters, the gradients and the parts' token ids, in one anonymous memory file
+(memfd) that all of them map. Each part is computed as on a thread, and the gradients are summed in the same
+order, so every bit of the update is the same (tests/test_workers.py).
 
 A worker is a fresh interpreter (`python -m minroberta.engine.workers`), not a fork of this one, which already runs
 threads (the pool's, the tokenizer's) that a fork could leave holding locks. It inherits the memory file's
 descriptor, reads one line of JSON (the model's config and where each array lies in the file), maps the file and
-answers "ready". Then, for each update, once its slice's ids, mask and labels are in the file, it reads a line
-"rows loss_scale", writes the slice's gradients into its block of the file and answers with the loss (or "error"
+answers "ready". Then, for each update, once its part's ids, mask and labels are in the file, it reads a line
+"rows loss_scale", writes the part's gradients into its block of the file and answers with the loss (or "error"
 and the reason). It runs in a session of its own, so Ctrl-C in a terminal reaches only the trainer, which
 finishes the update and saves, and it exits when its input closes, so it never outlives the trainer.
 
-Memory: the file holds the parameters and a gradient block per worker, about what the threads' slices hold as
-gradients of their own; a worker also builds its slice's gradients before copying them into its block.
+Memory: the file holds the parameters and a gradient block per worker, about what the threads' parts hold as
+gradients of their own; a worker also builds its part's gradients before copying them into its block.
 """
 
 import json
@@ -44,7 +44,7 @@ def available():
 
 def _layout(names, shapes, workers, rows, seq):
     """Byte offsets in the shared file: the float32 parameters at 0, a gradient block per worker, then per
-    worker its slice's (rows, seq) int64 ids, mask and labels."""
+    worker its part's (rows, seq) int64 ids, mask and labels."""
     size = sum(math.prod(shapes[n]) for n in names)
     grads = [4 * size * (1 + w) for w in range(workers)]
     start = 4 * size * (1 + workers)
@@ -66,13 +66,14 @@ def _inputs(buffer, offset, rows, seq):
 
 
 class Workers:
-    """`count` worker processes for slices of at most `rows` x `seq` tokens of `model`, whose parameters move
+    """`count` worker processes for parts of at most `rows` x `seq` tokens of `model`, whose parameters move
     into the shared file (through `optimizer.hold`; `bind` moves them again after a restore)."""
 
     def __init__(self, model, optimizer, count, rows, seq):
         self.names, self.shapes, self.rows, self.seq = list(optimizer.names), dict(optimizer.shapes), rows, seq
+        self.installed = dispatch.installed()   # the workers run the fast forms exactly when this process does
         self.layout = _layout(self.names, self.shapes, count, rows, seq)
-        descriptor = os.memfd_create("minroberta-slices")   # memory with no name to leave behind if killed
+        descriptor = os.memfd_create("minroberta-workers")   # memory with no name to leave behind if killed
         self.processes = []
         try:
             os.ftruncate(descriptor, self.layout["bytes"])
@@ -87,7 +88,7 @@ class Workers:
             environment = dict(os.environ, OPENBLAS_NUM_THREADS="1", MINROBERTA_THREADS="1",
                                MINROBERTA_BACKEND="numpy")
             setup = {"descriptor": descriptor, "config": model.config.to_dict(), "dtype": model.dtype,
-                     "prefix": model.prefix, "head": model.head, "names": self.names, "installed": dispatch.installed(),
+                     "prefix": model.prefix, "head": model.head, "names": self.names, "installed": self.installed,
                      "shapes": {n: list(s) for n, s in self.shapes.items()}, "layout": self.layout, "rows": rows,
                      "seq": seq}
             for index in range(count):
@@ -98,7 +99,7 @@ class Workers:
                 process.stdin.write(json.dumps(dict(setup, index=index)) + "\n")
             for process in self.processes:
                 if (said := self._answer(process, "starting")) != "ready":
-                    raise MinRobertaError(f"a slice worker failed to start: {said.removeprefix('error ')}")
+                    raise MinRobertaError(f"a worker process failed to start: {said.removeprefix('error ')}")
         except BaseException:
             self.close()
             raise
@@ -107,9 +108,11 @@ class Workers:
         self._finalizer = weakref.finalize(self, _stop, self.processes)
 
     def fits(self, optimizer, parts):
-        """Whether these workers can take parts[1:] of a model held by `optimizer`: as many workers, slices no
-        larger, the same parameters in the same order (a restored optimizer may list them otherwise)."""
+        """Whether these workers can take parts[1:] of a model held by `optimizer`: as many workers, parts no
+        larger, the same parameters in the same order (a restored optimizer may list them otherwise), and the engine
+        still installed or not as when they started."""
         return (len(parts) - 1 <= len(self.processes) and optimizer.names == self.names
+                and self.installed == dispatch.installed()
                 and optimizer.shapes == self.shapes and parts[0]["input_ids"].shape[1] == self.seq
                 and all(len(part["input_ids"]) <= self.rows for part in parts[1:]))
 
@@ -123,7 +126,7 @@ class Workers:
         """Hand parts[1:] to the workers, compute parts[0] here with compute_here(part, scale) -> (loss, grads),
         and return [(loss, grads)] in the order of parts (a worker's gradients are views of the shared file,
         valid until the next call). Anything that leaves the exchange half done (a Ctrl-C while waiting, a worker
-        gone) stops the workers, so none is left with a stale slice."""
+        gone) stops the workers, so none is left with a stale part."""
         busy = self.processes[:len(parts) - 1]
         try:
             for process, inputs, part, scale in zip(busy, self.inputs, parts[1:], scales[1:]):
@@ -133,11 +136,11 @@ class Workers:
                 try:
                     process.stdin.write(f"{rows} {scale!r}\n")
                 except OSError:   # its end of the pipe is closed: it has ended
-                    self._ended(process, "computing a slice")
+                    self._ended(process, "computing a part")
             try:
                 results = [compute_here(parts[0], scales[0])]
             finally:   # every worker answers either way, so the exchange stays in step
-                answers = [self._answer(process, "computing a slice") for process in busy]
+                answers = [self._answer(process, "computing a part") for process in busy]
         except BaseException:
             self.close()
             raise
@@ -156,12 +159,12 @@ class Workers:
         return said
 
     def _ended(self, process, doing):
-        if process.poll() is None:   # its pipe broke some other way: it cannot be trusted with the next slice
+        if process.poll() is None:   # its pipe broke some other way: it cannot be trusted with the next part
             process.kill()
         code = process.wait()
         self.close()
-        raise MinRobertaError(f"a slice worker ended while {doing} (exit status {code}); MINROBERTA_SLICE_WORKERS=0 "
-                              "runs the slices on threads instead")
+        raise MinRobertaError(f"a worker process ended while {doing} (exit status {code}); MINROBERTA_SLICE_WORKERS=0 "
+                              "runs the parts on threads instead")
 
     def close(self):
         _stop(self.processes)
@@ -212,15 +215,15 @@ def serve(stdin=sys.stdin):
         try:
             rows, scale = line.split()
             rows = int(rows)
-            loss, slice_grads = model.loss_and_grads(*(inputs[name][:rows] for name in _INPUTS),
+            loss, part_grads = model.loss_and_grads(*(inputs[name][:rows] for name in _INPUTS),
                                                      loss_scale=float(scale))
-            for name, g in slice_grads.items():
+            for name, g in part_grads.items():
                 grads[name][...] = g
             answer = repr(float(loss))
         except MinRobertaError as error:   # bad input, said as the trainer would say it
             answer = f"error {error}".replace("\n", " ")
         except Exception as error:   # noqa: BLE001
-            answer = f"error a slice worker failed: {type(error).__name__}: {error}".replace("\n", " ")
+            answer = f"error a worker process failed: {type(error).__name__}: {error}".replace("\n", " ")
         answers.write(answer + "\n")
     return 0
 

@@ -2,7 +2,6 @@
 
 from collections import namedtuple
 
-from .. import backend
 from ..dispatch import fast_form
 from .checks import require_last_dim
 

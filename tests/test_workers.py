@@ -1,16 +1,16 @@
-"""The trainer's slices in worker processes (minroberta/engine/workers.py): the same updates as with the slices on threads,
-bit for bit; a worker that dies is a one-line error; workers that cannot start leave the slices to the threads."""
+"""The trainer's parts in worker processes (minroberta/engine/workers.py): the same updates as with the parts on threads,
+bit for bit; a worker that dies is a one-line error; workers that cannot start leave the parts to the threads."""
 
 import numpy as np
 import pytest
 
 import minroberta
-from minroberta.engine import workers as slices
+from minroberta.engine import workers as worker_processes
 from minroberta.errors import MinRobertaError
 from minroberta.engine import threads
 from minroberta.engine.trainer import TrainSettings, Trainer
 
-pytestmark = pytest.mark.skipif(not slices.available(), reason="worker processes need Linux's memfd_create")
+pytestmark = pytest.mark.skipif(not worker_processes.available(), reason="worker processes need Linux's memfd_create")
 
 CONFIG = minroberta.Config(vocab_size=60, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                            intermediate_size=32, max_position_embeddings=26, hidden_dropout_prob=0.0,
@@ -18,7 +18,7 @@ CONFIG = minroberta.Config(vocab_size=60, hidden_size=16, num_hidden_layers=2, n
 
 
 class Batches:
-    """Another masked batch of 7 rows every update (uneven slices: 3 rows here, 4 in the worker)."""
+    """Another masked batch of 7 rows every update (uneven parts: 3 rows here, 4 in the worker)."""
 
     def batches_per_epoch(self, batch_size):
         return 1000
@@ -63,15 +63,15 @@ def test_a_worker_that_dies_is_a_one_line_error(numpy_backend):
     t.train_step()
     t.workers.processes[0].kill()
     t.workers.processes[0].wait()
-    with pytest.raises(MinRobertaError, match="slice worker ended") as caught:
+    with pytest.raises(MinRobertaError, match="worker process ended") as caught:
         t.train_step()
     assert "\n" not in str(caught.value)
 
 
-def test_workers_that_cannot_start_leave_the_slices_to_the_threads(numpy_backend, monkeypatch):
+def test_workers_that_cannot_start_leave_the_parts_to_the_threads(numpy_backend, monkeypatch):
     def refuse(*args, **kwargs):
         raise OSError("out of memory for the shared file")
-    monkeypatch.setattr(slices, "Workers", refuse)
+    monkeypatch.setattr(worker_processes, "Workers", refuse)
     threads.use(2)
     t = trainer(True)
     said = []
@@ -104,11 +104,11 @@ def test_a_restored_optimizer_that_lists_the_parameters_otherwise_gets_workers_t
         assert np.array_equal(runs[True][1][name], value), name
 
 
-def test_bad_input_in_a_workers_slice_is_the_same_one_line_error(numpy_backend):
+def test_bad_input_in_a_workers_part_is_the_same_one_line_error(numpy_backend):
     class BadRow(Batches):
         def train_batch(self, epoch, index, batch_size, shard=(0, 1)):
             batch = super().train_batch(epoch, index, batch_size, shard)
-            batch["input_ids"][5, 3] = 999   # row 5 is in the worker's slice (rows 3-6)
+            batch["input_ids"][5, 3] = 999   # row 5 is in the worker's part (rows 3-6)
             return batch
     threads.use(2)
     t = trainer(True)

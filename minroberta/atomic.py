@@ -33,8 +33,8 @@ def replacing(path):
     except BaseException as exc:
         if os.path.exists(temporary):
             os.unlink(temporary)
-        if isinstance(exc, OSError) and exc.filename is None:   # disk full: say which file could not be written
-            raise OSError(exc.errno, exc.strerror, path) from None
+        if isinstance(exc, OSError) and exc.filename in (None, temporary):   # disk full: name the file the user
+            raise OSError(exc.errno, exc.strerror, path) from None                # knows, never the temporary one
         raise
     sync_directory(directory)
 

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from . import backend, collection, precision
+from . import backend, collection, guards, precision
 from .kernels import fused, threads
 from .errors import MinRobertaError
 
@@ -114,6 +114,8 @@ def build_parser():
     pre.add_argument("--log-every", type=int, default=10, help="updates between metric records")
     pre.add_argument("--seed", type=int, default=0, help="seed of the weights, data order, masks and dropout")
     pre.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    pre.add_argument("--overwrite", action="store_true",
+                     help="start over in an --out that holds an earlier run or model (its files are removed)")
     pre.add_argument("--stop-at-step", type=int, default=None, metavar="N",
                      help="checkpoint and stop after update N (resume later with --resume); the schedule still "
                           "runs to --steps")
@@ -152,6 +154,8 @@ def build_parser():
     tune.add_argument("--log-every", type=int, default=10)
     tune.add_argument("--seed", type=int, default=0, help="seed of the new head, the order and dropout")
     tune.add_argument("--resume", action="store_true", help="continue the run in --out")
+    tune.add_argument("--overwrite", action="store_true",
+                      help="start over in an --out that holds an earlier run or model (its files are removed)")
     add_device_arguments(tune)
 
     predict = commands.add_parser("predict", help="apply a fine-tuned model to texts, pairs or questions",
@@ -277,6 +281,7 @@ def add_collection_arguments(command, printed, saved):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
+        guards.check_flags(args)   # every numeric flag, before any work
         if args.command in RECIPES:
             args.given = given_flags(argv, args.command)
         if getattr(args, "backend", None):
@@ -284,7 +289,7 @@ def main(argv=None):
         precision.use(getattr(args, "precision", "float32"))
         fused.use(getattr(args, "fused", False))
         if getattr(args, "threads", None) is not None:
-            threads.use(args.threads)
+            threads.use(guards.cap_threads(args.threads, lambda text: print(text, file=sys.stderr)))
         commands = {"pretrain": run_pretrain, "fill-mask": run_fill_mask, "finetune": run_finetune,
                     "predict": run_predict, "embed": run_embed, "attention": run_attention,
                     "masking": run_masking}
@@ -314,6 +319,8 @@ def main(argv=None):
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
+    finally:
+        guards.release_locks()
 
 
 # --- fill-mask -----------------------------------------------------------------------------------------
@@ -445,7 +452,8 @@ def run_pretrain(args):
     if args.no_dropout:   # the same as --dropout 0, and kept in the recipe as that
         args.dropout, args.no_dropout = 0.0, False
         args.given = getattr(args, "given", set()) | {"dropout"}
-    checkpoint = checkpoint_to_resume(args.out, args.resume, report=say)
+    run_folder = guards.RunFolder(args.out, args.resume, args.overwrite, say, main=world.is_main)   # lock, no clobber
+    checkpoint = None if args.overwrite else checkpoint_to_resume(args.out, args.resume, report=say)
     state = keep_recipe(args, checkpoint, say) if checkpoint is not None else None
     settings = pretrain_settings(args)
     if state is not None and "warmup" not in getattr(args, "given", set()):   # the run's own count, also when
@@ -459,6 +467,12 @@ def run_pretrain(args):
         raise MinRobertaError(f"--seq-len must be at least 8, got {args.seq_len}")
     if args.precision != "float32" and args.dtype != "float32":
         raise MinRobertaError(f"--precision {args.precision} works on float32 parameters; drop --dtype {args.dtype}")
+    sizes = argparse.Namespace(vocab_size=max(4, args.vocab_size or VOCAB_SIZES[args.preset]), pad_id=1, bos_id=0,
+                               eos_id=2)   # the tokenizer's sizes, before there is one
+    guards.require_room(pretrain_config(args, sizes), args.batch_size, args.seq_len, args.dtype,
+                        " ".join([f"--preset {args.preset}", *(f"{flag} {getattr(args, field)}" for flag, field in (
+                            *((f, f[2:].replace("-", "_")) for f in SHAPE_FLAGS), ("--seq-len", "seq_len"),
+                            ("--batch-size", "batch_size")) if getattr(args, field) is not None)]))
     if world.size > 1:
         say(f"data parallel over {world.size} MPI ranks: global batch {world.size} x {args.batch_size} sequences")
 
@@ -496,7 +510,7 @@ def run_pretrain(args):
                                  mask_prob=args.mask_prob)
     say(f"{data.num_train:,} training and {data.num_valid:,} validation sequences of at most {args.seq_len} tokens")
 
-    os.makedirs(args.out, exist_ok=True)
+    run_folder.create()
     model = Roberta(config, seed=args.seed, dtype=args.dtype)
     trainer = Trainer(model, data, tokenizer, settings, args.out, world=world)
     trainer.recipe = recipe_of(args)
@@ -547,7 +561,8 @@ def run_finetune(args):
     from .tokenizer import Tokenizer
     from .train import TrainSettings, Trainer, checkpoint_to_resume, list_checkpoints
     say = lambda text: print(text, file=sys.stderr, flush=True)
-    checkpoint = checkpoint_to_resume(args.out, args.resume, report=say)
+    run_folder = guards.RunFolder(args.out, args.resume, args.overwrite, say, reads=(args.model,))
+    checkpoint = None if args.overwrite else checkpoint_to_resume(args.out, args.resume, report=say)
     if checkpoint is not None:
         keep_recipe(args, checkpoint, say)
     pretrained = load_pretrained(args.model)
@@ -575,7 +590,7 @@ def run_finetune(args):
     settings = TrainSettings(steps=steps, batch_size=args.batch_size, accumulate=args.accumulate, lr=args.lr,
                              warmup=args.warmup, weight_decay=args.weight_decay, eval_every=args.eval_every,
                              eval_batches=0, save_every=args.save_every, log_every=args.log_every, seed=args.seed)
-    os.makedirs(args.out, exist_ok=True)
+    run_folder.create()
     trainer = Trainer(model, data, tokenizer, settings, args.out, task=task)
     trainer.recipe = recipe_of(args)
     trainer.begin(checkpoint, report=say)
@@ -585,6 +600,8 @@ def run_finetune(args):
         print(f"interrupted after update {trainer.step} of {steps}: saved {list_checkpoints(args.out)[-1]}; "
               f"continue with --resume --out {args.out}")
         return 130
+    if trainer.best is None:   # every evaluation had non-finite metrics
+        raise MinRobertaError(f"no evaluation of the run gave finite metrics, so no model was saved to {args.out}")
     print(f"best {task.best_metric}: {trainer.best:.4f}; model saved to {args.out}")
     return 0
 
@@ -738,6 +755,7 @@ def run_attention(args):
     from .checkpoint import load_pretrained
     from .tokenizer import Tokenizer
     pictures.pyplot()   # before the model is read: without matplotlib, say so at once
+    pictures.require_format(args.out)
     model = load_pretrained(args.model)
     tokenizer = Tokenizer.from_dir(args.model)
     ids = pictures.encode_for_picture(model, tokenizer, args.text)
@@ -753,6 +771,7 @@ def run_masking(args):
     from .config import Config
     from .tokenizer import Tokenizer
     pictures.pyplot()
+    pictures.require_format(args.out)
     require_model_dir(args.model)   # the same words as the commands that load the weights
     config = Config.load(os.path.join(args.model, "config.json"))
     tokenizer = Tokenizer.from_dir(args.model)

@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from . import atomic, backend, distributed, precision, slices
+from . import atomic, backend, distributed, guards, precision, slices
 from .kernels import threads
 from .checkpoint import load_pretrained, read_safetensors, save_pretrained
 from .ops import IGNORE_INDEX
@@ -350,14 +350,21 @@ class Trainer:
                     self.save_checkpoint()
                 return self.last_eval
         if self.task.best_metric is None and self.world.is_main:
+            self.require_finite("the final model")
             save_pretrained(self.model, self.out_dir, tokenizer=self.tokenizer)
         return self.last_eval
 
     def keep_if_best(self, metrics):
         """Tasks that name a best metric (higher is better) keep their best model at the top of out_dir."""
         metric = self.task.best_metric
+        unsound = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
+        if metric is not None and unsound:   # the model's outputs overflowed: whatever its accuracy, not a best
+            self.progress.message(f"warning: {unsound[0]} is {metrics[unsound[0]]} at step {self.step}; not kept "
+                                  "as the best model")
+            return
         if metric is None or (self.best is not None and metrics[metric] <= self.best):
             return
+        self.require_finite(f"a best model at step {self.step}")
         self.best = metrics[metric]
         if not self.world.is_main:
             return
@@ -377,6 +384,7 @@ class Trainer:
         from safetensors.numpy import save
         if not self.world.is_main:
             return None
+        self.require_finite(f"checkpoint step-{self.step:08d}", moments=True)
         root = os.path.join(self.out_dir, CHECKPOINTS)
         os.makedirs(root, exist_ok=True)
         final = os.path.join(root, f"step-{self.step:08d}")
@@ -393,8 +401,11 @@ class Trainer:
                      "ranks": self.world.size, "precision": precision.name(),
                      "loss_scale": self.scaler.state() if self.scaler else None}
             atomic.write_json(os.path.join(partial, STATE), state)
-        except BaseException:   # a second Ctrl-C or a full disk mid-write: no half checkpoint left behind
+        except BaseException as exc:   # a second Ctrl-C or a full disk mid-write: no half checkpoint left behind
             shutil.rmtree(partial, ignore_errors=True)
+            if isinstance(exc, OSError) and exc.filename and str(exc.filename).startswith(partial):
+                # name the checkpoint being written, not its hidden temporary folder
+                raise OSError(exc.errno, exc.strerror, final + str(exc.filename)[len(partial):]) from None
             raise
         if os.path.exists(final):
             atomic.remove_tree(final)
@@ -403,6 +414,16 @@ class Trainer:
         for old in list_checkpoints(self.out_dir)[:-self.settings.keep_checkpoints]:
             atomic.remove_tree(old)
         return final
+
+    def require_finite(self, what, moments=False):
+        """Refuse to save parameters (and optimizer moments) holding a NaN or an infinity as good."""
+        tensors = dict(self.model.params)
+        if moments:
+            tensors.update(self.optimizer.state_arrays())
+        if (name := guards.first_nonfinite(tensors)) is not None:
+            raise MinRobertaError(f"update {self.step} left NaN or infinite values in {name}, so {what} is not "
+                                  f"saved; the last good checkpoint is left untouched under "
+                                  f"{os.path.join(str(self.out_dir), CHECKPOINTS)} (a lower --lr may help)")
 
     def restore(self, checkpoint):
         """Load parameters, optimizer moments and step from a checkpoint directory (already validated)."""
@@ -417,8 +438,8 @@ class Trainer:
         state = read_state(checkpoint)
         self.optimizer = AdamW(self.model.params, betas=self.settings.betas, eps=self.settings.eps,
                                weight_decay=self.settings.weight_decay)
-        self.optimizer.load_state_arrays(read_safetensors(os.path.join(checkpoint, OPTIMIZER)),
-                                         state["optimizer_steps"], os.path.join(checkpoint, OPTIMIZER))
+        self.optimizer.load_state_arrays(read_optimizer(checkpoint), state["optimizer_steps"],
+                                         os.path.join(checkpoint, OPTIMIZER))
         self.model.params = self.optimizer.hold(self.model.params)
         saved_batch = state.get("global_batch", self.global_batch)
         if saved_batch != self.global_batch:
@@ -460,14 +481,14 @@ class Trainer:
         if not self.world.is_main or not os.path.exists(path):
             return
         kept = []
-        with open(path, encoding="utf-8") as handle:
-            for line in handle:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue   # a line torn by a kill
-                if record.get("step", 0) <= self.step:
-                    kept.append(json.dumps(record) + "\n")
+        for line in guards.read_regular_file(path, guards.METRICS_LIMIT).decode("utf-8", "replace").splitlines():
+            try:
+                record = json.loads(line)
+            except (ValueError, RecursionError):
+                continue   # a line torn by a kill
+            step = record.get("step", 0) if isinstance(record, dict) else None
+            if isinstance(step, int) and step <= self.step:
+                kept.append(json.dumps(record) + "\n")
         atomic.write_text(path, "".join(kept))
 
 
@@ -519,17 +540,22 @@ def list_checkpoints(out_dir):
 
 def read_state(checkpoint):
     path = os.path.join(checkpoint, STATE)
+    state = guards.load_json(path)
+    guards.check_trainer_state(state, path, TrainSettings)   # every value in type and range
     try:
-        with open(path, encoding="utf-8") as handle:
-            state = json.load(handle)
-        int(state["step"]), int(state["optimizer_steps"])
         if state.get("loss_scale") is not None:
             precision.LossScaler().load_state(state["loss_scale"])   # raises on a damaged one
         return state
-    except FileNotFoundError:
-        raise MinRobertaError(f"{path}: no such file") from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError) as exc:
         raise MinRobertaError(f"{path}: not a trainer state ({type(exc).__name__}: {exc})") from None
+
+
+def read_optimizer(checkpoint):
+    """A checkpoint's AdamW moments, each checked finite."""
+    path = os.path.join(checkpoint, OPTIMIZER)
+    moments = read_safetensors(path)
+    guards.require_finite_tensors(moments, path)
+    return moments
 
 
 def latest_good_checkpoint(out_dir, report=print):
@@ -537,7 +563,7 @@ def latest_good_checkpoint(out_dir, report=print):
     for checkpoint in reversed(list_checkpoints(out_dir)):
         try:
             load_pretrained(checkpoint)
-            read_safetensors(os.path.join(checkpoint, OPTIMIZER))
+            read_optimizer(checkpoint)
             read_state(checkpoint)
             return checkpoint
         except MinRobertaError as exc:

@@ -19,6 +19,10 @@ def replacing(path):
     """A binary handle on a temporary file beside `path`, renamed over it when the block ends (and removed if
     the block raises): for a file written piece by piece, such as a stream of results."""
     directory = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(path) and not os.path.isfile(path):   # a folder, a FIFO, /dev/null: never renamed over
+        from .errors import MinRobertaError
+        from .guards import kind_of
+        raise MinRobertaError(f"{path}: is {kind_of(os.stat(path).st_mode)}, not a file to write; nothing written")
     try:
         fd, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix="-" + os.path.basename(path))
     except FileNotFoundError:   # name the folder the user gave, not the temporary file

@@ -33,8 +33,8 @@ def read_examples(path, task):
     """-> list of (line number, row dict). CSV (with a header) or JSON lines, by the file's extension."""
     rows = []
     try:
-        with io.TextIOWrapper(guards.open_regular(path, guards.EXAMPLES_LIMIT), encoding="utf-8",
-                              newline="") as handle:
+        with io.TextIOWrapper(guards.open_regular(path, guards.EXAMPLES_LIMIT), encoding="utf-8-sig",
+                              newline="") as handle:   # -sig: a spreadsheet's byte-order mark is not the header
             if path.endswith((".jsonl", ".json")):
                 for number, line in enumerate(handle, 1):
                     if line.strip():

@@ -187,6 +187,7 @@ FLAGS = {
                 "epochs": Range(int, 1, 16, why=" (a picture of more panels cannot be read)"), "seed": SEED},
 }
 THREADS = Range(int, 1, message="threads must be a whole number of at least 1, got {value}")
+PATHS = ("out", "corpus", "model", "train", "eval", "tokenizer", "file", "output")   # an empty one names nothing
 
 
 def check_flags(args):
@@ -198,6 +199,10 @@ def check_flags(args):
             raise MinRobertaError(f"--{dest.replace('_', '-')} {problem}")
     if getattr(args, "threads", None) is not None and (problem := THREADS.problem(args.threads)):
         raise MinRobertaError(problem if THREADS.message else f"--threads {problem}")
+    for dest in PATHS:
+        value = getattr(args, dest, None)
+        if value is not None and any(not path.strip() for path in (value if isinstance(value, list) else [value])):
+            raise MinRobertaError(f"--{dest} names no path (an empty string)")
 
 
 def check_recipe(recipe, command, path):
@@ -246,8 +251,10 @@ def check_trainer_state(state, path, settings_type):
     if not isinstance(settings, dict):
         raise MinRobertaError(f"{path}: \"settings\" is missing or not a JSON object")
     for field in dataclasses.fields(settings_type):
-        if field.name not in settings:
-            raise MinRobertaError(f"{path}: settings has no {field.name!r}")
+        if field.name not in settings:   # an older checkpoint may lack a later setting, never these
+            if field.name in ("steps", "warmup", "batch_size"):
+                raise MinRobertaError(f"{path}: settings has no {field.name!r}")
+            continue
         value, default = settings[field.name], field.default
         if isinstance(default, bool):
             ok = isinstance(value, bool)

@@ -51,7 +51,11 @@ def w(tmp_path_factory):
     classify.write_text("text,label\n" + "".join(f"{t},{l}\n" for t, l in rows), encoding="utf-8")
     regress = root / "regress.csv"
     regress.write_text("text,label\n" + "".join(f"{t},{i / 4}\n" for i, (t, _) in enumerate(rows)), encoding="utf-8")
-    return Material(root=root, corpus=str(corpus), model=str(model), classify=str(classify), regress=str(regress))
+    classifier = root / "classifier"
+    assert main(["finetune", "--model", str(model), "--task", "classify", "--train", str(classify), "--eval",
+                 str(classify), "--threads", "1", "--batch-size", "4", "--epochs", "1", "--out", str(classifier)]) == 0
+    return Material(root=root, corpus=str(corpus), model=str(model), classify=str(classify), regress=str(regress),
+                    classifier=str(classifier))
 
 
 @dataclasses.dataclass
@@ -61,6 +65,7 @@ class Material:
     model: str
     classify: str
     regress: str
+    classifier: str
 
     def pretrain(self, out, *extra):
         return ["pretrain", "--preset", "micro", "--corpus", self.corpus, "--threads", "1", "--batch-size", "4",
@@ -221,6 +226,117 @@ BAD_FLAGS = [
 ]
 
 
+@case("pretrain", "refused", fast=False)
+def pretrain_out_empty(w, tmp, capsys):
+    refused(run_here(w.pretrain(""), capsys), "--out", "empty")
+
+
+@case("embed", "refused", fast=False)
+def embed_file_empty_name(w, tmp, capsys):
+    refused(run_here(["embed", "--model", w.model, "--file", "", "a text"], capsys), "--file", "empty")
+
+
+@case("embed", "refused", fast=False)
+def embed_max_length_past_the_model(w, tmp, capsys):
+    refused(run_here(["embed", "--model", w.model, "--max-length", 10**9, "a text"], capsys), "--max-length")
+
+
+@case("finetune", "refused", fast=False)
+def finetune_max_length_past_the_model(w, tmp, capsys):
+    refused(run_here(w.finetune(tmp / "run", "--max-length", 100000), capsys), "--max-length 100000")
+    assert not (tmp / "run").exists()
+
+
+@case("pretrain", "refused", fast=False)
+def pretrain_tokenizer_is_dev_null(w, tmp, capsys):
+    refused(run_here(w.pretrain(tmp / "run", "--tokenizer", "/dev/null"), capsys), "/dev/null", "character device")
+
+
+@case("finetune", "refused", fast=False)
+def finetune_resume_without_a_checkpoint(w, tmp, capsys):
+    refused(run_here(w.finetune(tmp / "run", "--resume"), capsys), "no checkpoint to resume from")
+
+
+@case("pretrain", "works", fast=False)
+def pretrain_corpus_the_same_file_twice_and_through_a_link(w, tmp, capsys):
+    os.symlink(w.corpus, tmp / "link.txt")
+    twice = run_here(w.pretrain(tmp / "twice", "--corpus", w.corpus, tmp / "link.txt", w.corpus, "--steps", 1),
+                     capsys)
+    worked(twice)
+    once = run_here(w.pretrain(tmp / "once", "--corpus", w.corpus, "--steps", 1), capsys)
+    assert mean_sequences(twice.err) == mean_sequences(once.err)
+
+
+@case("pretrain", "works", fast=False)
+def pretrain_stop_at_step_past_the_steps(w, tmp, capsys):
+    ran = run_here(w.pretrain(tmp / "run", "--stop-at-step", 1000), capsys)
+    worked(ran)
+    assert "done in" in ran.out and (tmp / "run" / "model.safetensors").exists()
+
+
+@case("pretrain", "works", fast=False)
+def pretrain_out_with_a_trailing_slash_and_dots(w, tmp, capsys):
+    worked(run_here(w.pretrain(f"{tmp}/./run/"), capsys))
+    assert load_pretrained(str(tmp / "run")).config.hidden_size == 64
+
+
+@case("finetune", "works", fast=False)
+def finetune_csv_with_a_byte_order_mark_and_crlf(w, tmp, capsys):
+    path = tmp / "train.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + open(w.classify, "rb").read().replace(b"\n", b"\r\n"))
+    worked(run_here(w.finetune(tmp / "run", train=path), capsys))
+
+
+@case("finetune", "works", fast=False)
+def finetune_jsonl_numeric_labels(w, tmp, capsys):
+    path = tmp / "train.jsonl"
+    path.write_text("".join(json.dumps({"text": f"text {i}", "label": i % 2}) + "\n" for i in range(8)))
+    ran = run_here(w.finetune(tmp / "run", train=path, eval=path), capsys)
+    worked(ran)
+    assert json.load(open(tmp / "run" / "config.json"))["label2id"] == {"0": 0, "1": 1}
+
+
+@case("finetune", "works", fast=False)
+def finetune_a_hundredth_of_an_epoch(w, tmp, capsys):
+    ran = run_here(w.finetune(tmp / "run", "--epochs", 0.01), capsys)
+    worked(ran)
+    assert json.loads(open(tmp / "run" / "metrics.jsonl").readline())["step"] == 1
+
+
+@case("finetune", "works", fast=False)
+def finetune_overwrite_a_finished_run(w, tmp, capsys):
+    out = tmp / "run"
+    worked(run_here(w.finetune(out), capsys))
+    refused(run_here(w.finetune(out), capsys), "already holds a run")
+    ran = run_here(w.finetune(out, "--overwrite", "--seed", 3), capsys)
+    worked(ran)
+    assert "--overwrite: removed" in ran.err and load_pretrained(str(out)).head == "classification"
+
+
+@case("masking", "works", fast=False)
+def masking_the_largest_batch(w, tmp, capsys):
+    ran = run_here(["masking", "--model", w.model, "--corpus", w.corpus, "--batch-size", 64, "--epochs", 1,
+                    "--out", tmp / "m.png"], capsys)
+    worked(ran)
+    assert open(tmp / "m.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+@case("embed", "works", fast=False)
+def embed_control_characters_and_emoji(w, tmp, capsys):
+    texts = tmp / "texts.txt"
+    texts.write_text("\x07bell\x1b[31mred\n\U0001f600 smile\n\u202eright to left\n", encoding="utf-8")
+    ran = run_here(["embed", "--model", w.model, "--file", texts, "--output", tmp / "v.npy"], capsys)
+    worked(ran)
+    vectors = np.load(tmp / "v.npy")
+    assert vectors.shape == (3, 64) and np.all(np.isfinite(vectors))
+
+
+@case("attention", "works", fast=False)
+def attention_svg(w, tmp, capsys):
+    worked(run_here(["attention", "--model", w.model, "--out", tmp / "a.svg", "a text"], capsys))
+    assert (tmp / "a.svg").read_text().lstrip().startswith("<?xml")
+
+
 def command_line(command, w, tmp, *extra):
     if command == "pretrain":
         return w.pretrain(tmp / "run", *extra)
@@ -229,7 +345,7 @@ def command_line(command, w, tmp, *extra):
     if command == "fill-mask":
         return ["fill-mask", "--model", w.model, *extra, "The <mask> of it."]
     if command in ("predict", "embed"):
-        return [command, "--model", w.model, *extra, "a text"]
+        return [command, "--model", w.classifier if command == "predict" else w.model, *extra, "a text"]
     if command == "masking":
         return ["masking", "--model", w.model, "--corpus", w.corpus, "--out", str(tmp / "m.png"), *extra]
     raise AssertionError(command)
@@ -687,6 +803,34 @@ def embed_file_stdin_empty(w, tmp, capsys):
     ran = run_apart(["embed", "--model", w.model, "--file", "-", "one text"], stdin=subprocess.DEVNULL)
     worked(ran)
     assert len(ran.out.splitlines()) == 1
+
+
+@case("embed", "refused")
+def embed_output_is_a_fifo(w, tmp, capsys):
+    path = fifo(tmp / "vectors.npy")
+    refused(run_apart(["embed", "--model", w.model, "--output", path, "a text"]), path, "FIFO", "nothing written")
+    assert os.path.exists(path) and not os.path.isfile(path)
+
+
+@case("predict", "refused", fast=False)
+def predict_output_is_a_directory(w, tmp, capsys):
+    (tmp / "out.jsonl").mkdir()
+    refused(run_here(["predict", "--model", w.classifier, "--output", tmp / "out.jsonl", "a text"], capsys),
+            "out.jsonl", "a directory")
+
+
+@case("predict", "works")
+def predict_file_with_blank_and_odd_lines(w, tmp, capsys):
+    texts = tmp / "texts.txt"
+    texts.write_bytes("one\n\n<mask> </s> <s>\n\ttabs\tand\ttabs\r\nlast without end".encode())
+    ran = run_here(["predict", "--model", w.classifier, "--file", texts], capsys)
+    worked(ran)
+    assert len(ran.out.splitlines()) == 5 and all(line.split("\t")[0] in ("cat", "dog") for line in ran.out.splitlines())
+
+
+@case("predict", "refused", fast=False)
+def predict_file_is_a_fifo(w, tmp, capsys):
+    refused(run_apart(["predict", "--model", w.classifier, "--file", fifo(tmp / "texts.txt")]), "texts.txt", "FIFO")
 
 
 @case("attention", "refused")

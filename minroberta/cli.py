@@ -297,6 +297,10 @@ def main(argv=None):
     except MinRobertaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except MemoryError:   # what guards.require_room could not foresee
+        print(f"error: out of memory in {args.command}; try a smaller --batch-size (or --batch-tokens, --max-length)",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:   # a second Ctrl-C in training, or the first anywhere else
         from .train import list_checkpoints
         saved = list_checkpoints(args.out) if args.command in RECIPES else []
@@ -467,12 +471,9 @@ def run_pretrain(args):
         raise MinRobertaError(f"--seq-len must be at least 8, got {args.seq_len}")
     if args.precision != "float32" and args.dtype != "float32":
         raise MinRobertaError(f"--precision {args.precision} works on float32 parameters; drop --dtype {args.dtype}")
-    sizes = argparse.Namespace(vocab_size=max(4, args.vocab_size or VOCAB_SIZES[args.preset]), pad_id=1, bos_id=0,
-                               eos_id=2)   # the tokenizer's sizes, before there is one
-    guards.require_room(pretrain_config(args, sizes), args.batch_size, args.seq_len, args.dtype,
-                        " ".join([f"--preset {args.preset}", *(f"{flag} {getattr(args, field)}" for flag, field in (
-                            *((f, f[2:].replace("-", "_")) for f in SHAPE_FLAGS), ("--seq-len", "seq_len"),
-                            ("--batch-size", "batch_size")) if getattr(args, field) is not None)]))
+    guards.require_room(pretrain_config(args, guards.stand_in_tokenizer(args.vocab_size or VOCAB_SIZES[args.preset])),
+                        args.batch_size, args.seq_len, args.dtype, guards.flags_text(args, (
+                            "preset", "hidden_size", "layers", "heads", "intermediate_size", "seq_len", "batch_size")))
     if world.size > 1:
         say(f"data parallel over {world.size} MPI ranks: global batch {world.size} x {args.batch_size} sequences")
 
@@ -586,6 +587,8 @@ def run_finetune(args):
         config_changes, task, head = {}, finetune.QuestionAnswering(valid), "qa"
     model = pretrained.with_head(head, seed=args.seed, **config_changes)
     data = finetune.FinetuneData(train, valid, pad_id, args.seed)
+    guards.require_room(model.config, min(args.batch_size, len(train)), max(map(len, train.ids)), model.dtype,
+                        guards.flags_text(args, ("model", "batch_size", "max_length")), lm_head=False)
     steps = max(1, math.ceil(args.epochs * data.batches_per_epoch(args.batch_size) / args.accumulate))
     settings = TrainSettings(steps=steps, batch_size=args.batch_size, accumulate=args.accumulate, lr=args.lr,
                              warmup=args.warmup, weight_decay=args.weight_decay, eval_every=args.eval_every,

@@ -47,7 +47,7 @@ def read_lines(path):
 
 
 def _open(path):
-    return guards.open_regular(path, missing="cannot read (no such file)")   # streamed a line at a time: no bound on its size
+    return guards.open_regular(path, missing="cannot read (no such file)")   # streamed by lines: no size bound
 
 
 def texts_from(arguments, path):

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import stat
+import types
 
 from .errors import MinRobertaError
 
@@ -321,25 +322,36 @@ def memory_bytes():
     return total
 
 
-def training_bytes(config, batch_size, seq_len, itemsize):
-    """A lower bound on the bytes a masked-LM run holds at once: parameters, their gradients and AdamW's two
+def training_bytes(config, batch_size, seq_len, itemsize, lm_head=True):
+    """A lower bound on the bytes a training run holds at once: parameters, their gradients and AdamW's two
     moments, and one micro-batch's activations (each layer keeps its input, attention probabilities and the
-    intermediate layer for the backward pass; the vocabulary-wide logits of one layer of work). -> (total,
-    parameters and optimizer, activations)."""
+    intermediate layer for the backward pass; a masked LM, vocabulary-wide logits). -> (total, parameters and
+    optimizer, activations)."""
     V, C, F, L = config.vocab_size, config.hidden_size, config.intermediate_size, config.num_hidden_layers
     H, P = config.num_attention_heads, config.max_position_embeddings
     parameters = (V + P + config.type_vocab_size) * C + 2 * C + L * (4 * C * C + 2 * C * F + 9 * C + F) \
         + C * C + 3 * C + V                                                        # embeddings, layers, MLM head
     B, T = batch_size, seq_len
-    activations = L * (B * H * T * T + 2 * B * T * C + B * T * F) + B * T * V
+    activations = L * (B * H * T * T + 2 * B * T * C + B * T * F) + (B * T * V if lm_head else 0)
     held = 4 * parameters * itemsize
-    return held + activations * itemsize, held * 1, activations * itemsize
+    return held + activations * itemsize, held, activations * itemsize
 
 
-def require_room(config, batch_size, seq_len, dtype, described):
+def stand_in_tokenizer(vocab_size):
+    """What a model's config reads of a tokenizer, before there is one: its size and RoBERTa's special ids."""
+    return types.SimpleNamespace(vocab_size=max(4, vocab_size), pad_id=1, bos_id=0, eos_id=2)
+
+
+def flags_text(args, dests):
+    """'--preset micro --seq-len 32': the flags of `dests` that are set, as the command line gives them."""
+    return " ".join(f"--{dest.replace('_', '-')} {getattr(args, dest)}" for dest in dests
+                    if getattr(args, dest, None) is not None)
+
+
+def require_room(config, batch_size, seq_len, dtype, described, lm_head=True):
     """Refuse, before anything is allocated, a model and micro-batch that cannot fit in memory."""
     import numpy as np
-    total, held, activations = training_bytes(config, batch_size, seq_len, np.dtype(dtype).itemsize)
+    total, held, activations = training_bytes(config, batch_size, seq_len, np.dtype(dtype).itemsize, lm_head)
     available = memory_bytes()
     if total > available:
         raise MinRobertaError(f"{described} needs at least {human_bytes(total)} of memory (parameters and AdamW "

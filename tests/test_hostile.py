@@ -219,7 +219,8 @@ BAD_FLAGS = [
     ("predict", "--max-length", "0", "--max-length"), ("predict", "--batch-tokens", "0", "--batch-tokens"),
     ("predict", "--batch-tokens", "-1", "--batch-tokens"),
     ("embed", "--max-length", "-1", "--max-length"), ("embed", "--batch-tokens", "0", "--batch-tokens"),
-    ("masking", "--batch-size", "100000", "--batch-size must be at most 64"), ("masking", "--batch-size", "0", "--batch-size"),
+    ("masking", "--batch-size", "100000", "--batch-size must be at most 64"),
+    ("masking", "--batch-size", "0", "--batch-size"),
     ("masking", "--epochs", "100", "--epochs"), ("masking", "--epochs", "0", "--epochs"),
     ("masking", "--mask-prob", "2", "--mask-prob"), ("masking", "--mask-prob", "nan", "--mask-prob"),
     ("masking", "--seed", "-1", "--seed"), ("masking", "--seq-len", "2", "--seq-len"),
@@ -825,7 +826,8 @@ def predict_file_with_blank_and_odd_lines(w, tmp, capsys):
     texts.write_bytes("one\n\n<mask> </s> <s>\n\ttabs\tand\ttabs\r\nlast without end".encode())
     ran = run_here(["predict", "--model", w.classifier, "--file", texts], capsys)
     worked(ran)
-    assert len(ran.out.splitlines()) == 5 and all(line.split("\t")[0] in ("cat", "dog") for line in ran.out.splitlines())
+    lines = ran.out.splitlines()
+    assert len(lines) == 5 and all(line.split("\t")[0] in ("cat", "dog") for line in lines)
 
 
 @case("predict", "refused", fast=False)

@@ -286,9 +286,14 @@ def check_trainer_state(state, path, settings_type):
             raise MinRobertaError(f"{path}: {key} {problem}")
     if state.get("best") is not None and (problem := Range(float).problem(state["best"])):
         raise MinRobertaError(f"{path}: best {problem}")
-    if state.get("last_eval") is not None and not isinstance(state["last_eval"], dict):
-        raise MinRobertaError(f"{path}: last_eval must be a JSON object, got {state['last_eval']!r}")
     command = "finetune" if isinstance(state.get("recipe"), dict) and "task" in state["recipe"] else "pretrain"
+    last = state.get("last_eval")
+    if last is not None:   # a finished run reports it again on a resume
+        needed = ("step",) + (("valid_loss", "valid_ppl", "valid_accuracy") if command == "pretrain" else ())
+        if not isinstance(last, dict) or any(k not in last for k in needed) or any(
+                isinstance(v, bool) or not isinstance(v, (int, float)) for v in last.values()):
+            raise MinRobertaError(f"{path}: last_eval must be a JSON object of numbers with {', '.join(needed)}, "
+                                  f"got {json.dumps(last)[:80]}")
     check_recipe(state.get("recipe"), command, path)
 
 

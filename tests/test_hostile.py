@@ -933,6 +933,9 @@ state_case("resume recipe seed -1", set_in("recipe", "seed", value=-1), "recipe 
 state_case("resume recipe corpus a number", set_in("recipe", "corpus", value=5), "recipe value corpus")
 state_case("resume optimizer_steps past step", set_in("optimizer_steps", value=7), "optimizer_steps")
 state_case("resume best is NaN", set_in("best", value=float("nan")), "best")
+state_case("resume last_eval empty", set_in("last_eval", value={}), "last_eval")
+state_case("resume last_eval a list", set_in("last_eval", value=[1]), "last_eval")
+state_case("resume loss_scale damaged", set_in("loss_scale", value={"scale": "x", "good_steps": 1}), "not a trainer state")
 state_case("resume state not JSON", write_raw("{torn"), "not valid JSON")
 state_case("resume state nested too deeply", write_raw(nested()), "nested too deeply")
 state_case("resume state a list", write_raw("[1, 2]"), "expected a JSON object")
@@ -960,6 +963,27 @@ def resume_falls_back_past_a_damaged_latest_checkpoint(w, tmp, capsys):
     ran = run_here(w.pretrain(out, "--save-every", 1, "--resume"), capsys)
     worked(ran)
     assert "step-00000001 at step 1" in ran.err
+
+
+@case("pretrain", "refused", fast=False)
+def resume_a_finished_run_whose_last_eval_is_empty(w, tmp, capsys):
+    out = tmp / "run"
+    worked(run_here(w.pretrain(out), capsys))
+    path = os.path.join(list_checkpoints(out)[-1], "trainer_state.json")
+    state = json.load(open(path))
+    state["last_eval"] = {}
+    json.dump(state, open(path, "w"))
+    refused(run_here(w.pretrain(out, "--resume"), capsys), "no checkpoint to resume from")
+
+
+@case("pretrain", "works", fast=False)
+def resume_a_finished_run_reports_it_again(w, tmp, capsys):
+    out = tmp / "run"
+    first = run_here(w.pretrain(out), capsys)
+    worked(first)
+    again = run_here(w.pretrain(out, "--resume"), capsys)
+    worked(again)
+    assert first.out.splitlines()[0].split(": ", 1)[1] == again.out.splitlines()[0].split(": ", 1)[1]
 
 
 @case("pretrain", "works", fast=False)

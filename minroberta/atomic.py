@@ -27,6 +27,8 @@ def replacing(path):
         fd, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix="-" + os.path.basename(path))
     except FileNotFoundError:   # name the folder the user gave, not the temporary file
         raise FileNotFoundError(2, "no such directory to write into", directory) from None
+    except OSError as exc:      # a read-only folder, a full disk: the file the user knows, again
+        raise OSError(exc.errno, exc.strerror, path) from None
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as handle:

@@ -466,7 +466,7 @@ def acquire(lock_path, folder, say):
         try:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
         except OSError as exc:
-            raise MinRobertaError(f"{lock_path}: cannot create the run's lock ({exc.strerror})") from None
+            raise MinRobertaError(f"{folder}: cannot write the run's lock file into it ({exc.strerror})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

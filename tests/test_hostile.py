@@ -679,26 +679,17 @@ def pretrain_corpus_glob_through_a_symlink_loop(w, tmp, capsys):
 
 
 @case("pretrain", "refused")
-def pretrain_corpus_with_an_unreadable_sub_folder(w, tmp, capsys, monkeypatch=None):
+def pretrain_corpus_with_an_unreadable_sub_folder(w, tmp, capsys):
     (tmp / "corpus" / "locked").mkdir(parents=True)
     shutil.copy(w.corpus, tmp / "corpus" / "a.txt")
     (tmp / "corpus" / "locked" / "b.txt").write_text("hidden text")
     os.chmod(tmp / "corpus" / "locked", 0)
     try:
-        if os.geteuid() == 0:   # root reads any folder: make os.walk meet what a user would
-            real = os.scandir
-
-            def scandir(path="."):
-                if os.fspath(path).endswith("locked"):
-                    raise PermissionError(13, "Permission denied", os.fspath(path))
-                return real(path)
-            os.scandir = scandir
-        ran = run_here(w.pretrain(tmp / "run", "--corpus", tmp / "corpus"), capsys)
+        ran = run_apart(w.pretrain(tmp / "run", "--corpus", tmp / "corpus"), preexec_fn=mode_bits_apply)
     finally:
-        if os.geteuid() == 0:
-            os.scandir = real
         os.chmod(tmp / "corpus" / "locked", 0o755)
-    refused(ran, "locked", "cannot read directory")
+    refused(ran, "locked", "cannot read directory", "Permission denied")
+    assert not (tmp / "run").exists()
 
 
 @case("pretrain", "refused", fast=False)
@@ -833,6 +824,55 @@ def predict_file_with_blank_and_odd_lines(w, tmp, capsys):
 @case("predict", "refused", fast=False)
 def predict_file_is_a_fifo(w, tmp, capsys):
     refused(run_apart(["predict", "--model", w.classifier, "--file", fifo(tmp / "texts.txt")]), "texts.txt", "FIFO")
+
+
+def mode_bits_apply():
+    """In a child before exec (preexec_fn): root drops the capabilities that let it ignore file modes from its
+    bounding set, so the command it runs meets permission checks as a user would (scripts/torture.py does the
+    same)."""
+    if os.geteuid() == 0:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        for capability in (1, 2):   # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+            if libc.prctl(24, capability, 0, 0, 0) != 0:   # PR_CAPBSET_DROP
+                raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+@case("embed", "refused", fast=False)
+def embed_output_into_a_read_only_folder(w, tmp, capsys):
+    folder = tmp / "read-only"
+    folder.mkdir()
+    os.chmod(folder, 0o555)
+    try:
+        ran = run_apart(["embed", "--model", w.model, "--output", folder / "v.npy", "a text"],
+                        preexec_fn=mode_bits_apply)
+    finally:
+        os.chmod(folder, 0o755)
+    refused(ran, str(folder / "v.npy"), "Permission denied")
+    assert os.listdir(folder) == []
+
+
+@case("pretrain", "refused", fast=False)
+def pretrain_out_is_a_read_only_folder(w, tmp, capsys):
+    (tmp / "run").mkdir()
+    os.chmod(tmp / "run", 0o555)
+    try:
+        ran = run_apart(w.pretrain(tmp / "run"), preexec_fn=mode_bits_apply)
+    finally:
+        os.chmod(tmp / "run", 0o755)
+    refused(ran, str(tmp / "run"), "Permission denied")
+
+
+@case("pretrain", "refused", fast=False)
+def pretrain_corpus_file_unreadable(w, tmp, capsys):
+    path = tmp / "corpus.txt"
+    shutil.copy(w.corpus, path)
+    os.chmod(path, 0)
+    try:
+        ran = run_apart(w.pretrain(tmp / "run", "--corpus", path), preexec_fn=mode_bits_apply)
+    finally:
+        os.chmod(path, 0o644)
+    refused(ran, str(path), "Permission denied")
 
 
 @case("attention", "refused")

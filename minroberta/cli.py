@@ -295,7 +295,7 @@ def main(argv=None):
                     "masking": run_masking}
         return commands[args.command](args)
     except MinRobertaError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {guards.one_line(exc)}", file=sys.stderr)
         return 2
     except MemoryError:   # what guards.require_room could not foresee
         print(f"error: out of memory in {args.command}; try a smaller --batch-size (or --batch-tokens, --max-length)",
@@ -321,7 +321,7 @@ def main(argv=None):
         return 0   # a command that prints its results: the reader has what it wanted
     except OSError as exc:   # disk full, permission denied, ...: name the file, no traceback
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        print(f"error: {guards.one_line(where + str(exc.strerror or exc))}", file=sys.stderr)
         return 2
     finally:
         guards.release_locks()

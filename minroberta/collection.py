@@ -38,7 +38,8 @@ def read_lines(path):
             if len(raw) > guards.LINE_LIMIT:
                 raise MinRobertaError(f"{name}:{number}: a line longer than {guards.human_bytes(guards.LINE_LIMIT)}")
             try:
-                yield raw.decode("utf-8").rstrip("\r\n")
+                text = raw.decode("utf-8").rstrip("\r\n")
+                yield text.removeprefix("\ufeff") if number == 1 else text   # an editor's byte-order mark
             except UnicodeDecodeError as exc:
                 raise MinRobertaError(f"{name}:{number}: invalid UTF-8 at byte {exc.start} of the line") from None
     finally:

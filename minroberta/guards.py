@@ -34,6 +34,11 @@ KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), 
          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
+def one_line(message):
+    """A message as one line, whatever the paths in it hold (a file name may contain a line break)."""
+    return str(message).replace("\r", "\\r").replace("\n", "\\n")
+
+
 def human_bytes(count):
     """1536 -> '1.5 KiB'."""
     for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):

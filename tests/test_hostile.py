@@ -106,7 +106,7 @@ def run_here(argv, capsys):
 
 def run_apart(argv, **popen):
     """The command in its own interpreter (FIFOs, locks, closed standard input): a hang is a failure."""
-    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = popen.pop("env", {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")})
     try:
         done = subprocess.run([sys.executable, "-m", "minroberta.cli", *map(str, argv)], capture_output=True,
                               text=True, timeout=TIMEOUT_S, env=env, **popen)
@@ -391,6 +391,35 @@ def pretrain_threads_24_on_fewer_cores(w, tmp, capsys):
     ran = run_here(w.pretrain(tmp / "run", "--threads", 24), capsys)
     worked(ran)
     assert f"--threads 24: this process may use {cores} core" in ran.err
+
+
+@case("pretrain", "works", fast=False)
+def pretrain_minroberta_threads_24_on_fewer_cores(w, tmp, capsys):
+    cores = len(os.sched_getaffinity(0))
+    if cores >= 24:
+        pytest.skip("this machine has 24 cores or more")
+    argv = w.pretrain(tmp / "run")
+    argv.remove("--threads")
+    argv.remove("1")
+    ran = run_apart(argv, env={**os.environ, "MINROBERTA_THREADS": "24", "PYTHONPATH": ROOT})
+    worked(ran)
+    assert f"MINROBERTA_THREADS=24: this process may use {cores} cores" in ran.err
+
+
+@case("pretrain", "refused", fast=False)
+def pretrain_corpus_name_with_a_line_break(w, tmp, capsys):
+    ran = run_here(w.pretrain(tmp / "run", "--corpus", tmp / "two\nlines.txt"), capsys)
+    refused(ran, "two\\nlines.txt")   # the break written as \n: the error stays one line
+
+
+@case("embed", "works", fast=False)
+def embed_file_with_a_byte_order_mark(w, tmp, capsys):
+    texts = tmp / "texts.txt"
+    texts.write_bytes("\ufeffa text\r\n".encode())
+    with_mark = run_here(["embed", "--model", w.model, "--file", texts], capsys)
+    worked(with_mark)
+    plain = run_here(["embed", "--model", w.model, "a text"], capsys)
+    assert with_mark.out == plain.out
 
 
 # --- the run folder: nothing of another run's overwritten; one run at a time ------------------------------

@@ -468,10 +468,14 @@ def acquire(lock_path, folder, say):
     import fcntl
     lock_path = os.path.abspath(lock_path)
     while True:
-        try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        try:   # never through a link, never waiting on a FIFO put there
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
         except OSError as exc:
-            raise MinRobertaError(f"{folder}: cannot write the run's lock file into it ({exc.strerror})") from None
+            raise MinRobertaError(f"{lock_path}: cannot open the run's lock file ({exc.strerror})") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            kind = kind_of(os.fstat(fd).st_mode)
+            os.close(fd)
+            raise MinRobertaError(f"{lock_path}: is {kind}, not the run's lock file; remove it")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

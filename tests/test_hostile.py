@@ -553,6 +553,20 @@ def pretrain_on_a_folder_another_run_holds(w, tmp, capsys):
     worked(run_here(w.pretrain(out), capsys))   # the kernel let go of the killed holder's lock
 
 
+def lock_case(name, make, *names):
+    """The lock file itself replaced by something else: refused, naming it."""
+    def run(w, tmp, capsys):
+        (tmp / "run").mkdir()
+        make(str(tmp / "run" / ".minroberta.lock"))
+        refused(run_apart(w.pretrain(tmp / "run")), ".minroberta.lock", *names)
+    CASES.append(Case(name, "pretrain", "refused", False, run))
+
+
+lock_case("pretrain lock file is a FIFO", fifo, "FIFO")
+lock_case("pretrain lock file is a directory", os.mkdir, "directory")
+lock_case("pretrain lock file is a symlink", lambda p: os.symlink("/etc/passwd", p), "cannot open")
+
+
 @case("pretrain", "works", fast=False)
 def pretrain_two_runs_on_one_folder_at_once(w, tmp, capsys):
     out = tmp / "run"

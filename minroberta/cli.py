@@ -479,7 +479,7 @@ def run_pretrain(args):
 
     source = "the standard library's docstrings" if not args.corpus else ", ".join(args.corpus)
     say(f"reading {source}")
-    documents = list(corpus.stdlib_documents()) if not args.corpus else list(corpus.read_documents(args.corpus))
+    documents = list(corpus.stdlib_documents()) if not args.corpus else list(corpus.read_documents(args.corpus, say))
     corpus.require_nonempty(documents, source)
     train_docs, valid_docs = corpus.train_valid_split(documents)
     if not train_docs or not valid_docs:   # found now, not at the first evaluation

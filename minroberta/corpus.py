@@ -70,16 +70,21 @@ _COMPOUND = (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef, ast.If, ast.Fo
 
 # --- the user's files
 
-def read_documents(sources):
+def read_documents(sources, say=None):
     """Stream the documents of `sources` (a path or a list of them); blank lines separate documents, so a file
     without blank lines is one document. Each source is
       - a file: read whatever its name;
       - a directory: its files ending in TEXT_SUFFIXES, recursively, in sorted order, hidden ones skipped;
       - otherwise a glob pattern (`**` recurses): the files it matches, in sorted order.
-    All sources are checked before the first document is read, so a typo fails fast."""
+    All sources are checked before the first document is read, so a typo fails fast. Each file is read once,
+    however many paths name it (links, a loop of them, a file given twice); `say` hears how many were dropped."""
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
-    paths = guards.unique_files([path for source in sources for path in _expand(os.fspath(source))])
+    named = [path for source in sources for path in _expand(os.fspath(source))]
+    paths = guards.unique_files(named)
+    if say is not None and len(paths) < len(named):
+        say(f"{len(named) - len(paths)} of {len(named)} corpus paths name a file already read (a link or a repeat); "
+            "each file is read once")
     for path in paths:
         yield from _file_documents(path)
 

@@ -266,6 +266,7 @@ def pretrain_corpus_the_same_file_twice_and_through_a_link(w, tmp, capsys):
     worked(twice)
     once = run_here(w.pretrain(tmp / "once", "--corpus", w.corpus, "--steps", 1), capsys)
     assert mean_sequences(twice.err) == mean_sequences(once.err)
+    assert "2 of 3 corpus paths name a file already read" in twice.err
 
 
 @case("pretrain", "works", fast=False)
@@ -719,6 +720,7 @@ def pretrain_corpus_glob_through_a_symlink_loop(w, tmp, capsys):
     once = run_here(w.pretrain(tmp / "once", "--corpus", w.corpus, "--steps", 1), capsys)
     worked(once)
     assert mean_sequences(looped.err) == mean_sequences(once.err)
+    assert "name a file already read (a link or a repeat); each file is read once" in looped.err
 
 
 @case("pretrain", "refused")

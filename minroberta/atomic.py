@@ -6,12 +6,22 @@ A reader (or a resumed run after a crash) sees either the old file or the new on
 import contextlib
 import json
 import os
+import stat
 import tempfile
 
 # the process's umask, read once (reading it means setting it): a temporary file is created private (0600), and
 # the renamed result should get the mode any new file of the user's gets
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
+
+
+KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+         (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def kind_of(mode):
+    """What a file that is not a regular one is, by its st_mode."""
+    return next((name for test, name in KINDS if test(mode)), "not a regular file")
 
 
 @contextlib.contextmanager
@@ -21,7 +31,6 @@ def replacing(path):
     directory = os.path.dirname(os.path.abspath(path))
     if os.path.exists(path) and not os.path.isfile(path):   # a folder, a FIFO, /dev/null: never renamed over
         from .errors import MinRobertaError
-        from .guards import kind_of
         raise MinRobertaError(f"{path}: is {kind_of(os.stat(path).st_mode)}, not a file to write; nothing written")
     try:
         fd, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix="-" + os.path.basename(path))

@@ -19,6 +19,7 @@ import os
 import stat
 import types
 
+from .atomic import kind_of, remove_tree
 from .errors import MinRobertaError
 
 # --- files read ----------------------------------------------------------------------------------------
@@ -30,8 +31,6 @@ CORPUS_FILE_LIMIT = 2 * GiB    # a corpus file is read whole; larger ones should
 EXAMPLES_LIMIT = 2 * GiB       # a fine-tuning CSV or JSON-lines file
 METRICS_LIMIT = 1 * GiB        # metrics.jsonl, read back on a resume
 LINE_LIMIT = 16 * MiB          # one text of --file (a file or standard input is read a line at a time)
-KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
-         (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
 def one_line(message):
@@ -45,10 +44,6 @@ def human_bytes(count):
         if count < 1024 or unit == "PiB":
             return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
         count /= 1024
-
-
-def kind_of(mode):
-    return next((name for test, name in KINDS if test(mode)), "not a regular file")
 
 
 def require_regular(path, limit=None, missing="no such file"):
@@ -248,14 +243,11 @@ def cap_threads(requested, say):
 STATE_NUMBERS = {"step": Range(int, 0), "optimizer_steps": Range(int, 0)}
 
 
-def check_trainer_state(state, path, settings_type):
-    """A checkpoint's trainer_state.json as written by Trainer.save_checkpoint: the step within the run's
-    settings, every setting of the right type and range, the recipe as the flag table allows."""
-    if not isinstance(state, dict):
-        raise MinRobertaError(f"{path}: expected a JSON object, got {type(state).__name__}")
-    settings = state.get("settings")
+def check_settings(settings, path, settings_type):
+    """The trainer settings a checkpoint keeps: each of the right type, together valid."""
     if not isinstance(settings, dict):
         raise MinRobertaError(f"{path}: \"settings\" is missing or not a JSON object")
+    names = {f.name for f in dataclasses.fields(settings_type)}
     for field in dataclasses.fields(settings_type):
         if field.name not in settings:   # an older checkpoint may lack a later setting, never these
             if field.name in ("steps", "warmup", "batch_size"):
@@ -273,16 +265,26 @@ def check_trainer_state(state, path, settings_type):
         if not ok:
             raise MinRobertaError(f"{path}: settings {field.name} = {value!r} is not a valid value")
     try:
-        settings_type(**{k: tuple(v) if k == "betas" else v for k, v in settings.items()
-                         if k in {f.name for f in dataclasses.fields(settings_type)}}).validate()
+        settings_type(**{k: tuple(v) if k == "betas" else v for k, v in settings.items() if k in names}).validate()
     except MinRobertaError as exc:
         raise MinRobertaError(f"{path}: settings: {exc}") from None
+
+
+def check_trainer_state(state, path, settings_type, complete=True):
+    """A checkpoint's trainer_state.json as written by Trainer.save_checkpoint: the step within the run's
+    settings, every setting of the right type and range, the recipe as the flag table allows. `complete`: the
+    settings must be there (a checkpoint to resume from needs them)."""
+    if not isinstance(state, dict):
+        raise MinRobertaError(f"{path}: expected a JSON object, got {type(state).__name__}")
+    settings = state.get("settings")
+    if settings is not None or complete:
+        check_settings(settings, path, settings_type)
     for key, rule in STATE_NUMBERS.items():
         if key not in state:
             raise MinRobertaError(f"{path}: no {key!r}")
         if problem := rule.problem(state[key]):
             raise MinRobertaError(f"{path}: {key} {problem}")
-    if state["step"] > settings["steps"]:
+    if settings is not None and state["step"] > settings["steps"]:
         raise MinRobertaError(f"{path}: step {state['step']} is past the run's {settings['steps']} steps")
     if state["optimizer_steps"] > state["step"]:
         raise MinRobertaError(f"{path}: optimizer_steps {state['optimizer_steps']} is more than step {state['step']}")
@@ -294,7 +296,8 @@ def check_trainer_state(state, path, settings_type):
     command = "finetune" if isinstance(state.get("recipe"), dict) and "task" in state["recipe"] else "pretrain"
     last = state.get("last_eval")
     if last is not None:   # a finished run reports it again on a resume
-        needed = ("step",) + (("valid_loss", "valid_ppl", "valid_accuracy") if command == "pretrain" else ())
+        pretraining = isinstance(state.get("recipe"), dict) and command == "pretrain"
+        needed = ("step",) + (("valid_loss", "valid_ppl", "valid_accuracy") if pretraining else ())
         if not isinstance(last, dict) or any(k not in last for k in needed) or any(
                 isinstance(v, bool) or not isinstance(v, (int, float)) for v in last.values()):
             raise MinRobertaError(f"{path}: last_eval must be a JSON object of numbers with {', '.join(needed)}, "
@@ -425,7 +428,6 @@ class RunFolder:
             for name in removed:
                 target = os.path.join(self.path, name)
                 if os.path.isdir(target) and not os.path.islink(target):
-                    from .atomic import remove_tree
                     remove_tree(target)
                 else:
                     os.unlink(target)

@@ -538,10 +538,12 @@ def list_checkpoints(out_dir):
     return [os.path.join(root, n) for n in names]
 
 
-def read_state(checkpoint):
+def read_state(checkpoint, complete=False):
+    """A checkpoint's trainer state, every value checked in type and range (`complete`: with its settings, as
+    a resume needs them)."""
     path = os.path.join(checkpoint, STATE)
     state = guards.load_json(path)
-    guards.check_trainer_state(state, path, TrainSettings)   # every value in type and range
+    guards.check_trainer_state(state, path, TrainSettings, complete)
     try:
         if state.get("loss_scale") is not None:
             precision.LossScaler().load_state(state["loss_scale"])   # raises on a damaged one
@@ -564,7 +566,7 @@ def latest_good_checkpoint(out_dir, report=print):
         try:
             load_pretrained(checkpoint)
             read_optimizer(checkpoint)
-            read_state(checkpoint)
+            read_state(checkpoint, complete=True)
             return checkpoint
         except MinRobertaError as exc:
             report(f"warning: checkpoint {checkpoint} is unusable ({exc}); falling back to an earlier one")

@@ -6,6 +6,7 @@ A reader (or a resumed run after a crash) sees either the old file or the new on
 import contextlib
 import json
 import os
+import stat
 import tempfile
 
 # the process's umask, read once (reading it means setting it): a temporary file is created private (0600), and
@@ -14,15 +15,29 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
 
+KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+         (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def kind_of(mode):
+    """What a file that is not a regular one is, by its st_mode."""
+    return next((name for test, name in KINDS if test(mode)), "not a regular file")
+
+
 @contextlib.contextmanager
 def replacing(path):
     """A binary handle on a temporary file beside `path`, renamed over it when the block ends (and removed if
     the block raises): for a file written piece by piece, such as a stream of results."""
     directory = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(path) and not os.path.isfile(path):   # a folder, a FIFO, /dev/null: never renamed over
+        from .errors import MinRobertaError
+        raise MinRobertaError(f"{path}: is {kind_of(os.stat(path).st_mode)}, not a file to write; nothing written")
     try:
         fd, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix="-" + os.path.basename(path))
     except FileNotFoundError:   # name the folder the user gave, not the temporary file
         raise FileNotFoundError(2, "no such directory to write into", directory) from None
+    except OSError as exc:      # a read-only folder, a full disk: the file the user knows, again
+        raise OSError(exc.errno, exc.strerror, path) from None
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as handle:
@@ -33,8 +48,8 @@ def replacing(path):
     except BaseException as exc:
         if os.path.exists(temporary):
             os.unlink(temporary)
-        if isinstance(exc, OSError) and exc.filename is None:   # disk full: say which file could not be written
-            raise OSError(exc.errno, exc.strerror, path) from None
+        if isinstance(exc, OSError) and exc.filename in (None, temporary):   # disk full: name the file the user
+            raise OSError(exc.errno, exc.strerror, path) from None                # knows, never the temporary one
         raise
     sync_directory(directory)
 

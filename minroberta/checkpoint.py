@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from . import atomic, backend
+from . import atomic, backend, guards
 from .config import Config
 from .errors import MinRobertaError
 from .bert import pooler_shapes
@@ -39,6 +39,7 @@ def read_safetensors(path):
     """All tensors of a safetensors file as host numpy arrays; damage is a one-line error naming the file.
     The header is checked against the file's size by the safetensors library before anything is read."""
     from safetensors import safe_open
+    guards.require_regular(path)   # a FIFO would block; the file is mapped, its header checked against its size
     tensors = {}
     try:
         with safe_open(path, framework="numpy") as handle:
@@ -117,7 +118,7 @@ def load_pretrained(path, dtype=None):
     """An HF-layout directory -> Roberta. dtype "float32"/"float64", or None to keep the file's float type."""
     require_model_dir(path)
     weights = os.path.join(path, WEIGHTS)
-    if not os.path.exists(weights):
+    if not os.path.lexists(weights):
         pickles = [name for name in PICKLE_FILES if os.path.exists(os.path.join(path, name))]
         if pickles:
             raise MinRobertaError(
@@ -193,7 +194,6 @@ def save_pretrained(model, path, tokenizer=None):
 def _copy_tokenizer_files(source_dir, path):
     for name in TOKENIZER_FILES:
         source = os.path.join(source_dir, name)
-        if os.path.exists(source):
-            with open(source, "rb") as handle:
-                atomic.write_bytes(os.path.join(path, name), handle.read())
+        if os.path.lexists(source):
+            atomic.write_bytes(os.path.join(path, name), guards.read_regular_file(source, guards.TOKENIZER_LIMIT))
 

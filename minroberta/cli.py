@@ -12,8 +12,7 @@ import time
 
 import numpy as np
 
-from . import backend, collection
-from . import engine, recipe
+from . import backend, collection, engine, guards, recipe
 from .engine import fused, precision, threads
 from .errors import MinRobertaError
 
@@ -90,6 +89,8 @@ def build_parser():
     pre.add_argument("--out", default=DEFAULT_OUT, help="run directory: checkpoints, metrics.jsonl, final model")
     pre.add_argument("--resume", action="store_true",
                      help="continue the run in --out from its latest checkpoint, with the recipe it was started with")
+    pre.add_argument("--overwrite", action="store_true",
+                     help="start over in an --out that holds an earlier run or model (its files are removed)")
     pre.add_argument("--stop-at-step", type=int, default=None, metavar="N",
                      help="checkpoint and stop after update N (resume later with --resume); the schedule still "
                           "runs to --steps")
@@ -112,6 +113,8 @@ def build_parser():
     tune.add_argument("--out", default=os.path.join("runs", "finetune"), help="run directory; the best model lands here")
     tune.add_argument("--resume", action="store_true",
                       help="continue the run in --out, with the recipe it was started with (no other flag needed)")
+    tune.add_argument("--overwrite", action="store_true",
+                      help="start over in an --out that holds an earlier run or model (its files are removed)")
     add_device_arguments(tune, with_precision=False)
 
     predict = commands.add_parser("predict", help="apply a fine-tuned model to texts, pairs or questions",
@@ -184,12 +187,15 @@ def add_collection_arguments(command, printed, saved):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
+        guards.check_flags(args)   # every numeric flag, before any work
+        if args.command in recipe.RECIPES:   # a training command's own, by the recipe's rules
+            recipe.RECIPES[args.command](**given_recipe(args, recipe.RECIPES[args.command])).validate()
         if getattr(args, "backend", None):
             backend.use(args.backend)
         engine.reference(getattr(args, "reference", False))
         if engine.install():   # the fast forms; with --reference, every op runs as written
             if getattr(args, "threads", None) is not None:   # the engine's threads (the core has none)
-                threads.use(args.threads)
+                threads.use(guards.cap_threads(args.threads, lambda text: print(text, file=sys.stderr)))
         fused.use(getattr(args, "fused", False))
         precision.use(getattr(args, "precision", None) or "float32")   # a run's own is set from its recipe
         commands = {"pretrain": run_pretrain, "fill-mask": run_fill_mask, "finetune": run_finetune,
@@ -197,7 +203,11 @@ def main(argv=None):
                     "masking": run_masking}
         return commands[args.command](args)
     except MinRobertaError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {guards.one_line(exc)}", file=sys.stderr)
+        return 2
+    except MemoryError:   # what guards.require_room could not foresee
+        print(f"error: out of memory in {args.command}; try a smaller --batch-size (or --batch-tokens, --max-length)",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:   # a second Ctrl-C in training, or the first anywhere else
         from .engine.trainer import list_checkpoints
@@ -221,10 +231,11 @@ def main(argv=None):
         return 0   # a command that prints its results: the reader has what it wanted
     except OSError as exc:   # disk full, permission denied, ...: name the file, no traceback
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        print(f"error: {guards.one_line(where + str(exc.strerror or exc))}", file=sys.stderr)
         return 2
     finally:
         engine.reference(False)   # for the next caller in this process (the environment variable still counts)
+        guards.release_locks()
 
 
 # --- fill-mask -----------------------------------------------------------------------------------------
@@ -330,20 +341,14 @@ def pretrain_config(settings, tokenizer):
                   attention_probs_dropout_prob=settings.dropout, **shape)
 
 
-def check_mask_prob(value):
-    """The masking picture takes the same --mask-prob as the pretraining recipe."""
-    if not 0.0 < value <= 1.0:
-        raise MinRobertaError(f"--mask-prob must be in (0, 1], got {value}")
-
-
 def training_recipe(args, recipe_class, say):
     """-> (the run's recipe, the checkpoint to resume from or None). A new run takes the defaults with the flags
     given on top; --resume takes the checkpoint's recipe with them on top, each change said (recipe.resolve)."""
     from .engine.trainer import checkpoint_to_resume, read_state
-    checkpoint = checkpoint_to_resume(args.out, args.resume, report=say)
+    checkpoint = None if args.overwrite else checkpoint_to_resume(args.out, args.resume, report=say)
     if checkpoint is None:
         return recipe.resolve(recipe_class, given_recipe(args, recipe_class)), None
-    state = read_state(checkpoint)
+    state = read_state(checkpoint, complete=True)
     saved = recipe.from_saved(recipe_class, state, checkpoint)
     return recipe.resolve(recipe_class, given_recipe(args, recipe_class), saved, state["step"], checkpoint, say), \
         checkpoint
@@ -373,14 +378,20 @@ def run_pretrain(args):
             raise MinRobertaError(f"the reference loop (--reference or MINROBERTA_REFERENCE=1) keeps no checkpoints, "
                                   f"skips no update and runs on one process, so {', '.join(around)} cannot apply; "
                                   "drop one or the other")
+    run_folder = guards.RunFolder(args.out, args.resume, args.overwrite, say, main=world.is_main)   # lock, no clobber
     settings, checkpoint = training_recipe(args, recipe.Pretraining, say)
     precision.use(settings.precision)
+    guards.require_room(pretrain_config(settings, guards.stand_in_tokenizer(settings.vocab_size
+                                                                             or VOCAB_SIZES[settings.preset])),
+                        settings.batch_size, settings.seq_len, settings.dtype, guards.flags_text(settings, (
+                            "preset", "hidden_size", "layers", "heads", "intermediate_size", "seq_len", "batch_size")))
     if world.size > 1:
         say(f"data parallel over {world.size} MPI ranks: global batch {world.size} x {settings.batch_size} sequences")
 
     source = "the standard library's docstrings" if not settings.corpus else ", ".join(settings.corpus)
     say(f"reading {source}")
-    documents = list(corpus.stdlib_documents()) if not settings.corpus else list(corpus.read_documents(settings.corpus))
+    documents = list(corpus.stdlib_documents()) if not settings.corpus else \
+        list(corpus.read_documents(settings.corpus, say))
     corpus.require_nonempty(documents, source)
     train_docs, valid_docs = corpus.train_valid_split(documents)
     if not train_docs or not valid_docs:   # found now, not at the first evaluation
@@ -413,7 +424,7 @@ def run_pretrain(args):
     say(f"{data.num_train:,} training and {data.num_valid:,} validation sequences of at most {settings.seq_len} "
         "tokens")
 
-    os.makedirs(args.out, exist_ok=True)
+    run_folder.create()
     model = Roberta(config, seed=settings.seed, dtype=settings.dtype)
     parameters = sum(int(np.prod(p.shape)) for p in model.params.values())
     if reference:
@@ -471,6 +482,7 @@ def run_finetune(args):
     from .engine.trainer import Trainer, list_checkpoints
     from .tokenizer import Tokenizer
     say = lambda text: print(text, file=sys.stderr, flush=True)
+    run_folder = guards.RunFolder(args.out, args.resume, args.overwrite, say, reads=(args.model,))
     settings, checkpoint = training_recipe(args, recipe.Finetuning, say)
     missing = [name for name in recipe.Finetuning.REQUIRED if getattr(settings, name) is None]
     if missing:
@@ -498,9 +510,11 @@ def run_finetune(args):
         config_changes, task, head = {}, finetune.QuestionAnswering(valid), "qa"
     model = pretrained.with_head(head, seed=settings.seed, **config_changes)
     data = finetune.FinetuneData(train, valid, pad_id, settings.seed)
+    guards.require_room(model.config, min(settings.batch_size, len(train)), max(map(len, train.ids)), model.dtype,
+                        guards.flags_text(settings, ("model", "batch_size", "max_length")), lm_head=False)
     steps = max(1, math.ceil(settings.epochs * data.batches_per_epoch(settings.batch_size) / settings.accumulate))
     settings = dataclasses.replace(settings, steps=steps)
-    os.makedirs(args.out, exist_ok=True)
+    run_folder.create()
     trainer = Trainer(model, data, tokenizer, settings, args.out, task=task)
     trainer.begin(checkpoint, report=say)
     say(f"fine-tuning for {settings.task}: {len(train)} training and {len(valid)} evaluation examples, {steps} "
@@ -510,6 +524,8 @@ def run_finetune(args):
         print(f"interrupted after update {trainer.step} of {steps}: saved {list_checkpoints(args.out)[-1]}; "
               f"continue with --resume --out {args.out}")
         return 130
+    if trainer.best is None:   # every evaluation had non-finite metrics
+        raise MinRobertaError(f"no evaluation of the run gave finite metrics, so no model was saved to {args.out}")
     print(f"best {task.best_metric}: {trainer.best:.4f}; model saved to {args.out}")
     return 0
 
@@ -674,6 +690,7 @@ def run_attention(args):
     from .checkpoint import load_pretrained
     from .tokenizer import Tokenizer
     pictures.pyplot()   # before the model is read: without matplotlib, say so at once
+    pictures.require_format(args.out)
     model = load_pretrained(args.model)
     tokenizer = Tokenizer.from_dir(args.model)
     ids = pictures.encode_for_picture(model, tokenizer, args.text)
@@ -692,6 +709,7 @@ def run_masking(args):
     from .config import Config
     from .tokenizer import Tokenizer
     pictures.pyplot()
+    pictures.require_format(args.out)
     require_model_dir(args.model)   # the same words as the commands that load the weights
     config = Config.load(os.path.join(args.model, "config.json"))
     tokenizer = Tokenizer.from_dir(args.model)
@@ -701,11 +719,6 @@ def run_masking(args):
     seq_len = args.seq_len if args.seq_len is not None else min(limit, 32)
     if not 3 <= seq_len <= limit:
         raise MinRobertaError(f"--seq-len {seq_len} is outside 3..{limit} (the model's positions)")
-    if args.batch_size < 1 or args.epochs < 1:
-        raise MinRobertaError("--batch-size and --epochs must be at least 1")
-    check_mask_prob(args.mask_prob)
-    if args.seed < 0:
-        raise MinRobertaError(f"--seed must be >= 0, got {args.seed}")
     documents = corpus.stdlib_documents() if not args.corpus else corpus.read_documents(args.corpus)
     samples = pictures.packed_samples(tokenizer, documents, seq_len, args.batch_size)
     panels = []

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from . import atomic, backend
+from . import atomic, backend, guards
 from .engine import threads
 from .errors import MinRobertaError
 
@@ -27,13 +27,19 @@ OUTPUT_KINDS = (".npy", ".jsonl")
 
 def read_lines(path):
     """The lines of a UTF-8 file, or of standard input for "-", without their line ends, one at a time.
-    Every line is a text, blank ones too, so result row i answers line i + 1."""
+    Every line is a text, blank ones too, so result row i answers line i + 1. A line is at most
+    guards.LINE_LIMIT bytes (standard input may be /dev/zero)."""
+    if path == "-" and sys.stdin is None:   # started with its standard input closed
+        raise MinRobertaError("--file -: standard input is closed")
     stream = sys.stdin.buffer if path == "-" else _open(path)
     name = "standard input" if path == "-" else path
     try:
-        for number, raw in enumerate(stream, 1):
+        for number, raw in enumerate(iter(lambda: stream.readline(guards.LINE_LIMIT + 1), b""), 1):
+            if len(raw) > guards.LINE_LIMIT:
+                raise MinRobertaError(f"{name}:{number}: a line longer than {guards.human_bytes(guards.LINE_LIMIT)}")
             try:
-                yield raw.decode("utf-8").rstrip("\r\n")
+                text = raw.decode("utf-8").rstrip("\r\n")
+                yield text.removeprefix("\ufeff") if number == 1 else text   # an editor's byte-order mark
             except UnicodeDecodeError as exc:
                 raise MinRobertaError(f"{name}:{number}: invalid UTF-8 at byte {exc.start} of the line") from None
     finally:
@@ -42,10 +48,7 @@ def read_lines(path):
 
 
 def _open(path):
-    try:
-        return open(path, "rb")
-    except OSError as exc:
-        raise MinRobertaError(f"{path}: cannot read ({exc.strerror})") from None
+    return guards.open_regular(path, missing="cannot read (no such file)")   # streamed by lines: no size bound
 
 
 def texts_from(arguments, path):

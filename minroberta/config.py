@@ -1,9 +1,8 @@
 """The model configuration: the fields of a HuggingFace `config.json`, validated, read and written."""
 
 import dataclasses
-import json
 
-from . import atomic
+from . import atomic, guards
 from .errors import MinRobertaError
 
 REQUIRED = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
@@ -119,16 +118,7 @@ class Config:
 
     @classmethod
     def load(cls, path):
-        try:
-            with open(path, encoding="utf-8") as handle:
-                values = json.load(handle)
-        except FileNotFoundError:
-            raise MinRobertaError(f"{path}: no such file") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise MinRobertaError(f"{path}: not valid JSON ({str(exc).splitlines()[0]})") from None
-        except OSError as exc:
-            raise MinRobertaError(f"{path}: cannot read ({exc.strerror})") from None
-        return cls.from_dict(values, source=path)
+        return cls.from_dict(guards.load_json(path), source=path)
 
     def save(self, path):
         atomic.write_json(path, self.to_dict())

@@ -11,6 +11,7 @@ import os
 import re
 import sysconfig
 
+from . import guards
 from .errors import MinRobertaError
 
 MIN_DOCSTRING_CHARS = 40   # shorter ones are mostly "Return self." and the like: no sentences to learn from
@@ -69,16 +70,21 @@ _COMPOUND = (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef, ast.If, ast.Fo
 
 # --- the user's files
 
-def read_documents(sources):
+def read_documents(sources, say=None):
     """Stream the documents of `sources` (a path or a list of them); blank lines separate documents, so a file
     without blank lines is one document. Each source is
       - a file: read whatever its name;
       - a directory: its files ending in TEXT_SUFFIXES, recursively, in sorted order, hidden ones skipped;
       - otherwise a glob pattern (`**` recurses): the files it matches, in sorted order.
-    All sources are checked before the first document is read, so a typo fails fast."""
+    All sources are checked before the first document is read, so a typo fails fast. Each file is read once,
+    however many paths name it (links, a loop of them, a file given twice); `say` hears how many were dropped."""
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
-    paths = [path for source in sources for path in _expand(os.fspath(source))]
+    named = [path for source in sources for path in _expand(os.fspath(source))]
+    paths = guards.unique_files(named)
+    if say is not None and len(paths) < len(named):
+        say(f"{len(named) - len(paths)} of {len(named)} corpus paths name a file already read (a link or a repeat); "
+            "each file is read once")
     for path in paths:
         yield from _file_documents(path)
 
@@ -89,25 +95,23 @@ def _expand(source):
         return [source]
     if os.path.isdir(source):
         found = []
-        for directory, subdirs, files in os.walk(source):
+        for directory, subdirs, files in os.walk(source, onerror=guards.walk_error):
             subdirs[:] = [d for d in subdirs if not d.startswith(".")]
             found.extend(os.path.join(directory, f) for f in files
                          if f.lower().endswith(TEXT_SUFFIXES) and not f.startswith("."))
         if not found:
             raise MinRobertaError(f"{source}: directory holds no text files ({' '.join(TEXT_SUFFIXES)})")
         return sorted(found)
-    matches = sorted(p for p in glob.glob(source, recursive=True) if os.path.isfile(p))
+    if os.path.lexists(source):   # neither a file nor a folder: a FIFO, a device, a broken link
+        guards.require_regular(source)
+    matches = sorted(p for p in glob.glob(source, recursive=True) if not os.path.isdir(p))
     if not matches:
         raise MinRobertaError(f"{source}: no such file or directory, and no file matches it as a glob pattern")
     return matches
 
 
 def _file_documents(path):
-    try:
-        with open(path, "rb") as handle:
-            raw = handle.read()
-    except OSError as exc:
-        raise MinRobertaError(f"{path}: cannot read ({exc.strerror})") from None
+    raw = guards.read_regular_file(path, guards.CORPUS_FILE_LIMIT)
     nul = raw.find(b"\0")
     if nul >= 0:
         raise MinRobertaError(f"{path}: binary file (NUL byte at byte {nul}), not UTF-8 text")

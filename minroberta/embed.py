@@ -9,13 +9,12 @@ and how many tokens it reads (sentence_bert_config.json); `sentence_setup` reads
 """
 
 import dataclasses
-import json
 import os
 import re
 
 import numpy as np
 
-from . import backend, collection
+from . import backend, collection, guards
 from .errors import MinRobertaError
 
 POOLINGS = ("cls", "max", "mean")
@@ -40,7 +39,7 @@ def sentence_setup(directory):
     """The sentence-transformers files of `directory`, read as SentenceSetup; the defaults where it has none.
     A module or pooling mode minroberta does not compute is a one-line error naming the file."""
     modules_path = os.path.join(directory, "modules.json")
-    if not os.path.isfile(modules_path):
+    if not os.path.lexists(modules_path):
         return SentenceSetup()
     modules = _read_json(modules_path)
     if not isinstance(modules, list) or not all(isinstance(m, dict) and isinstance(m.get("type"), str)
@@ -63,17 +62,11 @@ def sentence_setup(directory):
 
 
 def _read_json(path):
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
-    except OSError as exc:
-        raise MinRobertaError(f"{path}: cannot read ({exc.strerror})") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise MinRobertaError(f"{path}: not valid JSON ({str(exc).splitlines()[0]})") from None
+    return guards.load_json(path)
 
 
 def _max_seq_length(path):
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         return None
     value = _read_json(path)
     length = value.get("max_seq_length") if isinstance(value, dict) else None

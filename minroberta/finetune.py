@@ -9,14 +9,15 @@ cut off is dropped, with a warning.
 
 import collections
 import csv
+import io
 import json
-import os
+import math
 import re
 import string
 
 import numpy as np
 
-from . import backend, heads
+from . import backend, guards, heads
 from .data import rank_share
 from .errors import MinRobertaError
 from .ops import cross_entropy_forward
@@ -24,17 +25,17 @@ from .ops import cross_entropy_forward
 TASKS = ("classify", "pair", "regress", "qa")
 COLUMNS = {"classify": ("text", "label"), "pair": ("text_a", "text_b", "label"), "regress": ("text", "label"),
            "qa": ("context", "question", "answers")}
+TEXTS = ("text", "text_a", "text_b", "context", "question")   # columns that must hold text
 
 
 # --- reading ------------------------------------------------------------------------------------------
 
 def read_examples(path, task):
     """-> list of (line number, row dict). CSV (with a header) or JSON lines, by the file's extension."""
-    if not os.path.isfile(path):
-        raise MinRobertaError(f"{path}: no such file")
     rows = []
     try:
-        with open(path, encoding="utf-8", newline="") as handle:
+        with io.TextIOWrapper(guards.open_regular(path, guards.EXAMPLES_LIMIT), encoding="utf-8-sig",
+                              newline="") as handle:   # -sig: a spreadsheet's byte-order mark is not the header
             if path.endswith((".jsonl", ".json")):
                 for number, line in enumerate(handle, 1):
                     if line.strip():
@@ -42,6 +43,8 @@ def read_examples(path, task):
                             row = json.loads(line)
                         except json.JSONDecodeError as exc:
                             raise MinRobertaError(f"{path}:{number}: not JSON ({exc.msg})") from None
+                        except RecursionError:
+                            raise MinRobertaError(f"{path}:{number}: not JSON (nested too deeply)") from None
                         if not isinstance(row, dict):
                             raise MinRobertaError(f"{path}:{number}: expected a JSON object per line")
                         rows.append((number, row))
@@ -65,6 +68,10 @@ def read_examples(path, task):
             value = row.get(column)
             if value is None:
                 raise MinRobertaError(f"{path}:{number}: missing column {column!r}")
+            if column in TEXTS and not isinstance(value, str):
+                raise MinRobertaError(f"{path}:{number}: {column} must be text, got {json.dumps(value)[:40]}")
+            if column == "label" and (isinstance(value, bool) or not isinstance(value, (str, int, float))):
+                raise MinRobertaError(f"{path}:{number}: label must be text or a number, got {json.dumps(value)[:40]}")
             if column != "answers" and column != "label" and not str(value).strip():
                 raise MinRobertaError(f"{path}:{number}: {column} is empty")
     return rows
@@ -136,9 +143,12 @@ def encode_examples(path, task, tokenizer, max_length, labels=None, warn=print):
         label = str(row["label"]).strip()
         if task == "regress":
             try:
-                targets.append(float(label))
+                value = float(label)
             except ValueError:
                 raise MinRobertaError(f"{path}:{number}: label {label!r} is not a number") from None
+            if not math.isfinite(value):
+                raise MinRobertaError(f"{path}:{number}: label {label!r} is not a finite number")
+            targets.append(value)
         elif labels is not None:
             if label not in labels:
                 raise MinRobertaError(f"{path}:{number}: label {label!r} does not occur in the training file "

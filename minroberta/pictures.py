@@ -111,6 +111,16 @@ def draw_attention(tokens, probs, path, title=None, layer_ids=None, head_ids=Non
     plt.close(figure)
 
 
+def require_format(path):
+    """A picture path whose extension matplotlib writes (none: PNG), or a one-line error, before any work."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    kind = os.path.splitext(path)[1][1:].lower() or "png"
+    kinds = FigureCanvasAgg.get_supported_filetypes()
+    if kind not in kinds:
+        raise MinRobertaError(f"--out {path}: matplotlib cannot write .{kind} pictures (it writes "
+                              f"{', '.join('.' + k for k in sorted(kinds))})")
+
+
 def save_figure(figure, path):
     """Written atomically, as every file minroberta writes; the format from the file's extension (PNG if none)."""
     with atomic.replacing(path) as handle:

@@ -11,7 +11,7 @@ import dataclasses
 import math
 import os
 
-from .config import PRESETS
+from .config import PRESETS, SIZE_LIMIT
 from .errors import MinRobertaError
 
 
@@ -22,9 +22,10 @@ def field(default, help, **limits):
 
 @dataclasses.dataclass
 class TrainSettings:
-    steps: int = field(2600, "optimizer updates", low=1)
-    batch_size: int = field(64, "sequences per micro-batch", low=1)
-    accumulate: int = field(1, "micro-batches per update (effective batch = batch-size x accumulate)", low=1)
+    steps: int = field(2600, "optimizer updates", low=1, most=10**9)
+    batch_size: int = field(64, "sequences per micro-batch", low=1, most=SIZE_LIMIT)
+    accumulate: int = field(1, "micro-batches per update (effective batch = batch-size x accumulate)", low=1,
+                           most=SIZE_LIMIT)
     lr: float = field(5e-3, "peak learning rate", positive=True)
     warmup: int = field(-1, "warmup updates (-1: a share of --steps: 15% in pretraining, where RoBERTa's 6% left the "
                             "short default run on the token-frequency plateau longer; 6% in fine-tuning)", low=-1)
@@ -40,7 +41,7 @@ class TrainSettings:
     save_every: int = field(400, "updates between checkpoints (Ctrl-C saves too)", low=1)
     keep_checkpoints: int = field(2, "checkpoints kept (the newest)", low=1)
     log_every: int = field(10, "updates between metric records", low=1)
-    seed: int = field(0, "seed of the weights, data order, masks and dropout", low=0)
+    seed: int = field(0, "seed of the weights, data order, masks and dropout", low=0, most=2**63 - 1)
 
     WARMUP_SHARE = 0.15   # of the updates, when warmup is -1
 
@@ -79,6 +80,8 @@ class TrainSettings:
                 raise MinRobertaError(f"{flag} must be at least {meta['low']}, got {value}")
             if meta.get("positive") and not value > 0:
                 raise MinRobertaError(f"{flag} must be positive, got {value}")
+            if "most" in meta and value > meta["most"]:
+                raise MinRobertaError(f"{flag} must be at most {meta['most']}, got {value}")
         return self
 
 
@@ -90,17 +93,17 @@ class Pretraining(TrainSettings):
                         help="model size: mini (128 wide, 2 layers) learns to fill masks in five minutes on two CPU "
                              "cores; tiny (256 x 4) and small (512 x 6) want longer runs; base is roberta-base's "
                              "shape; micro is for smoke tests")
-    hidden_size: int = field(None, "override the preset's hidden_size", low=1)
-    layers: int = field(None, "override the preset's num_hidden_layers", low=1)
-    heads: int = field(None, "override the preset's num_attention_heads", low=1)
-    intermediate_size: int = field(None, "override the preset's intermediate_size", low=1)
-    vocab_size: int = field(None, "BPE vocabulary size (default by preset)", low=1)
+    hidden_size: int = field(None, "override the preset's hidden_size", low=1, most=SIZE_LIMIT)
+    layers: int = field(None, "override the preset's num_hidden_layers", low=1, most=SIZE_LIMIT)
+    heads: int = field(None, "override the preset's num_attention_heads", low=1, most=SIZE_LIMIT)
+    intermediate_size: int = field(None, "override the preset's intermediate_size", low=1, most=SIZE_LIMIT)
+    vocab_size: int = field(None, "BPE vocabulary size (default by preset)", low=1, most=SIZE_LIMIT)
     tokenizer: str = field(None, "use this tokenizer (tokenizer.json or vocab.json + merges.txt) instead of "
                                  "training one")
     init_range: float = field(0.05, "standard deviation of the initial weights (initializer_range; RoBERTa 0.02: "
                                     "the small default model leaves the token-frequency plateau sooner from 0.05)",
                               positive=True)
-    seq_len: int = field(32, "block length of the packed sequences, in tokens", low=8)
+    seq_len: int = field(32, "block length of the packed sequences, in tokens", low=8, most=SIZE_LIMIT)
     mask_prob: float = field(0.5, "share of the tokens chosen for the MLM loss in training (80% <mask>, 10% random, "
                                   "10% kept); validation is always masked at 15%", above=0.0, high=1.0)
     dropout: float = field(0.0, "dropout probability of hidden states and attention (RoBERTa used 0.1; a run "
@@ -126,20 +129,20 @@ class Finetuning(TrainSettings):
                            "lines with context, question, answers")
     train: str = field(None, "training examples (.csv or .jsonl)")
     eval: str = field(None, "evaluation examples (.csv or .jsonl)")
-    epochs: float = field(3.0, "passes over the training examples", positive=True)
+    epochs: float = field(3.0, "passes over the training examples", positive=True, most=10**6)
     max_length: int = field(None, "tokens per example (default: the model's limit); longer texts are truncated "
                                   "with a warning", low=1)
     precision: str = field("float32", "matrix products (as pretrain's --precision)",
                            choices=("float32", "tf32", "fp16"))
     # where fine-tuning's defaults differ from pretraining's
     steps: int = field(0, "optimizer updates (set from --epochs)", low=0)
-    batch_size: int = field(16, "sequences per micro-batch", low=1)
+    batch_size: int = field(16, "sequences per micro-batch", low=1, most=SIZE_LIMIT)
     lr: float = field(1e-4, "peak learning rate", positive=True)
     beta2: float = field(0.98, "AdamW's second-moment decay", low=0.0, below=1.0)
     eval_every: int = field(50, "updates between evaluations (and best-model checks)", low=1)
     eval_batches: int = field(0, "evaluation batches per evaluation (0: all)", low=0)
     save_every: int = field(100, "updates between checkpoints", low=1)
-    seed: int = field(0, "seed of the new head, the order and dropout", low=0)
+    seed: int = field(0, "seed of the new head, the order and dropout", low=0, most=2**63 - 1)
 
     WARMUP_SHARE = 0.06   # RoBERTa's fine-tuning ratio
 
@@ -169,6 +172,12 @@ def shown(value):
     if isinstance(value, bool):
         return "on" if value else "off"
     return "(none)" if value is None else " ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def kind_of(state):
+    """The recipe class of a checkpoint's trainer state: fine-tuning's names a task."""
+    settings = state.get("settings") if isinstance(state, dict) else None
+    return Finetuning if isinstance(settings, dict) and "task" in settings else Pretraining
 
 
 def from_saved(recipe_class, state, source):

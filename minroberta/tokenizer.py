@@ -17,7 +17,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from . import atomic
+from . import atomic, guards
 from .errors import MinRobertaError
 
 SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")   # ids 0, 1, 2, 3 in that order, as roberta-base
@@ -154,17 +154,17 @@ class Tokenizer:
         roberta-base ships), given RoBERTa's pre- and post-processing. `path` may also be a tokenizer.json.
         The directory's special_tokens_map.json and tokenizer_config.json say which tokens play which role."""
         path = os.fspath(path)
-        if os.path.isfile(path):
+        if os.path.lexists(path) and not os.path.isdir(path):   # a tokenizer.json (or a FIFO, said so)
             return cls.from_json(_read_text(path, "a tokenizer file"), source=path)
         if not os.path.isdir(path):
             raise MinRobertaError(f"{path}: no such tokenizer directory")
         tokenizer_json = os.path.join(path, "tokenizer.json")
         vocab, merges = os.path.join(path, "vocab.json"), os.path.join(path, "merges.txt")
         declared, companions = _special_token_files(path)
-        if os.path.exists(tokenizer_json):
+        if os.path.lexists(tokenizer_json):
             return cls.from_json(_read_text(tokenizer_json, "a tokenizer file"), source=tokenizer_json,
                                  declared=declared, companions=companions)
-        if os.path.exists(vocab) and os.path.exists(merges):
+        if os.path.lexists(vocab) and os.path.lexists(merges):
             return cls.from_vocab_and_merges(vocab, merges)
         raise MinRobertaError(f"{path}: holds no tokenizer.json, nor vocab.json + merges.txt")
 
@@ -176,6 +176,8 @@ class Tokenizer:
             spec = json.loads(text)
         except ValueError as exc:
             raise MinRobertaError(f"{source}: not a tokenizer file (not JSON: {exc})") from None
+        except RecursionError:
+            raise MinRobertaError(f"{source}: not a tokenizer file (JSON nested too deeply)") from None
         if not isinstance(spec, dict) or not isinstance(spec.get("model"), dict):
             raise MinRobertaError(f"{source}: not a tokenizer file (JSON without a \"model\" object)")
         try:
@@ -188,10 +190,12 @@ class Tokenizer:
     def from_vocab_and_merges(cls, vocab_path, merges_path):
         """roberta-base's files: vocab.json (token -> id) and merges.txt (one `left right` pair a line)."""
         from tokenizers import Tokenizer as RawTokenizer, models
+        text = _read_text(vocab_path, "a BPE vocabulary")
         try:
-            vocab = json.loads(_read_text(vocab_path, "a BPE vocabulary"))
-        except ValueError as exc:
-            raise MinRobertaError(f"{vocab_path}: not a BPE vocabulary (not JSON: {exc})") from None
+            vocab = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            raise MinRobertaError(f"{vocab_path}: not a BPE vocabulary (not JSON: {str(exc) or 'nested too deeply'})") \
+                from None
         if not isinstance(vocab, dict) or not all(isinstance(i, int) and i >= 0 for i in vocab.values()):
             raise MinRobertaError(f"{vocab_path}: not a BPE vocabulary (expected a JSON object of token -> id)")
         merges = []
@@ -348,13 +352,13 @@ def _special_token_files(directory):
     declared, companions = {}, {}
     for name in SPECIAL_TOKEN_FILES:
         path = os.path.join(directory, name)
-        if not os.path.isfile(path):
+        if not os.path.lexists(path):
             continue
         text = _read_text(path, "a JSON file")
         try:
             values = json.loads(text)
-        except ValueError as exc:
-            raise MinRobertaError(f"{path}: not valid JSON ({exc})") from None
+        except (ValueError, RecursionError) as exc:
+            raise MinRobertaError(f"{path}: not valid JSON ({str(exc) or 'nested too deeply'})") from None
         if not isinstance(values, dict):
             raise MinRobertaError(f"{path}: expected a JSON object, got {type(values).__name__}")
         companions[name] = text.encode("utf-8")
@@ -369,11 +373,7 @@ def _special_token_files(directory):
 
 def _read_text(path, what):
     """A file's text, or an error naming it when it cannot be read or is not UTF-8 (so not `what`)."""
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except OSError as exc:
-        raise MinRobertaError(f"{path}: cannot read ({exc.strerror})") from None
+    data = guards.read_regular_file(path, guards.TOKENIZER_LIMIT)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

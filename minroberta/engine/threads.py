@@ -25,6 +25,7 @@ import contextvars
 import ctypes
 import itertools
 import os
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -78,7 +79,11 @@ def count():
         if requested is not None:
             if not requested.isdigit() or int(requested) < 1:
                 raise MinRobertaError(f"MINROBERTA_THREADS must be a whole number of at least 1, got {requested!r}")
-            use(int(requested))
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            if int(requested) > cores:   # more would only add contention (and slice worker processes)
+                print(f"MINROBERTA_THREADS={requested}: this process may use {cores} cores; using {cores}",
+                      file=sys.stderr)
+            use(min(int(requested), cores))
         else:   # under MPI, the ranks on this machine share its cores
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
             ranks_here = next((int(os.environ[name]) for name in _LOCAL_RANKS if os.environ.get(name, "").isdigit()), 1)

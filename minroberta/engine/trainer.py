@@ -21,13 +21,14 @@ import time
 
 import numpy as np
 
-from .. import atomic, backend
+from .. import atomic, backend, guards
 from ..checkpoint import load_pretrained, read_safetensors, save_pretrained
 from ..data import rank_share
 from ..errors import MinRobertaError
 from ..loop import add_gradients, describe, evaluation_sums, metrics_of, micro_batch, scored_count
 from ..model import uses_dropout
 from ..optim import clip_by_global_norm, global_norm, linear_schedule
+from .. import recipe
 from ..recipe import TrainSettings  # noqa: F401  (the trainer's settings; tests and scripts take it from here)
 from . import distributed, install, precision, threads, workers as worker_processes
 from .flat import FlatAdamW
@@ -304,14 +305,21 @@ class Trainer:
                     self.save_checkpoint()
                 return self.last_eval
         if self.task.best_metric is None and self.world.is_main:
+            self.require_finite("the final model")
             save_pretrained(self.model, self.out_dir, tokenizer=self.tokenizer)
         return self.last_eval
 
     def keep_if_best(self, metrics):
         """Tasks that name a best metric (higher is better) keep their best model at the top of out_dir."""
         metric = self.task.best_metric
+        unsound = [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
+        if metric is not None and unsound:   # the model's outputs overflowed: whatever its accuracy, not a best
+            self.progress.message(f"warning: {unsound[0]} is {metrics[unsound[0]]} at step {self.step}; not kept "
+                                  "as the best model")
+            return
         if metric is None or (self.best is not None and metrics[metric] <= self.best):
             return
+        self.require_finite(f"a best model at step {self.step}")
         self.best = metrics[metric]
         if not self.world.is_main:
             return
@@ -331,6 +339,7 @@ class Trainer:
         from safetensors.numpy import save
         if not self.world.is_main:
             return None
+        self.require_finite(f"checkpoint step-{self.step:08d}", moments=True)
         root = os.path.join(self.out_dir, CHECKPOINTS)
         os.makedirs(root, exist_ok=True)
         final = os.path.join(root, f"step-{self.step:08d}")
@@ -347,8 +356,11 @@ class Trainer:
                      "ranks": self.world.size, "precision": precision.name(),
                      "loss_scale": self.scaler.state() if self.scaler else None}
             atomic.write_json(os.path.join(partial, STATE), state)
-        except BaseException:   # a second Ctrl-C or a full disk mid-write: no half checkpoint left behind
+        except BaseException as exc:   # a second Ctrl-C or a full disk mid-write: no half checkpoint left behind
             shutil.rmtree(partial, ignore_errors=True)
+            if isinstance(exc, OSError) and exc.filename and str(exc.filename).startswith(partial):
+                # name the checkpoint being written, not its hidden temporary folder
+                raise OSError(exc.errno, exc.strerror, final + str(exc.filename)[len(partial):]) from None
             raise
         if os.path.exists(final):
             atomic.remove_tree(final)
@@ -357,6 +369,16 @@ class Trainer:
         for old in list_checkpoints(self.out_dir)[:-self.settings.keep_checkpoints]:
             atomic.remove_tree(old)
         return final
+
+    def require_finite(self, what, moments=False):
+        """Refuse to save parameters (and optimizer moments) holding a NaN or an infinity as good."""
+        tensors = dict(self.model.params)
+        if moments:
+            tensors.update(self.optimizer.state_arrays())
+        if (name := guards.first_nonfinite(tensors)) is not None:
+            raise MinRobertaError(f"update {self.step} left NaN or infinite values in {name}, so {what} is not "
+                                  f"saved; the last good checkpoint is left untouched under "
+                                  f"{os.path.join(str(self.out_dir), CHECKPOINTS)} (a lower --lr may help)")
 
     def restore(self, checkpoint):
         """Load parameters, optimizer moments and step from a checkpoint directory (already validated)."""
@@ -371,8 +393,8 @@ class Trainer:
         state = read_state(checkpoint)
         self.optimizer = FlatAdamW(self.model.params, betas=self.settings.betas, eps=self.settings.eps,
                                weight_decay=self.settings.weight_decay)
-        self.optimizer.load_state_arrays(read_safetensors(os.path.join(checkpoint, OPTIMIZER)),
-                                         state["optimizer_steps"], os.path.join(checkpoint, OPTIMIZER))
+        self.optimizer.load_state_arrays(read_optimizer(checkpoint), state["optimizer_steps"],
+                                         os.path.join(checkpoint, OPTIMIZER))
         self.model.params = self.optimizer.hold(self.model.params)
         saved_batch = state.get("global_batch", self.global_batch)
         if saved_batch != self.global_batch:
@@ -414,14 +436,14 @@ class Trainer:
         if not self.world.is_main or not os.path.exists(path):
             return
         kept = []
-        with open(path, encoding="utf-8") as handle:
-            for line in handle:
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    continue   # a line torn by a kill
-                if record.get("step", 0) <= self.step:
-                    kept.append(json.dumps(record) + "\n")
+        for line in guards.read_regular_file(path, guards.METRICS_LIMIT).decode("utf-8", "replace").splitlines():
+            try:
+                record = json.loads(line)
+            except (ValueError, RecursionError):
+                continue   # a line torn by a kill
+            step = record.get("step", 0) if isinstance(record, dict) else None
+            if isinstance(step, int) and step <= self.step:
+                kept.append(json.dumps(record) + "\n")
         atomic.write_text(path, "".join(kept))
 
 
@@ -471,21 +493,26 @@ def list_checkpoints(out_dir):
     return [os.path.join(root, n) for n in names]
 
 
-def read_state(checkpoint):
+def read_state(checkpoint, complete=False):
+    """A checkpoint's trainer state, every value checked in type and range (`complete`: with its settings, as
+    a resume needs them)."""
     path = os.path.join(checkpoint, STATE)
+    state = guards.load_json(path)
+    guards.check_trainer_state(state, path, recipe.kind_of(state), complete)
     try:
-        with open(path, encoding="utf-8") as handle:
-            state = json.load(handle)
-        for key in ("step", "optimizer_steps"):   # whole numbers, as the trainer wrote them
-            if isinstance(state[key], bool) or not isinstance(state[key], int) or state[key] < 0:
-                raise ValueError(f"{key} {state[key]!r} is not a count of updates")
         if state.get("loss_scale") is not None:
             precision.LossScaler().load_state(state["loss_scale"])   # raises on a damaged one
         return state
-    except FileNotFoundError:
-        raise MinRobertaError(f"{path}: no such file") from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError) as exc:
         raise MinRobertaError(f"{path}: not a trainer state ({type(exc).__name__}: {exc})") from None
+
+
+def read_optimizer(checkpoint):
+    """A checkpoint's AdamW moments, each checked finite."""
+    path = os.path.join(checkpoint, OPTIMIZER)
+    moments = read_safetensors(path)
+    guards.require_finite_tensors(moments, path)
+    return moments
 
 
 def latest_good_checkpoint(out_dir, report=print):
@@ -493,8 +520,8 @@ def latest_good_checkpoint(out_dir, report=print):
     for checkpoint in reversed(list_checkpoints(out_dir)):
         try:
             load_pretrained(checkpoint)
-            read_safetensors(os.path.join(checkpoint, OPTIMIZER))
-            read_state(checkpoint)
+            read_optimizer(checkpoint)
+            read_state(checkpoint, complete=True)
             return checkpoint
         except MinRobertaError as exc:
             report(f"warning: checkpoint {checkpoint} is unusable ({exc}); falling back to an earlier one")

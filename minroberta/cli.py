@@ -27,14 +27,14 @@ SHAPE_FLAGS = {"--hidden-size": "hidden_size", "--layers": "num_hidden_layers", 
 # was started. One given with another value is used from the checkpoint on, and said: a lower --lr or
 # --skip-nonfinite for a run that diverged, a longer --steps, files that have moved. The model's shape and
 # parameter type (FIXED) cannot change under a checkpoint.
-PRETRAIN_RECIPE = ("corpus", "preset", "hidden_size", "layers", "heads", "intermediate_size", "seq_len", "mask_prob",
+PRETRAIN_RECIPE = ("corpus", "prepared", "preset", "hidden_size", "layers", "heads", "intermediate_size", "seq_len", "mask_prob",
                    "steps", "batch_size", "accumulate", "lr", "warmup", "beta2", "weight_decay", "clip_norm",
                    "dropout", "skip_nonfinite", "seed", "dtype")
 FINETUNE_RECIPE = ("model", "task", "train", "eval", "epochs", "batch_size", "accumulate", "lr", "warmup",
                    "weight_decay", "max_length", "seed")
 RECIPES = {"pretrain": PRETRAIN_RECIPE, "finetune": FINETUNE_RECIPE}
 FIXED = ("preset", "hidden_size", "layers", "heads", "intermediate_size", "seq_len", "dtype", "task")
-PATH_FLAGS = ("corpus", "model", "train", "eval")   # kept absolute, for a resume from another folder
+PATH_FLAGS = ("corpus", "prepared", "model", "train", "eval")   # kept absolute, for a resume from another folder
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -81,6 +81,8 @@ def build_parser():
                      help="text files, directories or globs (blank lines separate documents); "
                           "default: the docstrings of this Python's standard library")
     pre.add_argument("--out", default=DEFAULT_OUT, help="run directory: checkpoints, metrics.jsonl, final model")
+    pre.add_argument("--prepared", metavar="DIR", help="the corpus tokenized and packed (by `minroberta prepare`, "
+                                                      "or prepared here when missing or stale; default: OUT/prepared)")
     pre.add_argument("--steps", type=int, default=2600, help="optimizer updates")
     pre.add_argument("--batch-size", type=int, default=64, help="sequences per micro-batch")
     pre.add_argument("--accumulate", type=int, default=1,
@@ -121,6 +123,16 @@ def build_parser():
     pre.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="parameter precision")
     pre.add_argument("--mpi-timeout", type=float, default=300.0, metavar="SECONDS",
                      help="under mpiexec: how long a rank waits for the others before stopping the job")
+
+    prep = commands.add_parser("prepare", help="tokenize and pack a corpus once, for many pretrain runs "
+                                               "(pretrain --prepared DIR)", formatter_class=HelpFormatter)
+    prep.add_argument("--corpus", nargs="+", metavar="PATH",
+                      help="as for pretrain (default: the docstrings of this Python's standard library)")
+    prep.add_argument("--out", required=True, metavar="DIR", help="where the prepared data goes")
+    prep.add_argument("--seq-len", type=int, default=32, help="block length of the packed sequences, in tokens")
+    prep.add_argument("--preset", default="mini", choices=list(VOCAB_SIZES), help="the vocabulary size's preset")
+    prep.add_argument("--vocab-size", type=int, default=None, help="BPE vocabulary size (default by preset)")
+    prep.add_argument("--tokenizer", metavar="DIR", help="use this tokenizer instead of training one")
 
     fill = commands.add_parser("fill-mask", help="predict the masked tokens of a text (models with an MLM head)",
                                formatter_class=HelpFormatter)
@@ -285,7 +297,7 @@ def main(argv=None):
         fused.use(getattr(args, "fused", False))
         if getattr(args, "threads", None) is not None:
             threads.use(args.threads)
-        commands = {"pretrain": run_pretrain, "fill-mask": run_fill_mask, "finetune": run_finetune,
+        commands = {"pretrain": run_pretrain, "prepare": run_prepare, "fill-mask": run_fill_mask, "finetune": run_finetune,
                     "predict": run_predict, "embed": run_embed, "attention": run_attention,
                     "masking": run_masking}
         return commands[args.command](args)
@@ -432,11 +444,10 @@ def dropout_prob(args):
 
 
 def run_pretrain(args):
-    from . import corpus, distributed
+    from . import distributed, prepared
     from .config import Config
-    from .data import PretrainingData
     from .model import Roberta
-    from .tokenizer import Tokenizer, train_tokenizer
+    from .tokenizer import Tokenizer
     from .train import Trainer, checkpoint_to_resume, list_checkpoints
 
     started = time.time()
@@ -450,6 +461,8 @@ def run_pretrain(args):
     settings = pretrain_settings(args)
     if state is not None and "warmup" not in getattr(args, "given", set()):   # the run's own count, also when
         settings = dataclasses.replace(settings, warmup=state["settings"]["warmup"])   # --steps grows
+    if args.prepared and not args.corpus:   # the corpus it was prepared from (checked there for changes)
+        args.corpus = (prepared.read_manifest(args.prepared) or {}).get("sources")
     check_mask_prob(args.mask_prob)
     if not args.init_range > 0:
         raise MinRobertaError(f"--init-range must be positive, got {args.init_range}")
@@ -463,24 +476,15 @@ def run_pretrain(args):
         say(f"data parallel over {world.size} MPI ranks: global batch {world.size} x {args.batch_size} sequences")
 
     source = "the standard library's docstrings" if not args.corpus else ", ".join(args.corpus)
-    say(f"reading {source}")
-    documents = list(corpus.stdlib_documents()) if not args.corpus else list(corpus.read_documents(args.corpus))
-    corpus.require_nonempty(documents, source)
-    train_docs, valid_docs = corpus.train_valid_split(documents)
-    if not train_docs or not valid_docs:   # found now, not at the first evaluation
-        raise MinRobertaError(f"{source}: too little text for a run (training gets {len(train_docs)} document"
-                              f"{'s' * (len(train_docs) != 1)}, validation {len(valid_docs)}); give it more documents "
-                              "(blank lines separate them)")
-
     if checkpoint is not None:
         tokenizer = Tokenizer.from_dir(checkpoint)
-    elif args.tokenizer:
-        tokenizer = Tokenizer.from_dir(args.tokenizer)
     else:
-        vocab_size = args.vocab_size or VOCAB_SIZES[args.preset]
-        say(f"training a byte-level BPE tokenizer, vocabulary {vocab_size}")
-        trained = train_tokenizer(train_docs, vocab_size=vocab_size).to_json() if world.is_main else ""
-        tokenizer = Tokenizer.from_json(world.broadcast_bytes(trained.encode("utf-8")).decode("utf-8"))
+        tokenizer = Tokenizer.from_dir(args.tokenizer) if args.tokenizer else None
+    where = args.prepared or os.path.join(args.out, "prepared")
+    ready = prepared.ready_on_every_rank(world, args.corpus, where, args.seq_len, tokenizer,
+                                         args.vocab_size or VOCAB_SIZES[args.preset], say, source)
+    tokenizer = tokenizer or ready.tokenizer
+    valid_docs = ready.probe_documents()
 
     config = pretrain_config(args, tokenizer)
     if checkpoint is not None:
@@ -491,9 +495,7 @@ def run_pretrain(args):
                 raise MinRobertaError(f"{checkpoint} was trained with {field} = {getattr(saved, field)}, this run "
                                       f"asks for {getattr(config, field)}; use the same --preset/--seq-len, or "
                                       "another --out")
-    say("packing FULL-SENTENCES blocks")
-    data = PretrainingData.build(tokenizer, train_docs, valid_docs, block_size=args.seq_len, seed=args.seed,
-                                 mask_prob=args.mask_prob)
+    data = prepared.pretraining_data(ready, seed=args.seed, mask_prob=args.mask_prob)
     say(f"{data.num_train:,} training and {data.num_valid:,} validation sequences of at most {args.seq_len} tokens")
 
     os.makedirs(args.out, exist_ok=True)
@@ -535,6 +537,21 @@ def run_pretrain(args):
         print(f"true word in the top 3: {hits} of {len(probes)}")
     return 0
 
+
+
+def run_prepare(args):
+    from . import prepared
+    from .tokenizer import Tokenizer
+    if args.seq_len < 8:
+        raise MinRobertaError(f"--seq-len must be at least 8, got {args.seq_len}")
+    say = lambda text: print(text, file=sys.stderr, flush=True)
+    tokenizer = Tokenizer.from_dir(args.tokenizer) if args.tokenizer else None
+    ready = prepared.ready(args.corpus, args.out, args.seq_len, tokenizer, args.vocab_size or VOCAB_SIZES[args.preset],
+                           say, "the standard library's docstrings" if not args.corpus else ", ".join(args.corpus))
+    samples = ready.manifest["samples"]
+    print(f"{samples['train']:,} training and {samples['valid']:,} validation sequences of at most {args.seq_len} "
+          f"tokens in {args.out}; pretrain on them with --prepared {args.out}")
+    return 0
 
 
 # --- finetune, predict, embed --------------------------------------------------------------------------

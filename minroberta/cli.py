@@ -28,7 +28,7 @@ SHAPE_FLAGS = {"--hidden-size": "hidden_size", "--layers": "num_hidden_layers", 
 # --skip-nonfinite for a run that diverged, a longer --steps, files that have moved. The model's shape and
 # parameter type (FIXED) cannot change under a checkpoint.
 PRETRAIN_RECIPE = ("corpus", "prepared", "preset", "hidden_size", "layers", "heads", "intermediate_size", "seq_len", "mask_prob",
-                   "steps", "batch_size", "accumulate", "lr", "warmup", "beta2", "weight_decay", "clip_norm",
+                   "steps", "time_budget", "batch_size", "accumulate", "lr", "warmup", "beta2", "weight_decay", "clip_norm",
                    "dropout", "skip_nonfinite", "seed", "dtype")
 FINETUNE_RECIPE = ("model", "task", "train", "eval", "epochs", "batch_size", "accumulate", "lr", "warmup",
                    "weight_decay", "max_length", "seed")
@@ -84,6 +84,9 @@ def build_parser():
     pre.add_argument("--prepared", metavar="DIR", help="the corpus tokenized and packed (by `minroberta prepare`, "
                                                       "or prepared here when missing or stale; default: OUT/prepared)")
     pre.add_argument("--steps", type=int, default=2600, help="optimizer updates")
+    pre.add_argument("--time-budget", metavar="DURATION",
+                     help="instead of --steps: as many updates as end, with their evaluations and checkpoints, "
+                          "within this time from the start (90s, 10m, 2h), decided after the first 22 updates")
     pre.add_argument("--batch-size", type=int, default=64, help="sequences per micro-batch")
     pre.add_argument("--accumulate", type=int, default=1,
                      help="micro-batches per update (effective batch = batch-size x accumulate)")
@@ -444,7 +447,7 @@ def dropout_prob(args):
 
 
 def run_pretrain(args):
-    from . import distributed, prepared
+    from . import budget, distributed, prepared
     from .config import Config
     from .model import Roberta
     from .tokenizer import Tokenizer
@@ -461,6 +464,7 @@ def run_pretrain(args):
     settings = pretrain_settings(args)
     if state is not None and "warmup" not in getattr(args, "given", set()):   # the run's own count, also when
         settings = dataclasses.replace(settings, warmup=state["settings"]["warmup"])   # --steps grows
+    budget_seconds = budget.parse_duration(args.time_budget) if args.time_budget else None
     if args.prepared and not args.corpus:   # the corpus it was prepared from (checked there for changes)
         args.corpus = (prepared.read_manifest(args.prepared) or {}).get("sources")
     check_mask_prob(args.mask_prob)
@@ -502,13 +506,20 @@ def run_pretrain(args):
     model = Roberta(config, seed=args.seed, dtype=args.dtype)
     trainer = Trainer(model, data, tokenizer, settings, args.out, world=world)
     trainer.recipe = recipe_of(args)
+    if budget_seconds and not (state and state.get("recipe", {}).get("time_budget_plan")):   # else: counted already
+        trainer.on_update = budget.TimeBudget(budget_seconds, started, None if args.warmup >= 0 else PRETRAIN_WARMUP,
+                                              say=trainer.progress.message)
+    elif state and state.get("recipe", {}).get("time_budget_plan"):
+        trainer.recipe["time_budget_plan"] = state["recipe"]["time_budget_plan"]
     trainer.begin(checkpoint, report=say)
     parameters = sum(int(np.prod(p.shape)) for p in model.params.values())
     where = backend.name() + (f" on {threads.count()} threads" if backend.name() == "numpy" else "")
     say(f"model: {args.preset}, {parameters / 1e6:.1f}M parameters, backend {where}, {args.dtype}"
         f"{'' if args.precision == 'float32' else ', ' + args.precision + ' products'}; "
-        f"{settings.steps} updates of {trainer.global_batch * settings.accumulate} sequences")
+        f"{settings.steps} updates of {trainer.global_batch * settings.accumulate} sequences"
+        f"{' until the time budget decides their number' if trainer.on_update else ''}")
     result = trainer.run(stop_at=args.stop_at_step)
+    settings = trainer.settings   # a time budget sets the number of updates
     if not world.is_main:
         return 0
     if trainer.interrupted:
@@ -595,6 +606,11 @@ def run_finetune(args):
     os.makedirs(args.out, exist_ok=True)
     trainer = Trainer(model, data, tokenizer, settings, args.out, task=task)
     trainer.recipe = recipe_of(args)
+    if budget_seconds and not (state and state.get("recipe", {}).get("time_budget_plan")):   # else: counted already
+        trainer.on_update = budget.TimeBudget(budget_seconds, started, None if args.warmup >= 0 else PRETRAIN_WARMUP,
+                                              say=trainer.progress.message)
+    elif state and state.get("recipe", {}).get("time_budget_plan"):
+        trainer.recipe["time_budget_plan"] = state["recipe"]["time_budget_plan"]
     trainer.begin(checkpoint, report=say)
     say(f"fine-tuning for {args.task}: {len(train)} training and {len(valid)} evaluation examples, {steps} updates")
     trainer.run()

@@ -353,7 +353,7 @@ def prepare(sources, directory, seq_len, tokenizer=None, vocab_size=None, say=pr
             too_little(count)
         size = sum(map(len, sample))
         say(f"training a byte-level BPE tokenizer, vocabulary {vocab_size}, on {size / 1e6:.1f} MB of the training "
-            "text" + ("" if count is not None else f" (every {max(1, -(-total // TOKENIZER_SAMPLE_BYTES))}th document)"))
+            "text" + ("" if count is not None else f" (one document in {max(1, -(-total // TOKENIZER_SAMPLE_BYTES))})"))
         tokenizer, trained_vocab = train_tokenizer(sample, vocab_size=vocab_size), vocab_size
         del sample
 

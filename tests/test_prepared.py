@@ -240,3 +240,22 @@ def test_progress_updates_one_line_on_a_terminal_and_is_quiet_otherwise():
     assert shown.count("\r") == 3 and shown.endswith("\n") and shown.count("\n") == 1
     last = shown.split("\r")[-1]
     assert "2.0 MB of 4.0 (50%)" in last and "MB/s" in last and "ETA" in last and "15 documents" in last
+
+
+# --- the commands
+
+def test_prepare_once_then_pretrain_on_it_alone(tmp_path, capsys, documents):
+    from minroberta.cli import main
+    path = write(tmp_path / "corpus.jsonl.gz",
+                 gzip.compress("".join(json.dumps({"text": d}) + "\n" for d in documents[:200]).encode()))
+    where = str(tmp_path / "prep")
+    assert main(["prepare", "--corpus", path, "--out", where, "--preset", "micro", "--seq-len", "64"]) == 0
+    assert f"--prepared {where}" in capsys.readouterr().out
+    run = ["pretrain", "--preset", "micro", "--seq-len", "64", "--batch-size", "8", "--steps", "2", "--eval-batches",
+           "1", "--prepared", where]
+    assert main(run + ["--out", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    assert f"using the data prepared in {where}" in err and "training a byte-level BPE" not in err
+    assert not (tmp_path / "a" / "prepared").exists()
+    assert main(run + ["--seq-len", "32", "--out", str(tmp_path / "b")]) == 0   # another length: prepared again
+    assert f"{where}: prepared for --seq-len 64, not 32; preparing again" in capsys.readouterr().err

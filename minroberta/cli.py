@@ -27,9 +27,10 @@ SHAPE_FLAGS = {"--hidden-size": "hidden_size", "--layers": "num_hidden_layers", 
 # was started. One given with another value is used from the checkpoint on, and said: a lower --lr or
 # --skip-nonfinite for a run that diverged, a longer --steps, files that have moved. The model's shape and
 # parameter type (FIXED) cannot change under a checkpoint.
-PRETRAIN_RECIPE = ("corpus", "prepared", "preset", "hidden_size", "layers", "heads", "intermediate_size", "seq_len", "mask_prob",
-                   "steps", "time_budget", "batch_size", "accumulate", "lr", "warmup", "beta2", "weight_decay", "clip_norm",
+PRETRAIN_RECIPE = ("corpus", "preset", "hidden_size", "layers", "heads", "intermediate_size", "seq_len", "mask_prob",
+                   "steps", "batch_size", "accumulate", "lr", "warmup", "beta2", "weight_decay", "clip_norm",
                    "dropout", "skip_nonfinite", "seed", "dtype")
+PRETRAIN_RECIPE += ("prepared", "time_budget")   # where the prepared data is; the run's --time-budget
 FINETUNE_RECIPE = ("model", "task", "train", "eval", "epochs", "batch_size", "accumulate", "lr", "warmup",
                    "weight_decay", "max_length", "seed")
 RECIPES = {"pretrain": PRETRAIN_RECIPE, "finetune": FINETUNE_RECIPE}
@@ -300,9 +301,9 @@ def main(argv=None):
         fused.use(getattr(args, "fused", False))
         if getattr(args, "threads", None) is not None:
             threads.use(args.threads)
-        commands = {"pretrain": run_pretrain, "prepare": run_prepare, "fill-mask": run_fill_mask, "finetune": run_finetune,
+        commands = {"pretrain": run_pretrain, "fill-mask": run_fill_mask, "finetune": run_finetune,
                     "predict": run_predict, "embed": run_embed, "attention": run_attention,
-                    "masking": run_masking}
+                    "masking": run_masking, "prepare": run_prepare}
         return commands[args.command](args)
     except MinRobertaError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -606,11 +607,6 @@ def run_finetune(args):
     os.makedirs(args.out, exist_ok=True)
     trainer = Trainer(model, data, tokenizer, settings, args.out, task=task)
     trainer.recipe = recipe_of(args)
-    if budget_seconds and not (state and state.get("recipe", {}).get("time_budget_plan")):   # else: counted already
-        trainer.on_update = budget.TimeBudget(budget_seconds, started, None if args.warmup >= 0 else PRETRAIN_WARMUP,
-                                              say=trainer.progress.message)
-    elif state and state.get("recipe", {}).get("time_budget_plan"):
-        trainer.recipe["time_budget_plan"] = state["recipe"]["time_budget_plan"]
     trainer.begin(checkpoint, report=say)
     say(f"fine-tuning for {args.task}: {len(train)} training and {len(valid)} evaluation examples, {steps} updates")
     trainer.run()

@@ -1,7 +1,8 @@
 """Where pretraining text comes from: the standard library's docstrings (built in) or the user's text files.
 
-Documents stream one at a time; files are read as UTF-8 and any damage is an error naming the file. The
-train/validation split is by document, decided by a hash of its text, so no text is on both sides.
+Documents stream one at a time from text files, JSON lines files and gzip files of either, read in pieces so
+that memory does not grow with a file; any damage is an error naming the file and line. The train/validation
+split is by document, decided by a hash of its text, so no text is on both sides.
 """
 
 import ast

@@ -373,7 +373,7 @@ def prepare(sources, directory, seq_len, tokenizer=None, vocab_size=None, say=pr
         atomic.write_text(os.path.join(partial, "tokenizer.json"), tokenizer.to_json())
         manifest = {"format": FORMAT, "corpus": identity, "sources": sources or None, "seq_len": seq_len,
                     "dtype": dtype, "vocab_size": tokenizer.vocab_size, "tokenizer_sha256": tokenizer_hash(tokenizer),
-                    "trained_vocab_size": trained_vocab, **counts, "seconds": round(time.time() - started, 1)}
+                    "trained_vocab_size": trained_vocab, **counts, "seconds": round(time.time() - started, 3)}
         atomic.write_json(os.path.join(partial, MANIFEST), manifest)
         atomic.sync_directory(partial)
         if os.path.exists(directory):

@@ -194,7 +194,7 @@ def test_json_lines_and_gzip(tmp_path):
     lines = "\n".join(json.dumps(r) for r in records) + "\n\n"
     plain = write(tmp_path / "c.jsonl", lines)
     packed = write(tmp_path / "d" / "c.jsonl.gz", gzip.compress(lines.encode()))
-    text = write(tmp_path / "d" / "t.txt.gz", gzip.compress(b"Third.\n\nFourth."))
+    write(tmp_path / "d" / "t.txt.gz", gzip.compress(b"Third.\n\nFourth."))
     expected = ["First document.\n\nStill the first.", "Second."]
     assert list(read_documents(plain)) == expected
     assert list(read_documents(packed)) == expected

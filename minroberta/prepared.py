@@ -19,6 +19,7 @@ import os
 import shutil
 import sys
 import sysconfig
+import tempfile
 import time
 
 import numpy as np
@@ -325,6 +326,8 @@ def prepare(sources, directory, seq_len, tokenizer=None, vocab_size=None, say=pr
     there as a whole (written beside it, then renamed). `tokenizer`: the one to use; else one of `vocab_size`
     is trained on tokenizer_sample. -> the opened Prepared."""
     from .tokenizer import train_tokenizer
+    if os.path.isdir(directory) and os.listdir(directory) and not os.path.exists(os.path.join(directory, MANIFEST)):
+        raise MinRobertaError(f"{directory}: not prepared data, and not empty; give another directory to prepare into")
     source_name = source_name or ("the standard library's docstrings" if not sources else ", ".join(sources))
     identity = corpus_identity(sources)
     total = sum(f["size"] for f in identity.get("files", [])) or None
@@ -360,9 +363,7 @@ def prepare(sources, directory, seq_len, tokenizer=None, vocab_size=None, say=pr
     parent = os.path.dirname(os.path.abspath(directory))
     made_parent = not os.path.isdir(parent)
     os.makedirs(parent, exist_ok=True)
-    partial = os.path.join(parent, f".partial-{os.path.basename(os.path.abspath(directory))}")
-    shutil.rmtree(partial, ignore_errors=True)
-    os.makedirs(partial)
+    partial = tempfile.mkdtemp(dir=parent, prefix=f".partial-{os.path.basename(os.path.abspath(directory))}-")
     try:
         dtype = token_dtype(tokenizer.vocab_size)
         started = time.time()

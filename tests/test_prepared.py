@@ -160,6 +160,14 @@ def test_reuse_and_invalidation(tmp_path, documents):
     assert "changed" in said[0]
 
 
+def test_a_directory_of_something_else_is_never_replaced(tmp_path, documents):
+    path = write(tmp_path / "corpus.txt", "\n\n".join(documents[:80]))
+    write(tmp_path / "mine" / "notes.txt", "my own files")
+    with pytest.raises(MinRobertaError, match="mine: not prepared data, and not empty"):
+        prepared.ready([path], str(tmp_path / "mine"), 32, vocab_size=300, say=quiet)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "my own files"
+
+
 def test_too_little_text_leaves_nothing_behind(tmp_path):
     path = write(tmp_path / "one.txt", "A single document.")
     with pytest.raises(MinRobertaError, match="too little text"):

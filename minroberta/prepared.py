@@ -258,32 +258,27 @@ class Packer:
         flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=sum(lengths))
         at, what, starts = [], [], []   # insert what[k] before flat[at[k]]; starts: k of each new sample's <s>
         room, body, new_document, p = self.room, self.body, self.new_document, 0
+        eos, bos = self.eos, self.bos
         for length, opening in zip(lengths, opens):
             new_document = new_document or opening
-            for piece in itertools.repeat(room, length // room):
-                body, new_document = self._place(at, what, starts, p, piece, body, new_document)
-                p += piece
-            if length % room:
-                body, new_document = self._place(at, what, starts, p, length % room, body, new_document)
-                p += length % room
+            while length:   # the sentence's pieces: `room` tokens each, the rest last
+                piece = min(length, room)
+                separator = new_document and body > 0
+                if body + separator + piece > room:   # close the sample; its end separates the documents
+                    at += (p, p)
+                    what += (eos, bos)
+                    starts.append(len(at) - 1)
+                    body, separator = 0, False
+                elif separator:
+                    at.append(p)
+                    what.append(eos)
+                body += separator + piece
+                p, length, new_document = p + piece, length - piece, False
         self.body, self.new_document = body, new_document
         stream = np.concatenate([self.carry, np.insert(flat, at, what)])
         bounds = [0] + [len(self.carry) + at[k] + k for k in starts]   # where each sample starts in stream
         self.carry = stream[bounds[-1]:]
         return stream[:bounds[-1]], np.diff(bounds)
-
-    def _place(self, at, what, starts, p, piece, body, new_document):
-        """One piece of `piece` tokens at flat position p: close the sample first if it does not fit."""
-        separator = 1 if new_document and body else 0
-        if body + separator + piece > self.room:
-            at += (p, p)
-            what += (self.eos, self.bos)
-            starts.append(len(at) - 1)
-            body, separator = 0, 0
-        if separator:
-            at.append(p)
-            what.append(self.eos)
-        return body + separator + piece, False
 
     def finish(self):
         """(tokens, lengths) of the last sample, if it holds any tokens."""

@@ -359,6 +359,7 @@ def prepare(sources, directory, seq_len, tokenizer=None, vocab_size=None, say=pr
     made_parent = not os.path.isdir(parent)
     os.makedirs(parent, exist_ok=True)
     partial = tempfile.mkdtemp(dir=parent, prefix=f".partial-{os.path.basename(os.path.abspath(directory))}-")
+    os.chmod(partial, 0o777 & ~atomic._UMASK)   # mkdtemp's is private; the result should be like any new folder
     try:
         dtype = token_dtype(tokenizer.vocab_size)
         started = time.time()

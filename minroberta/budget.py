@@ -16,6 +16,7 @@ from .errors import MinRobertaError
 UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
 TIMED_UPDATES = 20   # updates timed before deciding, after the first two (which start worker processes)
 SKIPPED_UPDATES = 2
+REPLAN_SHARE = 0.1   # the count is decided again after this share of the first count
 SAFETY = 0.97        # the share of the time left that is planned for: step times drift on a shared machine
 
 
@@ -57,33 +58,57 @@ def updates_within(seconds_left, done, step_s, eval_s, eval_every, save_s, save_
 
 
 class TimeBudget:
-    """Trainer.on_update hook: after the timed updates, times one evaluation and one checkpoint, sets the
-    trainer's settings.steps to updates_within the budget (and the warmup to `warmup_share` of it, when given),
-    records the plan in trainer.recipe and checkpoints it, so a --resume from here on continues to the same
-    count. `started`: time.time() when the run began (preparing the data counts against the budget)."""
+    """Trainer.on_update hook, deciding the count twice. First, after TIMED_UPDATES updates, it times one
+    evaluation and one checkpoint and sets the trainer's settings.steps to updates_within the budget (and the
+    warmup to `warmup_share` of it, when given), so that the schedule is laid out early. Then, after another
+    REPLAN_SHARE of that count, it decides again from the update time measured over that longer stretch (the
+    first updates run slower than the rest), records the final plan in trainer.recipe and checkpoints it, so
+    that a --resume from there continues to the same count; a resume from before it decides anew. `started`:
+    time.time() when the run began (preparing the data counts against the budget)."""
 
     def __init__(self, seconds, started, warmup_share=None, say=print):
         self.seconds, self.started, self.warmup_share, self.say = seconds, started, warmup_share, say
-        self.plan = None
-        self.timer = None   # (time, step) when timing began
+        self.plan = None      # the latest decision
+        self.calls = 0
+        self.timer = None     # (time, step) when timing began
+        self.replan_at = None
 
     def __call__(self, trainer):
-        if self.plan is not None:
+        if self.plan is not None and self.plan["final"]:
             return
-        now = time.time()
+        now, settings = time.time(), trainer.settings
+        self.calls += 1
         if self.timer is None:
-            if trainer.step >= SKIPPED_UPDATES:
+            if self.calls >= SKIPPED_UPDATES:   # timing starts after the first updates (they start workers)
                 self.timer = (now, trainer.step)
             return
-        if trainer.step < self.timer[1] + TIMED_UPDATES:
+        done = trainer.step - self.timer[1]
+        if self.plan is None:
+            if done < TIMED_UPDATES:
+                return
+            step_s = (now - self.timer[0]) / done
+            began = time.time()
+            trainer.evaluate()
+            eval_s = time.time() - began
+            began = time.time()
+            trainer.save_checkpoint()
+            save_s = time.time() - began
+            self.decide(trainer, step_s, eval_s, save_s, final=False)
+            self.timer = (time.time(), trainer.step)   # the second timing starts after this one's pauses
+            self.replan_at = trainer.step + max(TIMED_UPDATES, round(REPLAN_SHARE * trainer.settings.steps))
             return
-        step_s = (now - self.timer[0]) / (trainer.step - self.timer[1])
-        began = time.time()
-        trainer.evaluate()
-        eval_s = time.time() - began
-        began = time.time()
-        trainer.save_checkpoint()
-        save_s = time.time() - began
+        if trainer.step < self.replan_at or trainer.step >= trainer.settings.steps:
+            return
+        # the evaluations and checkpoints of the stretch (after updates timer .. step - 1), at the times measured,
+        # are not update time
+        first, last = self.timer[1], trainer.step - 1
+        pauses = ((last // settings.eval_every - (first - 1) // settings.eval_every) * self.plan["eval_s"]
+                  + (last // settings.save_every - (first - 1) // settings.save_every) * self.plan["save_s"])
+        step_s = max(now - self.timer[0] - pauses, 0.0) / done
+        self.decide(trainer, step_s, self.plan["eval_s"], self.plan["save_s"], final=True)
+        trainer.save_checkpoint()   # holding the final count
+
+    def decide(self, trainer, step_s, eval_s, save_s, final):
         # every rank must choose the same count: the mean of their timings
         world = trainer.world
         step_s, eval_s, save_s, spent = (value / world.size for value in world.allreduce_scalars(
@@ -95,9 +120,9 @@ class TimeBudget:
         trainer.settings = dataclasses.replace(settings, steps=steps, warmup=warmup)
         trainer.progress.total = steps
         self.plan = {"seconds": self.seconds, "steps": steps, "warmup": warmup, "decided_at": trainer.step,
-                     "step_s": step_s, "eval_s": eval_s, "save_s": save_s}
+                     "step_s": step_s, "eval_s": eval_s, "save_s": save_s, "final": final}
         if trainer.recipe is not None:
             trainer.recipe = {**trainer.recipe, "steps": steps, "time_budget_plan": self.plan}
-        trainer.save_checkpoint()   # again, now holding the count
-        self.say(f"time budget {self.seconds:g} s: {1000 * step_s:.0f} ms an update, {eval_s:.1f} s an evaluation, "
-                 f"{save_s:.1f} s a checkpoint -> {steps:,} updates (warmup {warmup:,})")
+        self.say(f"time budget {self.seconds:g} s, {'final' if final else 'first'} count at update {trainer.step}: "
+                 f"{1000 * step_s:.0f} ms an update, {eval_s:.1f} s an evaluation, {save_s:.1f} s a checkpoint -> "
+                 f"{steps:,} updates (warmup {warmup:,})")

@@ -485,9 +485,9 @@ def run_pretrain(args):
         tokenizer = Tokenizer.from_dir(checkpoint)
     else:
         tokenizer = Tokenizer.from_dir(args.tokenizer) if args.tokenizer else None
-    where = args.prepared or os.path.join(args.out, "prepared")
-    ready = prepared.ready_on_every_rank(world, args.corpus, where, args.seq_len, tokenizer,
-                                         args.vocab_size or VOCAB_SIZES[args.preset], say, source)
+    ready = prepared.ready_on_every_rank(world, args.corpus, args.prepared or os.path.join(args.out, "prepared"),
+                                         args.seq_len, tokenizer, args.vocab_size or VOCAB_SIZES[args.preset], say,
+                                         source)
     tokenizer = tokenizer or ready.tokenizer
     valid_docs = ready.probe_documents()
 
@@ -507,11 +507,12 @@ def run_pretrain(args):
     model = Roberta(config, seed=args.seed, dtype=args.dtype)
     trainer = Trainer(model, data, tokenizer, settings, args.out, world=world)
     trainer.recipe = recipe_of(args)
-    if budget_seconds and not (state and state.get("recipe", {}).get("time_budget_plan")):   # else: counted already
+    plan = ((state or {}).get("recipe") or {}).get("time_budget_plan") or {}
+    if budget_seconds and not plan.get("final"):   # else the count is decided, and is the recipe's --steps
         trainer.on_update = budget.TimeBudget(budget_seconds, started, None if args.warmup >= 0 else PRETRAIN_WARMUP,
                                               say=trainer.progress.message)
-    elif state and state.get("recipe", {}).get("time_budget_plan"):
-        trainer.recipe["time_budget_plan"] = state["recipe"]["time_budget_plan"]
+    elif plan:
+        trainer.recipe["time_budget_plan"] = plan
     trainer.begin(checkpoint, report=say)
     parameters = sum(int(np.prod(p.shape)) for p in model.params.values())
     where = backend.name() + (f" on {threads.count()} threads" if backend.name() == "numpy" else "")

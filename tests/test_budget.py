@@ -68,26 +68,43 @@ class FakeTrainer:
         self.saves.append(self.settings.steps)
 
 
-def test_the_hook_times_decides_once_and_records_the_count(monkeypatch):
+def test_the_hook_decides_early_then_again_from_a_longer_stretch(monkeypatch):
     clock = [1000.0]
     monkeypatch.setattr(budget.time, "time", lambda: clock[0])
     said = []
     hook = budget.TimeBudget(600, started=1000.0 - 30, warmup_share=0.15, say=said.append)   # 30 s of setup
     trainer = FakeTrainer(clock)
-    while hook.plan is None:
+
+    def update(seconds):   # as Trainer._run: the update, the hook, then the evaluation or checkpoint due
         trainer.step += 1
-        clock[0] += 5.0 if trainer.step <= budget.SKIPPED_UPDATES else 0.1   # slow first updates are not timed
+        clock[0] += seconds
+        at_hook[0] = clock[0]
         hook(trainer)
-    assert trainer.step == budget.SKIPPED_UPDATES + budget.TIMED_UPDATES
-    spent = 30 + 2 * 5.0 + budget.TIMED_UPDATES * 0.1 + 2.0 + 1.0
-    expected = budget.updates_within(600 - spent, trainer.step, 0.1, 2.0, 200, 1.0, 400)
+        clock[0] += 2.0 * (trainer.step % 200 == 0) + 1.0 * (trainer.step % 400 == 0)
+    at_hook = [None]
+    while hook.plan is None:
+        update(5.0 if trainer.step < budget.SKIPPED_UPDATES else 0.2)   # the first updates are not timed
+    first = budget.SKIPPED_UPDATES + budget.TIMED_UPDATES
+    assert trainer.step == first and trainer.evaluations == 1 and trainer.saves == [2600]
+    spent = 30 + budget.SKIPPED_UPDATES * 5.0 + budget.TIMED_UPDATES * 0.2 + 2.0 + 1.0
+    expected = budget.updates_within(600 - spent, first, 0.2, 2.0, 200, 1.0, 400)
     assert trainer.settings.steps == expected == trainer.progress.total == trainer.recipe["steps"]
-    assert trainer.settings.warmup == round(0.15 * expected)
-    assert trainer.recipe["time_budget_plan"]["steps"] == expected
-    assert trainer.evaluations == 1 and trainer.saves == [2600, expected]   # the second checkpoint holds the count
-    assert len(said) == 1 and f"{expected:,} updates" in said[0]
-    hook(trainer)
-    assert trainer.evaluations == 1
+    assert trainer.settings.warmup == round(0.15 * expected) and not hook.plan["final"]
+
+    while not hook.plan["final"]:   # the later updates run faster: the count grows
+        update(0.1)
+    second = first + max(budget.TIMED_UPDATES, round(budget.REPLAN_SHARE * expected))
+    assert trainer.step == second
+    final = budget.updates_within(600 - (at_hook[0] - 970), second, 0.1, 2.0, 200, 1.0, 400)
+    assert hook.plan["step_s"] == pytest.approx(0.1)   # the evaluation at update 200 is not counted in it
+    assert final > expected
+    assert trainer.settings.steps == final == trainer.progress.total == trainer.recipe["steps"]
+    assert trainer.settings.warmup == round(0.15 * final)
+    assert trainer.recipe["time_budget_plan"]["steps"] == final and trainer.recipe["time_budget_plan"]["final"]
+    assert trainer.evaluations == 1 and trainer.saves == [2600, final]   # the last checkpoint holds the count
+    assert len(said) == 2 and f"{final:,} updates" in said[1]
+    update(0.1)
+    assert trainer.evaluations == 1 and len(trainer.saves) == 2
 
 
 SMALL_RUN = ["--preset", "micro", "--seq-len", "64", "--batch-size", "8", "--log-every", "2", "--eval-batches", "4",
@@ -110,8 +127,9 @@ def run_cli(*args):
 def test_a_budgeted_run_resumes_to_its_recorded_count(tmp_path, monkeypatch, corpus_file):
     """The count comes from timing, so the test fixes it (updates_within is replaced): what is checked is that
     it is recorded and that --resume, from a checkpoint after the decision, goes on to it bit for bit."""
-    decided = budget.SKIPPED_UPDATES + budget.TIMED_UPDATES
-    monkeypatch.setattr(budget, "updates_within", lambda left, done, *rest: done + 11)
+    monkeypatch.setattr(budget, "TIMED_UPDATES", 4)
+    decided = budget.SKIPPED_UPDATES + 2 * budget.TIMED_UPDATES   # the final count, at update 10
+    monkeypatch.setattr(budget, "updates_within", lambda left, done, *rest: decided + 11)
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     common = ["pretrain", *SMALL_RUN, "--corpus", corpus_file, "--time-budget", "1h"]
     assert run_cli(*common, "--out", straight) == 0

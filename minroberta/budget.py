@@ -1,10 +1,10 @@
 """A run sized to the time the user has: `pretrain --time-budget 10m` turns a duration into a number of updates.
 
 The count is decided early in the run, from the time the first updates took and one timed evaluation and
-checkpoint, so that training, its evaluations and checkpoints end within the budget; the warmup and the decay to
-zero are then laid out over that count (Izsak et al. 2021 and Geiping & Goldstein 2022 found a schedule that ends
-at the deadline one of the larger gains at small budgets). The count is kept in the run's recipe, so a --resume
-goes on to the same count instead of deciding again.
+checkpoint, so that training, its evaluations and checkpoints end within the budget, and decided once more a
+little later from a longer stretch; the warmup and the decay to zero are laid out over that count (Izsak et al.
+2021 and Geiping & Goldstein 2022 found a schedule that ends at the deadline one of the larger gains at small
+budgets). The final count is kept in the run's recipe, so a --resume goes on to it instead of deciding again.
 """
 
 import dataclasses

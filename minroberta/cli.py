@@ -87,7 +87,8 @@ def build_parser():
     pre.add_argument("--steps", type=int, default=2600, help="optimizer updates")
     pre.add_argument("--time-budget", metavar="DURATION",
                      help="instead of --steps: as many updates as end, with their evaluations and checkpoints, "
-                          "within this time from the start (90s, 10m, 2h), decided after the first 22 updates")
+                          "within this time from the start (90s, 10m, 2h): decided after 22 updates, and again "
+                          "after a tenth of them")
     pre.add_argument("--batch-size", type=int, default=64, help="sequences per micro-batch")
     pre.add_argument("--accumulate", type=int, default=1,
                      help="micro-batches per update (effective batch = batch-size x accumulate)")

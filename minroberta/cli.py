@@ -83,7 +83,8 @@ def build_parser():
     pre = commands.add_parser("pretrain",
                               help="pretrain a masked LM (default: the mini model on the stdlib docstrings)",
                               formatter_class=HelpFormatter)
-    add_recipe_arguments(pre, recipe.Pretraining, metavars={"tokenizer": "DIR"})
+    add_recipe_arguments(pre, recipe.Pretraining,
+                         metavars={"tokenizer": "DIR", "prepared": "DIR", "time_budget": "DURATION"})
     pre.add_argument("--no-dropout", dest="dropout", action="store_const", const=0.0,
                      help="train without dropout (the same as --dropout 0)")
     pre.add_argument("--out", default=DEFAULT_OUT, help="run directory: checkpoints, metrics.jsonl, final model")
@@ -97,6 +98,16 @@ def build_parser():
     add_device_arguments(pre, with_precision=False)
     pre.add_argument("--mpi-timeout", type=float, default=300.0, metavar="SECONDS",
                      help="under mpiexec: how long a rank waits for the others before stopping the job")
+
+    prep = commands.add_parser("prepare", help="tokenize and pack a corpus once, for many pretrain runs "
+                                               "(pretrain --prepared DIR)", formatter_class=HelpFormatter)
+    prep.add_argument("--corpus", nargs="+", metavar="PATH",
+                      help="as for pretrain (default: the docstrings of this Python's standard library)")
+    prep.add_argument("--out", required=True, metavar="DIR", help="where the prepared data goes")
+    prep.add_argument("--seq-len", type=int, default=32, help="block length of the packed sequences, in tokens")
+    prep.add_argument("--preset", default="mini", choices=list(VOCAB_SIZES), help="the vocabulary size's preset")
+    prep.add_argument("--vocab-size", type=int, default=None, help="BPE vocabulary size (default by preset)")
+    prep.add_argument("--tokenizer", metavar="DIR", help="use this tokenizer instead of training one")
 
     fill = commands.add_parser("fill-mask", help="predict the masked tokens of a text (models with an MLM head)",
                                formatter_class=HelpFormatter)
@@ -200,7 +211,7 @@ def main(argv=None):
         precision.use(getattr(args, "precision", None) or "float32")   # a run's own is set from its recipe
         commands = {"pretrain": run_pretrain, "fill-mask": run_fill_mask, "finetune": run_finetune,
                     "predict": run_predict, "embed": run_embed, "attention": run_attention,
-                    "masking": run_masking}
+                    "masking": run_masking, "prepare": run_prepare}
         return commands[args.command](args)
     except MinRobertaError as exc:
         print(f"error: {guards.one_line(exc)}", file=sys.stderr)
@@ -355,14 +366,13 @@ def training_recipe(args, recipe_class, say):
 
 
 def run_pretrain(args):
-    from . import corpus, loop
+    from . import budget, loop, prepared
     from .checkpoint import save_pretrained
     from .config import Config
-    from .data import PretrainingData
     from .engine import distributed
     from .engine.trainer import Trainer, list_checkpoints
     from .model import Roberta
-    from .tokenizer import Tokenizer, train_tokenizer
+    from .tokenizer import Tokenizer
 
     started = time.time()
     world = distributed.world(args.mpi_timeout)
@@ -373,6 +383,7 @@ def run_pretrain(args):
                                            ("--skip-nonfinite", args.skip_nonfinite),
                                            ("--save-every", args.save_every is not None),
                                            ("--keep-checkpoints", args.keep_checkpoints is not None),
+                                           ("--time-budget", args.time_budget is not None),
                                            ("mpiexec", world.size > 1)) if given]
         if around:
             raise MinRobertaError(f"the reference loop (--reference or MINROBERTA_REFERENCE=1) keeps no checkpoints, "
@@ -381,6 +392,9 @@ def run_pretrain(args):
     run_folder = guards.RunFolder(args.out, args.resume, args.overwrite, say, main=world.is_main)   # lock, no clobber
     settings, checkpoint = training_recipe(args, recipe.Pretraining, say)
     precision.use(settings.precision)
+    budget_seconds = budget.parse_duration(settings.time_budget) if settings.time_budget else None
+    if settings.prepared and not settings.corpus:   # the corpus it was prepared from (checked there for changes)
+        settings = dataclasses.replace(settings, corpus=(prepared.read_manifest(settings.prepared) or {}).get("sources"))
     guards.require_room(pretrain_config(settings, guards.stand_in_tokenizer(settings.vocab_size
                                                                              or VOCAB_SIZES[settings.preset])),
                         settings.batch_size, settings.seq_len, settings.dtype, guards.flags_text(settings, (
@@ -389,25 +403,15 @@ def run_pretrain(args):
         say(f"data parallel over {world.size} MPI ranks: global batch {world.size} x {settings.batch_size} sequences")
 
     source = "the standard library's docstrings" if not settings.corpus else ", ".join(settings.corpus)
-    say(f"reading {source}")
-    documents = list(corpus.stdlib_documents()) if not settings.corpus else \
-        list(corpus.read_documents(settings.corpus, say))
-    corpus.require_nonempty(documents, source)
-    train_docs, valid_docs = corpus.train_valid_split(documents)
-    if not train_docs or not valid_docs:   # found now, not at the first evaluation
-        raise MinRobertaError(f"{source}: too little text for a run (training gets {len(train_docs)} document"
-                              f"{'s' * (len(train_docs) != 1)}, validation {len(valid_docs)}); give it more documents "
-                              "(blank lines separate them)")
-
     if checkpoint is not None:
         tokenizer = Tokenizer.from_dir(checkpoint)
-    elif settings.tokenizer:
-        tokenizer = Tokenizer.from_dir(settings.tokenizer)
     else:
-        vocab_size = settings.vocab_size or VOCAB_SIZES[settings.preset]
-        say(f"training a byte-level BPE tokenizer, vocabulary {vocab_size}")
-        trained = train_tokenizer(train_docs, vocab_size=vocab_size).to_json() if world.is_main else ""
-        tokenizer = Tokenizer.from_json(world.broadcast_bytes(trained.encode("utf-8")).decode("utf-8"))
+        tokenizer = Tokenizer.from_dir(settings.tokenizer) if settings.tokenizer else None
+    ready = prepared.ready_on_every_rank(world, settings.corpus, settings.prepared or os.path.join(args.out, "prepared"),
+                                         settings.seq_len, tokenizer, settings.vocab_size or VOCAB_SIZES[settings.preset],
+                                         say, source)
+    tokenizer = tokenizer or ready.tokenizer
+    valid_docs = ready.probe_documents()
 
     config = pretrain_config(settings, tokenizer)
     if checkpoint is not None:
@@ -418,9 +422,7 @@ def run_pretrain(args):
                 raise MinRobertaError(f"{checkpoint} was trained with {field} = {getattr(saved, field)}, this run "
                                       f"asks for {getattr(config, field)}; use the same --preset/--seq-len, or "
                                       "another --out")
-    say("packing FULL-SENTENCES blocks")
-    data = PretrainingData.build(tokenizer, train_docs, valid_docs, block_size=settings.seq_len, seed=settings.seed,
-                                 mask_prob=settings.mask_prob)
+    data = prepared.pretraining_data(ready, seed=settings.seed, mask_prob=settings.mask_prob)
     say(f"{data.num_train:,} training and {data.num_valid:,} validation sequences of at most {settings.seq_len} "
         "tokens")
 
@@ -433,14 +435,19 @@ def run_pretrain(args):
         where = backend.name() + (f" on {threads.count()} threads" if backend.name() == "numpy" else "")
     say(f"model: {settings.preset}, {parameters / 1e6:.1f}M parameters, backend {where}, {settings.dtype}"
         f"{'' if settings.precision == 'float32' else ', ' + settings.precision + ' products'}; "
-        f"{settings.steps} updates of {world.size * settings.batch_size * settings.accumulate} sequences")
+        f"{settings.steps} updates of {world.size * settings.batch_size * settings.accumulate} sequences"
+        f"{' until the time budget decides their number' if budget_seconds else ''}")
     if reference:
         result = loop.train(model, data, settings, say=say)
         save_pretrained(model, args.out, tokenizer=tokenizer)
     else:
         trainer = Trainer(model, data, tokenizer, settings, args.out, world=world)
+        if budget_seconds:   # until the budget's final count, which the recipe then keeps as its --steps
+            trainer.on_update = budget.TimeBudget(budget_seconds, started, settings.WARMUP_SHARE if settings.warmup < 0
+                                                  else None, say=trainer.progress.message)
         trainer.begin(checkpoint, report=say)
         result = trainer.run(stop_at=args.stop_at_step)
+        settings = trainer.settings   # a time budget sets the number of updates
         if not world.is_main:
             return 0
         if trainer.interrupted:
@@ -470,6 +477,21 @@ def run_pretrain(args):
         print(f"true word in the top 3: {hits} of {len(probes)}")
     return 0
 
+
+
+def run_prepare(args):
+    from . import prepared
+    from .tokenizer import Tokenizer
+    if args.seq_len < 8:
+        raise MinRobertaError(f"--seq-len must be at least 8, got {args.seq_len}")
+    say = lambda text: print(text, file=sys.stderr, flush=True)
+    tokenizer = Tokenizer.from_dir(args.tokenizer) if args.tokenizer else None
+    ready = prepared.ready(args.corpus, args.out, args.seq_len, tokenizer, args.vocab_size or VOCAB_SIZES[args.preset],
+                           say, "the standard library's docstrings" if not args.corpus else ", ".join(args.corpus))
+    samples = ready.manifest["samples"]
+    print(f"{samples['train']:,} training and {samples['valid']:,} validation sequences of at most {args.seq_len} "
+          f"tokens in {args.out}; pretrain on them with --prepared {args.out}")
+    return 0
 
 
 # --- finetune, predict, embed --------------------------------------------------------------------------

@@ -1,13 +1,17 @@
 """Where pretraining text comes from: the standard library's docstrings (built in) or the user's text files.
 
-Documents stream one at a time; files are read as UTF-8 and any damage is an error naming the file. The
-train/validation split is by document, decided by a hash of its text, so no text is on both sides.
+Documents stream one at a time from text files, JSON lines files and gzip files of either, read in pieces so
+that memory does not grow with a file; any damage is an error naming the file and line. The train/validation
+split is by document, decided by a hash of its text, so no text is on both sides.
 """
 
 import ast
 import glob
+import gzip
 import hashlib
+import json
 import os
+import zlib
 import re
 import sysconfig
 
@@ -17,6 +21,9 @@ from .errors import MinRobertaError
 MIN_DOCSTRING_CHARS = 40   # shorter ones are mostly "Return self." and the like: no sentences to learn from
 SKIPPED_STDLIB_DIRS = {"idle_test", "__pycache__", "site-packages", "dist-packages"}   # and any "test*" folder
 TEXT_SUFFIXES = (".txt", ".text", ".md", ".rst")   # what a directory contributes; named files are read whatever
+JSONL_SUFFIXES = (".jsonl", ".ndjson")             # JSON lines: one document a line, in its "text" field
+GZIP_MAGIC = b"\x1f\x8b"                           # a gzip file is read through gzip whatever its name
+READ_BYTES = 8 << 20                               # files stream in pieces of about this size
 VALID_ONE_IN = 20   # about 5% of documents go to validation
 
 
@@ -70,14 +77,25 @@ _COMPOUND = (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef, ast.If, ast.Fo
 
 # --- the user's files
 
-def read_documents(sources, say=None):
-    """Stream the documents of `sources` (a path or a list of them); blank lines separate documents, so a file
-    without blank lines is one document. Each source is
+def read_documents(sources, on_bytes=None, say=None):
+    """Stream the documents of `sources` (a path or a list of them). In a text file blank lines separate
+    documents, so a file without blank lines is one document; in a JSON lines file (name ending in .jsonl or
+    .ndjson, perhaps then .gz) each line is an object whose "text" field is one document. A gzip file (by its
+    first bytes) is read through gzip. Each source is
       - a file: read whatever its name;
-      - a directory: its files ending in TEXT_SUFFIXES, recursively, in sorted order, hidden ones skipped;
+      - a directory: its files ending in TEXT_SUFFIXES or JSONL_SUFFIXES (or those plus .gz), recursively, in
+        sorted order, hidden ones skipped;
       - otherwise a glob pattern (`**` recurses): the files it matches, in sorted order.
-    All sources are checked before the first document is read, so a typo fails fast. Each file is read once,
-    however many paths name it (links, a loop of them, a file given twice); `say` hears how many were dropped."""
+    All sources are checked before the first document is read, so a typo fails fast. Files are read in pieces
+    of READ_BYTES, so memory does not grow with a file's size; `on_bytes(n)` is told each n bytes read from
+    disk (for progress). Each file is read once, however many paths name it (links, a loop of them, a file
+    given twice); `say` hears how many were dropped."""
+    for path in input_files(sources, say):
+        yield from _file_documents(path, on_bytes)
+
+
+def input_files(sources, say=None):
+    """The paths of the files that `sources` (as for read_documents) name, in reading order, each file once."""
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
     named = [path for source in sources for path in _expand(os.fspath(source))]
@@ -85,8 +103,13 @@ def read_documents(sources, say=None):
     if say is not None and len(paths) < len(named):
         say(f"{len(named) - len(paths)} of {len(named)} corpus paths name a file already read (a link or a repeat); "
             "each file is read once")
-    for path in paths:
-        yield from _file_documents(path)
+    return paths
+
+
+def _readable(name):
+    name = name.lower().removesuffix(".gz")
+    return name.endswith(TEXT_SUFFIXES + JSONL_SUFFIXES)
+
 
 
 def _expand(source):
@@ -97,10 +120,10 @@ def _expand(source):
         found = []
         for directory, subdirs, files in os.walk(source, onerror=guards.walk_error):
             subdirs[:] = [d for d in subdirs if not d.startswith(".")]
-            found.extend(os.path.join(directory, f) for f in files
-                         if f.lower().endswith(TEXT_SUFFIXES) and not f.startswith("."))
+            found.extend(os.path.join(directory, f) for f in files if _readable(f) and not f.startswith("."))
         if not found:
-            raise MinRobertaError(f"{source}: directory holds no text files ({' '.join(TEXT_SUFFIXES)})")
+            kinds = " ".join(TEXT_SUFFIXES + JSONL_SUFFIXES)
+            raise MinRobertaError(f"{source}: directory holds no text files ({kinds}, or those .gz)")
         return sorted(found)
     if os.path.lexists(source):   # neither a file nor a folder: a FIFO, a device, a broken link
         guards.require_regular(source)
@@ -110,20 +133,106 @@ def _expand(source):
     return matches
 
 
-def _file_documents(path):
-    raw = guards.read_regular_file(path, guards.CORPUS_FILE_LIMIT)
+def _file_documents(path, on_bytes=None):
+    pieces = _pieces(path, on_bytes)
+    if path.lower().removesuffix(".gz").endswith(JSONL_SUFFIXES):
+        return _jsonl_documents(path, pieces)
+    return _text_documents(path, pieces)
+
+
+def _pieces(path, on_bytes):
+    """(byte offset, bytes) pieces of a file's contents (uncompressed, for gzip), each ending at a newline
+    (the last perhaps not), so no piece cuts a UTF-8 character or a line."""
+    handle = guards.open_regular(path)   # a FIFO or a device in a corpus folder is named, never read
+    with handle:
+        compressed = handle.read(2) == GZIP_MAGIC
+        handle.seek(0)
+        stream = gzip.GzipFile(fileobj=handle) if compressed else handle
+        offset, rest, reported = 0, b"", 0
+        while True:
+            try:
+                data = stream.read(READ_BYTES)
+            except (OSError, EOFError, zlib.error) as exc:
+                if not compressed:
+                    raise MinRobertaError(f"{path}: cannot read ({exc.strerror})") from None
+                raise MinRobertaError(f"{path}: damaged gzip data after {offset + len(rest):,} uncompressed "
+                                      f"bytes ({exc})") from None
+            if on_bytes is not None:
+                position = handle.tell()
+                on_bytes(position - reported)
+                reported = position
+            if not data:
+                if rest:
+                    yield offset, rest
+                return
+            data = rest + data
+            cut = data.rfind(b"\n") + 1
+            if cut == 0:   # no line end yet: read on
+                rest = data
+                continue
+            yield offset, data[:cut]
+            offset, rest = offset + cut, data[cut:]
+
+
+def _decoded(path, offset, raw, line):
+    """A piece's text; damage is an error naming the file, byte and line (`line`: the piece's first)."""
     nul = raw.find(b"\0")
     if nul >= 0:
-        raise MinRobertaError(f"{path}: binary file (NUL byte at byte {nul}), not UTF-8 text")
+        raise MinRobertaError(f"{path}: binary file (NUL byte at byte {offset + nul}, line "
+                              f"{line + raw.count(NEWLINE, 0, nul)}), not UTF-8 text")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise MinRobertaError(f"{path}: invalid UTF-8 at byte {exc.start} (corpus files must be UTF-8 text)") from None
-    text = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")   # editors' BOM, DOS/Mac lines
-    for block in re.split(r"\n[ \t\f\v]*\n", text):
-        block = block.strip()
-        if block:
-            yield block
+        raise MinRobertaError(f"{path}: invalid UTF-8 at byte {offset + exc.start}, line "
+                              f"{line + raw.count(NEWLINE, 0, exc.start)} (corpus files must be UTF-8 text)") from None
+    if offset == 0:
+        text = text.removeprefix("\ufeff")   # an editor's byte order mark
+    return text.replace("\r\n", "\n").replace("\r", "\n")   # DOS and old Mac line ends
+
+
+NEWLINE = b"\n"
+_BLANK_LINE = re.compile(r"\n[ \t\f\v]*\n")
+
+
+def _text_documents(path, pieces):
+    """Blank-line separated documents. The text after a piece's last blank line may go on in the next
+    piece, so it is carried over."""
+    carry, line = "", 1
+    for offset, raw in pieces:
+        blocks = _BLANK_LINE.split(carry + _decoded(path, offset, raw, line))
+        line += raw.count(b"\n")
+        carry = blocks.pop()
+        for block in blocks:
+            block = block.strip()
+            if block:
+                yield block
+    carry = carry.strip()
+    if carry:
+        yield carry
+
+
+def _jsonl_documents(path, pieces):
+    """One document per line: the "text" field of the JSON object on it (blank lines skipped)."""
+    number = 0
+    for offset, raw in pieces:
+        lines = _decoded(path, offset, raw, number + 1).split("\n")
+        if lines[-1] == "":   # the piece ended with a newline
+            lines.pop()
+        for line in lines:
+            number += 1
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as exc:
+                raise MinRobertaError(f"{path}: line {number} is not JSON ({getattr(exc, 'msg', exc)})") from None
+            text = record.get("text") if isinstance(record, dict) else None
+            if not isinstance(text, str):
+                raise MinRobertaError(f'{path}: line {number} has no "text" string (JSON lines corpora hold one '
+                                      'object a line, its "text" field a document)')
+            text = text.replace("\r\n", "\n").replace("\r", "\n").strip()
+            if text:
+                yield text
 
 
 def require_nonempty(documents, source):

@@ -417,6 +417,8 @@ def others_files(path):
             continue
         if name == "metrics.jsonl" and os.path.isfile(full) and not os.path.islink(full):
             continue
+        if name == "prepared" and os.path.isdir(full) and not os.path.islink(full):
+            continue   # a prepared corpus (prepared.py) is reused, not another run's output
         if name == "checkpoints" and os.path.isdir(full) and not os.path.islink(full):
             if all(n.startswith((".partial-", ".trash-", ".tmp-")) for n in os.listdir(full)):
                 continue

@@ -109,6 +109,11 @@ class Pretraining(TrainSettings):
     dropout: float = field(0.0, "dropout probability of hidden states and attention (RoBERTa used 0.1; a run "
                                      "of minutes learns faster without)", low=0.0, below=1.0)
     dtype: str = field("float32", "parameter precision", choices=("float32", "float64"))
+    prepared: str = field(None, "the corpus tokenized and packed (by `minroberta prepare`, or prepared here when "
+                                "missing or stale; default: OUT/prepared)")
+    time_budget: str = field(None, "instead of --steps: as many updates as end, with their evaluations and "
+                                   "checkpoints, within this time from the start (90s, 10m, 2h): decided after 22 "
+                                   "updates, and again after a tenth of them")
     precision: str = field("float32", choices=("float32", "tf32", "fp16"),
                            help="matrix products: float32; tf32 (cupy, GPUs of compute capability 8.0+); fp16 (mixed "
                                 "precision: float16 products, float32 master weights, dynamic loss scaling)")
@@ -153,7 +158,7 @@ class Finetuning(TrainSettings):
 FIXED = ("preset", "hidden_size", "layers", "heads", "intermediate_size", "seq_len", "dtype", "task", "model",
          "tokenizer", "vocab_size", "init_range")
 # Paths kept absolute, so that a run resumes from another folder.
-PATHS = ("corpus", "model", "train", "eval", "tokenizer")
+PATHS = ("corpus", "model", "train", "eval", "tokenizer", "prepared")
 RECIPES = {"pretrain": Pretraining, "finetune": Finetuning}   # by command
 
 

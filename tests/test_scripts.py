@@ -135,3 +135,20 @@ def test_the_fine_tuning_comparison_runs_both_on_minilm(tmp_path):
     runs = json.loads(out.read_text())
     assert [r["impl"] for r in runs] == ["minroberta", "transformers"]
     assert all(r["train_s"] > 0 and len(r["accuracies"]) == 1 and 0 <= r["accuracies"][0] <= 1 for r in runs)
+
+
+def test_bench_prepare_times_raw_encoding_and_the_first_update(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(f"Document {i} says that the value {i * 7} is returned." for i in range(200)))
+    prep, script = tmp_path / "prep", os.path.join(ROOT, "scripts", "bench_prepare.py")
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    done = subprocess.run([sys.executable, "-m", "minroberta.cli", "prepare", "--corpus", str(corpus), "--out",
+                           str(prep), "--preset", "micro"], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    done = subprocess.run([sys.executable, script, "raw", str(prep)], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["raw_encode_mb_s"] > 0
+    done = subprocess.run([sys.executable, script, "first-update", "pretrain", "--preset", "micro", "--batch-size", "4",
+                           "--prepared", str(prep), "--out", str(tmp_path / "run")], capture_output=True, text=True,
+                          env=env)
+    assert done.returncode == 0 and "first update done" in done.stderr, done.stderr

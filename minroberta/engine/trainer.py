@@ -125,6 +125,7 @@ class Trainer:
         self.interrupted = False   # set when a Ctrl-C ended run() early, after saving the update it finished
         self.workers = None        # worker_processes.Workers, started on the first update that can use them
         self.use_workers = os.environ.get("MINROBERTA_SLICE_WORKERS", "1") != "0"
+        self.on_update = None      # called with the trainer after each update (budget.TimeBudget sizes a run so)
 
     # --- one update
     def micro_batches(self, step):
@@ -282,6 +283,9 @@ class Trainer:
                     self.save_checkpoint()
                 return self.last_eval
             loss, tokens, lr = self.train_step()
+            if self.on_update is not None:   # may change settings.steps and the schedule (budget.py)
+                self.on_update(self)
+                settings = self.settings
             tokens_seen += tokens
             steps_timed += 1
             elapsed = time.time() - started

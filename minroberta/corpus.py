@@ -167,7 +167,11 @@ def _pieces(path, on_bytes):
                 return
             data = rest + data
             cut = data.rfind(b"\n") + 1
-            if cut == 0:   # no line end yet: read on
+            if cut == 0:   # no line end yet: read on, up to a bound (a file of one giant line is not text)
+                if len(data) > guards.LINE_LIMIT:
+                    raise MinRobertaError(f"{path}: no line break in {guards.human_bytes(len(data))} from byte "
+                                          f"{offset:,}; a corpus is text, read a line at a time (lines of at most "
+                                          f"{guards.human_bytes(guards.LINE_LIMIT)})")
                 rest = data
                 continue
             yield offset, data[:cut]

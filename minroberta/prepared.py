@@ -107,14 +107,14 @@ def read_manifest(directory):
 
 # --- deciding whether prepared data can be reused
 
-def corpus_identity(sources):
+def corpus_identity(sources, say=None):
     """What the corpus is, cheaply: each file's path, size and modification time (nanoseconds), or for the
     built-in corpus this Python's version and standard library. Size and mtime, not a hash of the contents: a
     hash would read the whole corpus on every start; any write through the file system changes the mtime."""
     if not sources:
         return {"builtin": "stdlib docstrings", "python": sys.version, "stdlib": sysconfig.get_paths()["stdlib"]}
     files = []
-    for path in corpus.input_files(sources):
+    for path in corpus.input_files(sources, say):   # each file once; `say` hears of paths dropped as repeats
         stat = os.stat(path)
         files.append({"path": os.path.abspath(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
     return {"files": files}
@@ -438,7 +438,7 @@ def ready(sources, directory, seq_len, tokenizer=None, vocab_size=None, say=prin
     """The prepared data of `sources` in `directory`: reused when it was made from the same files (size and
     mtime), tokenizer and seq_len, else prepared again (saying why in one line). -> Prepared."""
     manifest = read_manifest(directory)
-    reason = why_stale(manifest, corpus_identity(sources), seq_len, tokenizer, vocab_size)
+    reason = why_stale(manifest, corpus_identity(sources, say), seq_len, tokenizer, vocab_size)
     if reason is None:
         say(f"using the data prepared in {directory}")
         return Prepared(directory)

@@ -395,8 +395,8 @@ def run_pretrain(args):
     budget_seconds = budget.parse_duration(settings.time_budget) if settings.time_budget else None
     if settings.prepared and not settings.corpus:   # the corpus it was prepared from (checked there for changes)
         settings = dataclasses.replace(settings, corpus=(prepared.read_manifest(settings.prepared) or {}).get("sources"))
-    guards.require_room(pretrain_config(settings, guards.stand_in_tokenizer(settings.vocab_size
-                                                                             or VOCAB_SIZES[settings.preset])),
+    vocab_size = settings.vocab_size or VOCAB_SIZES[settings.preset]   # of a tokenizer trained here
+    guards.require_room(pretrain_config(settings, guards.stand_in_tokenizer(vocab_size)),
                         settings.batch_size, settings.seq_len, settings.dtype, guards.flags_text(settings, (
                             "preset", "hidden_size", "layers", "heads", "intermediate_size", "seq_len", "batch_size")))
     if world.size > 1:
@@ -408,8 +408,7 @@ def run_pretrain(args):
     else:
         tokenizer = Tokenizer.from_dir(settings.tokenizer) if settings.tokenizer else None
     ready = prepared.ready_on_every_rank(world, settings.corpus, settings.prepared or os.path.join(args.out, "prepared"),
-                                         settings.seq_len, tokenizer, settings.vocab_size or VOCAB_SIZES[settings.preset],
-                                         say, source)
+                                         settings.seq_len, tokenizer, vocab_size, say, source)
     tokenizer = tokenizer or ready.tokenizer
     valid_docs = ready.probe_documents()
 
@@ -482,8 +481,6 @@ def run_pretrain(args):
 def run_prepare(args):
     from . import prepared
     from .tokenizer import Tokenizer
-    if args.seq_len < 8:
-        raise MinRobertaError(f"--seq-len must be at least 8, got {args.seq_len}")
     say = lambda text: print(text, file=sys.stderr, flush=True)
     tokenizer = Tokenizer.from_dir(args.tokenizer) if args.tokenizer else None
     ready = prepared.ready(args.corpus, args.out, args.seq_len, tokenizer, args.vocab_size or VOCAB_SIZES[args.preset],

@@ -16,6 +16,7 @@ import errno
 import json
 import math
 import os
+import shutil
 import stat
 import types
 
@@ -347,8 +348,8 @@ _held = []   # (fd, path) of the locks this process holds
 class RunFolder:
     """The --out folder of a training run: locked while the run writes it, and, for a fresh run, holding
     nothing of another run's (unless --overwrite, which removes the files an earlier run wrote, and only those).
-    Leftovers of an attempt that never reached a checkpoint (metrics.jsonl, half-written checkpoints, a stale
-    lock) are this run's to replace."""
+    Leftovers of an attempt that never reached a checkpoint (metrics.jsonl, half-written checkpoints, a
+    half-prepared corpus, a stale lock) are this run's to replace."""
 
     def __init__(self, path, resume=False, overwrite=False, say=print, reads=(), main=True):
         self.path, self.resume, self.overwrite, self.say, self.main = path, resume, overwrite, say, main
@@ -363,6 +364,7 @@ class RunFolder:
         if os.path.isdir(path) and main:   # under MPI rank 0 alone guards and writes the folder
             self.lock()
             self.check_fresh()
+            self.sweep()
 
     def check_fresh(self):
         if self.resume or self.overwrite:
@@ -386,6 +388,7 @@ class RunFolder:
         if not any(path == os.path.abspath(os.path.join(self.path, LOCK)) for _, path in _held):
             self.lock()
             self.check_fresh()
+            self.sweep()
         if self.overwrite and not self.resume:
             removed = [name for name in RUN_FILES if os.path.lexists(os.path.join(self.path, name))]
             for name in removed:
@@ -400,6 +403,17 @@ class RunFolder:
     def lock(self):
         acquire(os.path.join(self.path, LOCK), self.path, self.say)
 
+    def sweep(self):
+        """Remove what a killed write of this folder left (a half-prepared corpus, a half-removed checkpoint
+        folder, a temporary file); safe because the lock is held, so no live write can own them."""
+        for name in os.listdir(self.path):
+            if interrupted_write(name):
+                full = os.path.join(self.path, name)
+                if os.path.isdir(full) and not os.path.islink(full):
+                    shutil.rmtree(full, ignore_errors=True)
+                else:
+                    os.unlink(full)
+
 
 def describe(path):
     try:
@@ -408,13 +422,19 @@ def describe(path):
         return "a broken link"
 
 
+def interrupted_write(name):
+    """Whether `name`, in a run folder, is what a killed write leaves: atomic.py's temporary files and
+    trash, prepared.py's half-made corpus."""
+    return name.startswith((".tmp-", ".partial-prepared-")) or name in {f".trash-{n}" for n in RUN_FILES + ("prepared",)}
+
+
 def others_files(path):
     """Names of what `path` holds that is not the leftover of an attempt without a checkpoint: checkpoints/
     first when it holds one."""
     found = []
     for name in sorted(os.listdir(path)):
         full = os.path.join(path, name)
-        if name == LOCK or name.startswith(".tmp-"):
+        if name == LOCK or interrupted_write(name):
             continue
         if name == "metrics.jsonl" and os.path.isfile(full) and not os.path.islink(full):
             continue

@@ -494,9 +494,13 @@ def pretrain_overwrite_keeps_the_old_run_when_the_input_is_bad(w, tmp, capsys):
 
 @case("pretrain", "works")
 def pretrain_after_a_killed_attempt_without_a_checkpoint(w, tmp, capsys):
-    """What a run killed before its first checkpoint leaves: metrics, a half-written checkpoint, its lock."""
+    """What a run killed before its first checkpoint leaves: metrics, a half-written checkpoint, a half-prepared
+    corpus, a half-removed folder, its lock."""
     out = tmp / "run"
     (out / "checkpoints" / ".partial-step-00000002").mkdir(parents=True)
+    (out / ".partial-prepared-k1ll3d").mkdir()
+    (out / ".partial-prepared-k1ll3d" / "train.bin").write_bytes(b"\0" * 64)
+    (out / ".trash-checkpoints").mkdir()
     (out / "metrics.jsonl").write_text('{"step": 1, "loss": 5.0}\n')
     (out / ".minroberta.lock").write_text("999999999\n")
     ran = run_here(w.pretrain(out), capsys)
@@ -504,6 +508,7 @@ def pretrain_after_a_killed_attempt_without_a_checkpoint(w, tmp, capsys):
     assert "pid 999999999, which ended without releasing it, is taken over" in ran.err
     assert not (out / ".minroberta.lock").exists()
     assert '"loss": 5.0' not in (out / "metrics.jsonl").read_text()   # the attempt's records went
+    assert not (out / ".partial-prepared-k1ll3d").exists() and not (out / ".trash-checkpoints").exists()
 
 
 @case("finetune", "refused")

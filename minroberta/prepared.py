@@ -151,9 +151,10 @@ class PrepareProgress:
     """One line, rewritten in place on a terminal: bytes (or documents) done, MB/s and ETA. Quiet otherwise, as
     the trainer's step line is between its records."""
 
-    def __init__(self, label, total_bytes=None, stream=sys.stderr, every=0.5):
-        self.label, self.total, self.stream, self.every = label, total_bytes, stream, every
-        self.interactive = stream.isatty()
+    def __init__(self, label, total_bytes=None, stream=None, every=0.5):
+        self.label, self.total, self.every = label, total_bytes, every
+        self.stream = stream or sys.stderr   # the one in place now, not the one at import
+        self.interactive = self.stream.isatty()
         self.done = self.documents = 0
         self.started = self.shown = time.time()
 
@@ -316,7 +317,7 @@ def token_dtype(vocab_size):
 
 
 def prepare(sources, directory, seq_len, tokenizer=None, vocab_size=None, say=print, source_name=None,
-            progress_stream=sys.stderr):
+            progress_stream=None):
     """Read, split, tokenize and pack `sources` (None: the built-in corpus) into `directory`, replacing what is
     there as a whole (written beside it, then renamed). `tokenizer`: the one to use; else one of `vocab_size`
     is trained on tokenizer_sample. -> the opened Prepared."""

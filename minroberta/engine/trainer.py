@@ -71,9 +71,9 @@ class Progress:
     """One status line: step, loss, tokens/s and ETA; rewritten in place on a terminal, printed every
     `log_every` steps otherwise (logs, CI)."""
 
-    def __init__(self, total, stream=sys.stderr, quiet=False):
-        self.total, self.stream, self.quiet = total, stream, quiet
-        self.interactive = stream.isatty()
+    def __init__(self, total, stream=None, quiet=False):
+        self.total, self.stream, self.quiet = total, stream or sys.stderr, quiet   # stderr now, not at import
+        self.interactive = self.stream.isatty()
 
     def update(self, step, loss, tokens_per_s, seconds_per_step, force=False):
         if self.quiet:

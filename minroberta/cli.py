@@ -407,7 +407,8 @@ def run_pretrain(args):
         tokenizer = Tokenizer.from_dir(checkpoint)
     else:
         tokenizer = Tokenizer.from_dir(settings.tokenizer) if settings.tokenizer else None
-    ready = prepared.ready_on_every_rank(world, settings.corpus, settings.prepared or os.path.join(args.out, "prepared"),
+    ready = prepared.ready_on_every_rank(world, settings.corpus,
+                                         settings.prepared or os.path.join(args.out, guards.PREPARED),
                                          settings.seq_len, tokenizer, vocab_size, say, source)
     tokenizer = tokenizer or ready.tokenizer
     valid_docs = ready.probe_documents()

@@ -342,7 +342,13 @@ LOCK = ".minroberta.lock"
 # what a run writes at the top of its folder (and checkpoints/): an earlier run's, refused without --overwrite
 RUN_FILES = ("model.safetensors", "config.json", "tokenizer.json", "vocab.json", "merges.txt", "vocab.txt",
              "tokenizer_config.json", "special_tokens_map.json", "metrics.jsonl", "checkpoints")
+PREPARED = "prepared"   # the run's own prepared corpus, reused by the next run, never another run's output
+# what a killed write leaves at the top of a run folder: atomic.py's temporary files and trash, prepared.py's
+# half-made corpus
+LEFTOVER_PREFIXES = (".tmp-", f".partial-{PREPARED}-")
+LEFTOVER_NAMES = frozenset(f".trash-{name}" for name in RUN_FILES + (PREPARED,))
 _held = []   # (fd, path) of the locks this process holds
+_made = []   # run folders this process created, deepest first: removed at release if the run left them empty
 
 
 class RunFolder:
@@ -361,10 +367,14 @@ class RunFolder:
             if other and os.path.isdir(other) and os.path.isdir(path) and os.path.samefile(other, path):
                 raise MinRobertaError(f"--out {path} is the folder the run reads its model from; writing there "
                                       "would replace it: choose another --out")
-        if os.path.isdir(path) and main:   # under MPI rank 0 alone guards and writes the folder
-            self.lock()
-            self.check_fresh()
-            self.sweep()
+        if main:   # under MPI rank 0 alone guards and writes the folder, locked before the run's first write
+            missing, folder = [], os.path.abspath(path)
+            while not os.path.isdir(folder):
+                missing.append(folder)
+                folder = os.path.dirname(folder)
+            os.makedirs(path, exist_ok=True)
+            _made.extend(missing)
+            self.take()
 
     def check_fresh(self):
         if self.resume or self.overwrite:
@@ -380,15 +390,11 @@ class RunFolder:
                               "another --out")
 
     def create(self):
-        """Make the folder (locked) just before the run's first write; with --overwrite, clear an earlier run's
-        files now, after every input has been read and checked."""
+        """Make the folder on every rank just before the run writes its checkpoints; with --overwrite, clear an
+        earlier run's files now, after every input has been read and checked."""
         os.makedirs(self.path, exist_ok=True)
         if not self.main:
             return
-        if not any(path == os.path.abspath(os.path.join(self.path, LOCK)) for _, path in _held):
-            self.lock()
-            self.check_fresh()
-            self.sweep()
         if self.overwrite and not self.resume:
             removed = [name for name in RUN_FILES if os.path.lexists(os.path.join(self.path, name))]
             for name in removed:
@@ -400,12 +406,12 @@ class RunFolder:
             if removed:
                 self.say(f"--overwrite: removed the earlier run's {', '.join(removed)} from {self.path}")
 
-    def lock(self):
+    def take(self):
+        """Lock the folder, refuse another run's files, then remove what a killed write of this folder left (a
+        half-prepared corpus, a half-removed checkpoints folder, a temporary file): with the lock held, no live
+        write can own them."""
         acquire(os.path.join(self.path, LOCK), self.path, self.say)
-
-    def sweep(self):
-        """Remove what a killed write of this folder left (a half-prepared corpus, a half-removed checkpoint
-        folder, a temporary file); safe because the lock is held, so no live write can own them."""
+        self.check_fresh()
         for name in os.listdir(self.path):
             if interrupted_write(name):
                 full = os.path.join(self.path, name)
@@ -423,9 +429,7 @@ def describe(path):
 
 
 def interrupted_write(name):
-    """Whether `name`, in a run folder, is what a killed write leaves: atomic.py's temporary files and
-    trash, prepared.py's half-made corpus."""
-    return name.startswith((".tmp-", ".partial-prepared-")) or name in {f".trash-{n}" for n in RUN_FILES + ("prepared",)}
+    return name.startswith(LEFTOVER_PREFIXES) or name in LEFTOVER_NAMES
 
 
 def others_files(path):
@@ -438,7 +442,7 @@ def others_files(path):
             continue
         if name == "metrics.jsonl" and os.path.isfile(full) and not os.path.islink(full):
             continue
-        if name == "prepared" and os.path.isdir(full) and not os.path.islink(full):
+        if name == PREPARED and os.path.isdir(full) and not os.path.islink(full):
             continue   # a prepared corpus (prepared.py) is reused, not another run's output
         if name == "checkpoints" and os.path.isdir(full) and not os.path.islink(full):
             if all(n.startswith((".partial-", ".trash-", ".tmp-")) for n in os.listdir(full)):
@@ -488,7 +492,8 @@ def acquire(lock_path, folder, say):
 
 
 def release_locks():
-    """Let go of this process's run locks (removing their files: a folder left by a finished run holds none)."""
+    """Let go of this process's run locks (removing their files: a folder left by a finished run holds none),
+    then remove the folders this process made that a refused run left empty."""
     while _held:
         fd, path = _held.pop()
         try:
@@ -496,3 +501,9 @@ def release_locks():
         except OSError:
             pass
         os.close(fd)
+    for folder in _made:
+        try:
+            os.rmdir(folder)
+        except OSError:   # not empty: the run wrote there
+            pass
+    _made.clear()

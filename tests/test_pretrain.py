@@ -254,6 +254,22 @@ def test_too_little_text_is_refused_before_training(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_the_run_holds_its_folder_before_preparing_the_corpus_there(tmp_path, monkeypatch, corpus_file):
+    """A second run started while the first prepares its corpus must find the folder locked, or it would take
+    the first's half-made corpus for a killed run's leftover and remove it."""
+    from minroberta import guards, prepared
+    out = tmp_path / "runs" / "out"
+    pack, seen = prepared._tokenize_and_pack, []
+
+    def packing(*args):
+        seen.append([os.path.abspath(path) for _, path in guards._held])
+        return pack(*args)
+
+    monkeypatch.setattr(prepared, "_tokenize_and_pack", packing)
+    assert run_cli("pretrain", *SMALL_RUN, "--corpus", corpus_file, "--steps", 1, "--out", out) == 0
+    assert seen == [[str(out / ".minroberta.lock")]]
+
+
 @pytest.mark.parametrize("problem", ["empty", "invalid_utf8", "no_text_dir", "binary"])
 def test_bad_corpora_are_one_line_errors(tmp_path, capsys, problem):
     target = tmp_path / "corpus"

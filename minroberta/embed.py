@@ -41,7 +41,7 @@ def sentence_setup(directory):
     modules_path = os.path.join(directory, "modules.json")
     if not os.path.lexists(modules_path):
         return SentenceSetup()
-    modules = _read_json(modules_path)
+    modules = guards.load_json(modules_path)
     if not isinstance(modules, list) or not all(isinstance(m, dict) and isinstance(m.get("type"), str)
                                                 for m in modules):
         raise MinRobertaError(f"{modules_path}: expected a list of modules, each with a \"type\"")
@@ -61,14 +61,10 @@ def sentence_setup(directory):
     return setup
 
 
-def _read_json(path):
-    return guards.load_json(path)
-
-
 def _max_seq_length(path):
     if not os.path.lexists(path):
         return None
-    value = _read_json(path)
+    value = guards.load_json(path)
     length = value.get("max_seq_length") if isinstance(value, dict) else None
     if length is None:
         return None
@@ -80,7 +76,7 @@ def _max_seq_length(path):
 def _pooling_modes(path):
     """The modes of a Pooling module's config.json: "pooling_mode" (a name or a list, in output order), or
     the older pooling_mode_* switches; mean when it names none, as sentence-transformers reads it."""
-    config = _read_json(path)
+    config = guards.load_json(path)
     if not isinstance(config, dict):
         raise MinRobertaError(f"{path}: expected a JSON object")
     modes = config.get("pooling_mode")

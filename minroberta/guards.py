@@ -28,7 +28,6 @@ from .errors import MinRobertaError
 MiB, GiB = 1 << 20, 1 << 30
 JSON_LIMIT = 64 * MiB          # config.json, trainer_state.json, special-token and sentence-transformers files
 TOKENIZER_LIMIT = 1 * GiB      # tokenizer.json, vocab.json, merges.txt (roberta-base's tokenizer.json: 1.4 MB)
-CORPUS_FILE_LIMIT = 2 * GiB    # a corpus file is read whole; larger ones should be split
 EXAMPLES_LIMIT = 2 * GiB       # a fine-tuning CSV or JSON-lines file
 METRICS_LIMIT = 1 * GiB        # metrics.jsonl, read back on a resume
 LINE_LIMIT = 16 * MiB          # one text of --file (a file or standard input is read a line at a time)

@@ -114,7 +114,7 @@ def draw_attention(tokens, probs, path, title=None, layer_ids=None, head_ids=Non
 def require_format(path):
     """A picture path whose extension matplotlib writes (none: PNG), or a one-line error, before any work."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    kind = os.path.splitext(path)[1][1:].lower() or "png"
+    kind = picture_format(path)
     kinds = FigureCanvasAgg.get_supported_filetypes()
     if kind not in kinds:
         raise MinRobertaError(f"--out {path}: matplotlib cannot write .{kind} pictures (it writes "
@@ -124,7 +124,11 @@ def require_format(path):
 def save_figure(figure, path):
     """Written atomically, as every file minroberta writes; the format from the file's extension (PNG if none)."""
     with atomic.replacing(path) as handle:
-        figure.savefig(handle, format=os.path.splitext(path)[1][1:].lower() or "png", dpi=100)
+        figure.savefig(handle, format=picture_format(path), dpi=100)
+
+
+def picture_format(path):
+    return os.path.splitext(path)[1][1:].lower() or "png"   # from the extension; PNG when there is none
 
 
 # --- a masked batch ------------------------------------------------------------------------------------

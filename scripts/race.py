@@ -66,10 +66,9 @@ def load_data(args, tokenizer):
 
 # --- the two sides: each yields (seconds of training, update, validation metrics) at every evaluation
 
-def minroberta_side(args, work, data, budget):
+def minroberta_side(settings, work, data, budget):
     from minroberta.checkpoint import load_pretrained
     from minroberta.engine.trainer import Trainer
-    settings = args
     trainer = Trainer(load_pretrained(work), data, None, settings, out_dir=None)
     trainer.progress.quiet = True
     clock = 0.0
@@ -82,11 +81,10 @@ def minroberta_side(args, work, data, budget):
             yield clock, trainer.step, metrics["valid_loss"], metrics["valid_mask_accuracy"]
 
 
-def huggingface_side(args, work, data, budget):
+def huggingface_side(settings, work, data, budget):
     import torch
     from transformers import RobertaForMaskedLM
-    torch.manual_seed(args.seed)
-    settings = args
+    torch.manual_seed(settings.seed)
     model = RobertaForMaskedLM.from_pretrained(work, attn_implementation="eager")
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]

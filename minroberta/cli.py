@@ -355,11 +355,10 @@ def pretrain_config(settings, tokenizer):
 def training_recipe(args, recipe_class, say):
     """-> (the run's recipe, the checkpoint to resume from or None). A new run takes the defaults with the flags
     given on top; --resume takes the checkpoint's recipe with them on top, each change said (recipe.resolve)."""
-    from .engine.trainer import checkpoint_to_resume, read_state
-    checkpoint = None if args.overwrite else checkpoint_to_resume(args.out, args.resume, report=say)
+    from .engine.trainer import checkpoint_to_resume
+    checkpoint, state = (None, None) if args.overwrite else checkpoint_to_resume(args.out, args.resume, report=say)
     if checkpoint is None:
         return recipe.resolve(recipe_class, given_recipe(args, recipe_class)), None
-    state = read_state(checkpoint, complete=True)
     saved = recipe.from_saved(recipe_class, state, checkpoint)
     return recipe.resolve(recipe_class, given_recipe(args, recipe_class), saved, state["step"], checkpoint, say), \
         checkpoint

@@ -219,19 +219,17 @@ def cap_threads(requested, say):
 STATE_NUMBERS = {"step": Range(int, 0), "optimizer_steps": Range(int, 0)}
 
 
-def check_settings(settings, path, settings_type):
-    """The recipe a checkpoint keeps as its settings: each value of its field's type and within its bounds, by
-    the recipe's own validation (recipe.py)."""
+def check_settings(state, path, settings_type):
+    """The recipe a checkpoint keeps as its settings, read as a resume reads it (recipe.from_saved): each value of
+    its field's type and within its bounds."""
+    from .recipe import from_saved   # recipe.py reads config.py, which reads this file
+    settings = state.get("settings")
     if not isinstance(settings, dict):
         raise MinRobertaError(f"{path}: \"settings\" is missing or not a JSON object")
     for name in ("steps", "warmup", "batch_size"):   # an older checkpoint may lack a later setting, never these
         if name not in settings:
             raise MinRobertaError(f"{path}: settings has no {name!r}")
-    names = {f.name for f in dataclasses.fields(settings_type)}
-    try:
-        settings_type(**{k: v for k, v in settings.items() if k in names}).validate()
-    except MinRobertaError as exc:
-        raise MinRobertaError(f"{path}: settings: {exc}") from None
+    from_saved(settings_type, state, path)
 
 
 def check_trainer_state(state, path, settings_type, complete=True):
@@ -242,7 +240,7 @@ def check_trainer_state(state, path, settings_type, complete=True):
         raise MinRobertaError(f"{path}: expected a JSON object, got {type(state).__name__}")
     settings = state.get("settings")
     if settings is not None or complete:
-        check_settings(settings, path, settings_type)
+        check_settings(state, path, settings_type)
     for key, rule in STATE_NUMBERS.items():
         if key not in state:
             raise MinRobertaError(f"{path}: no {key!r}")
@@ -257,10 +255,10 @@ def check_trainer_state(state, path, settings_type, complete=True):
             raise MinRobertaError(f"{path}: {key} {problem}")
     if state.get("best") is not None and (problem := Range(float).problem(state["best"])):
         raise MinRobertaError(f"{path}: best {problem}")
-    command = "finetune" if isinstance(state.get("recipe"), dict) and "task" in state["recipe"] else "pretrain"
     last = state.get("last_eval")
     if last is not None:   # a finished run reports it again on a resume
-        pretraining = isinstance(state.get("recipe"), dict) and command == "pretrain"
+        from .recipe import Pretraining
+        pretraining = settings_type is Pretraining
         needed = ("step",) + (("valid_loss", "valid_ppl", "valid_accuracy") if pretraining else ())
         if not isinstance(last, dict) or any(k not in last for k in needed) or any(
                 isinstance(v, bool) or not isinstance(v, (int, float)) for v in last.values()):

@@ -180,26 +180,27 @@ def shown(value):
 
 
 def kind_of(state):
-    """The recipe class of a checkpoint's trainer state: fine-tuning's names a task."""
-    settings = state.get("settings") if isinstance(state, dict) else None
-    return Finetuning if isinstance(settings, dict) and "task" in settings else Pretraining
+    """The recipe class of a checkpoint's trainer state: fine-tuning's names a task (in "recipe" in a checkpoint
+    written before the recipe joined the settings)."""
+    saved = [state.get(key) for key in ("settings", "recipe")] if isinstance(state, dict) else []
+    return Finetuning if any(isinstance(part, dict) and "task" in part for part in saved) else Pretraining
 
 
 def from_saved(recipe_class, state, source):
     """The recipe a checkpoint's trainer_state.json saved under "settings" (checkpoints written before this file
-    kept the command's flags under "recipe": those count too). Fields it lacks keep their defaults."""
+    kept the command's flags under "recipe": those count, over the settings). Fields it lacks keep their
+    defaults."""
     settings, flags = state.get("settings") or {}, state.get("recipe") or {}
     if not isinstance(settings, dict) or not isinstance(flags, dict):
         raise MinRobertaError(f"{source}: its trainer state holds a damaged recipe (not a mapping of names)")
     saved = {**settings, **flags}
     if "precision" not in saved and state.get("precision") in ("float32", "tf32", "fp16"):
         saved["precision"] = state["precision"]   # kept beside the recipe before it joined it
-    types = {f.name: f.type for f in dataclasses.fields(recipe_class)}
-    known = {k: v for k, v in saved.items() if k in types and not (types[k] is not bool and isinstance(v, bool))}
+    names = {f.name for f in dataclasses.fields(recipe_class)}
     try:
-        return recipe_class(**known).validate()
+        return recipe_class(**{k: v for k, v in saved.items() if k in names}).validate()
     except MinRobertaError as exc:
-        raise MinRobertaError(f"{source}: its trainer state holds a damaged recipe ({exc})") from None
+        raise MinRobertaError(f"{source}: settings: {exc}") from None
 
 
 def resolve(recipe_class, given, saved=None, saved_step=None, source="the checkpoint", say=print):

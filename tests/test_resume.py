@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 
+from minroberta import recipe
 from minroberta.checkpoint import read_safetensors
 from minroberta.engine import trainer as training
 from tests.test_finetune import demo_task, pretrained  # noqa: F401  (fixtures)
@@ -63,3 +64,35 @@ def test_finetune_resumes_with_resume_alone(tmp_path, pretrained, demo_task, mon
     assert os.path.basename(last[0]) == os.path.basename(last[1])
     moments = [read_safetensors(os.path.join(c, training.OPTIMIZER)) for c in last]
     assert all(np.array_equal(moments[0][k], moments[1][k]) for k in moments[0])
+
+
+OLD_SETTINGS = ("accumulate", "batch_size", "clip_norm", "eps", "eval_batches", "eval_every", "keep_checkpoints",
+                "log_every", "lr", "save_every", "seed", "skip_nonfinite", "steps", "weight_decay")
+OLD_FLAGS = ("accumulate", "batch_size", "beta2", "clip_norm", "corpus", "dropout", "dtype", "heads", "hidden_size",
+             "intermediate_size", "layers", "lr", "mask_prob", "preset", "seed", "seq_len", "skip_nonfinite", "steps",
+             "warmup", "weight_decay")
+
+
+def as_written_before_the_recipe(path):
+    """Rewrite a trainer_state.json as minroberta wrote it before recipe.py: the trainer's settings (dropout a
+    switch, the betas a pair, warmup in updates) beside the command's flags under "recipe", precision apart."""
+    state = json.load(open(path))
+    settings = state["settings"]
+    old = {name: settings[name] for name in OLD_SETTINGS}
+    old.update(betas=[0.9, settings["beta2"]], dropout=settings["dropout"] > 0,
+               warmup=recipe.from_saved(recipe.Pretraining, state, path).warmup_steps)
+    state.update(settings=old, recipe={name: settings[name] for name in OLD_FLAGS}, precision=settings["precision"])
+    json.dump(state, open(path, "w"))
+
+
+def test_a_checkpoint_written_before_the_recipe_resumes_bit_for_bit(tmp_path, corpus_file):  # noqa: F811
+    """Checkpoints of earlier versions kept the recipe in two parts; a resume reads both and ends where the
+    uninterrupted run does."""
+    run = ["pretrain", *SMALL_RUN, "--corpus", corpus_file, "--steps", 6, "--save-every", 2]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert run_cli(*run, "--out", straight) == 0
+    assert run_cli(*run, "--out", resumed, "--stop-at-step", 4) == 0
+    for checkpoint in training.list_checkpoints(str(resumed)):
+        as_written_before_the_recipe(os.path.join(checkpoint, "trainer_state.json"))
+    assert run_cli("pretrain", "--resume", "--out", resumed) == 0
+    assert_same_params(straight, resumed)

@@ -476,16 +476,16 @@ class _InterruptAfterStep:
 
 
 def checkpoint_to_resume(out_dir, resume, report=print):
-    """With `resume`: the newest good checkpoint in out_dir (an error when there is none). Without: None,
-    and an error when out_dir already holds a run, so that nothing is overwritten."""
+    """With `resume`: the newest good checkpoint in out_dir and its trainer state (an error when there is none).
+    Without: (None, None), and an error when out_dir already holds a run, so that nothing is overwritten."""
     if resume:
-        checkpoint = latest_good_checkpoint(out_dir, report=report)
+        checkpoint, state = latest_good_checkpoint(out_dir, report=report)
         if checkpoint is None:
             raise MinRobertaError(f"{out_dir}: no checkpoint to resume from")
-        return checkpoint
+        return checkpoint, state
     if list_checkpoints(out_dir):
         raise MinRobertaError(f"{out_dir} already holds a run; pass --resume to continue it or choose another --out")
-    return None
+    return None, None
 
 
 def list_checkpoints(out_dir):
@@ -520,13 +520,13 @@ def read_optimizer(checkpoint):
 
 
 def latest_good_checkpoint(out_dir, report=print):
-    """The newest checkpoint that loads, falling back (and saying so) past damaged ones; None when none."""
+    """The newest checkpoint that loads and its trainer state, falling back (and saying so) past damaged ones;
+    (None, None) when none."""
     for checkpoint in reversed(list_checkpoints(out_dir)):
         try:
             load_pretrained(checkpoint)
             read_optimizer(checkpoint)
-            read_state(checkpoint, complete=True)
-            return checkpoint
+            return checkpoint, read_state(checkpoint, complete=True)
         except MinRobertaError as exc:
             report(f"warning: checkpoint {checkpoint} is unusable ({exc}); falling back to an earlier one")
-    return None
+    return None, None

@@ -15,7 +15,7 @@ from . import backend
 from .errors import MinRobertaError
 from .model import uses_dropout
 from .ops import IGNORE_INDEX, cross_entropy_forward
-from .optim import AdamW, clip_by_global_norm, global_norm, linear_schedule
+from .optim import AdamW, clip_or_norm, linear_schedule
 
 
 def train(model, data, settings, say=print):
@@ -49,10 +49,7 @@ def train_step(model, optimizer, data, settings, step):
                                                      dropout_key=dropout_key, loss_scale=weight)
         grads = add_gradients(grads, part_grads)
         loss += weight * backend.scalar(part_loss)
-    if settings.clip_norm > 0:
-        norm = backend.scalar(clip_by_global_norm(grads, settings.clip_norm))
-    else:
-        norm = backend.scalar(global_norm(grads))
+    norm = clip_or_norm(grads, settings.clip_norm)
     if not (math.isfinite(loss) and math.isfinite(norm)):   # an update now would make every weight NaN
         raise MinRobertaError(f"non-finite {'loss' if not math.isfinite(loss) else 'gradient'} at step {step + 1}; "
                               "stopping (try a lower --lr)")

@@ -27,7 +27,7 @@ from ..data import rank_share
 from ..errors import MinRobertaError
 from ..loop import add_gradients, describe, evaluation_sums, metrics_of, micro_batch, scored_count
 from ..model import uses_dropout
-from ..optim import clip_by_global_norm, global_norm, linear_schedule
+from ..optim import clip_or_norm, linear_schedule
 from .. import recipe
 from ..recipe import TrainSettings  # noqa: F401  (the trainer's settings; tests and scripts take it from here)
 from . import distributed, install, precision, threads, workers as worker_processes
@@ -230,9 +230,7 @@ class Trainer:
         tensors = grads if isinstance(grads, dict) else {"all": grads}
         if self.scaler:
             self.scaler.unscale(tensors)
-        if self.settings.clip_norm > 0:
-            return backend.scalar(clip_by_global_norm(tensors, self.settings.clip_norm))
-        return backend.scalar(global_norm(tensors))
+        return clip_or_norm(tensors, self.settings.clip_norm)
 
     def update_is_finite(self, loss, norm):
         """False for an update to skip: a float16 overflow (the loss scale backs off, said), or a non-finite loss or

@@ -7,6 +7,7 @@ No threads, worker processes, MPI, loss scaling, checkpoints or resume: the engi
 (engine/trainer.py) wraps the same step in those. tests/test_loop.py holds the two to the same updates.
 """
 
+import itertools
 import math
 
 import numpy as np
@@ -85,12 +86,18 @@ def add_gradients(total, part):
 
 def evaluate(model, data, settings):
     """The validation metrics over at most eval_batches batches (0: all)."""
+    batches = data.valid_batches(settings.batch_size)
+    if settings.eval_batches:
+        batches = itertools.islice(batches, settings.eval_batches)
+    return metrics_of(summed_evaluation(model, batches, data.mask_id))
+
+
+def summed_evaluation(model, batches, mask_id):
+    """evaluation_sums added over the batches, in their order."""
     sums = np.zeros(5)
-    for n, batch in enumerate(data.valid_batches(settings.batch_size)):
-        if settings.eval_batches and n >= settings.eval_batches:
-            break
-        sums += evaluation_sums(model, batch, data.mask_id)
-    return metrics_of(sums)
+    for batch in batches:
+        sums += evaluation_sums(model, batch, mask_id)
+    return sums
 
 
 def evaluation_sums(model, batch, mask_id):

@@ -25,7 +25,7 @@ from .. import atomic, backend, guards
 from ..checkpoint import load_pretrained, read_safetensors, save_pretrained
 from ..data import rank_share
 from ..errors import MinRobertaError
-from ..loop import add_gradients, describe, evaluation_sums, metrics_of, micro_batch, scored_count
+from ..loop import add_gradients, describe, metrics_of, micro_batch, scored_count, summed_evaluation
 from ..model import uses_dropout
 from ..optim import clip_or_norm, linear_schedule
 from .. import recipe
@@ -60,7 +60,7 @@ class MaskedLM:
 
     def evaluate(self, model, batches, world=distributed.Single()):
         """Over this rank's batches; the sums are added over ranks, so every rank gets the global figures."""
-        sums = sum((evaluation_sums(model, batch, self.mask_id) for batch in batches), np.zeros(5))
+        sums = summed_evaluation(model, batches, self.mask_id)
         return metrics_of(world.allreduce_scalars(list(sums)))
 
     def describe(self, metrics):

@@ -4,7 +4,8 @@
     every eval_every updates:  the validation loss and the accuracy at <mask>
 
 No threads, worker processes, MPI, loss scaling, checkpoints or resume: the engine's trainer
-(engine/trainer.py) wraps the same step in those. tests/test_loop.py holds the two to the same updates.
+(engine/trainer.py) re-implements the same update from this file's parts, with those around it.
+tests/test_loop.py holds the two to the same updates.
 """
 
 import itertools

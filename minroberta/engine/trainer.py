@@ -1,5 +1,6 @@
-"""The production training loop: the reference step (loop.py) across worker processes, threads and MPI ranks, in
-mixed precision, with evaluation, metrics, atomic checkpoints, exact resume and Ctrl-C that loses nothing.
+"""The production training loop: loop.py's update, re-implemented from loop.py's parts to run across worker
+processes, threads and MPI ranks, in mixed precision, with evaluation, metrics, atomic checkpoints, exact resume
+and Ctrl-C that loses nothing.
 
 Pretraining and fine-tuning share it; what differs (the loss, how batches are weighted, the evaluation) is a
 task object: `MaskedLM` here, the fine-tuning tasks in finetune.py. Everything a step does is a pure function

@@ -71,9 +71,13 @@ class AdamW:
         self.weight_decay = weight_decay
         self.step_count = 0
         self.decays = {name: p.ndim >= 2 for name, p in params.items()}   # matrices only: not biases or norms
-        self.names = list(params)
+        self.names = self.names_in_order(params)
         self.shapes = {n: tuple(params[n].shape) for n in self.names}
         self.exp_avg, self.exp_avg_sq = self.zero_moments(params)
+
+    def names_in_order(self, params):
+        """The order the moments are kept and saved in: the parameters' own."""
+        return list(params)
 
     def zero_moments(self, params):
         """The first and second moments, zero: one array per parameter, keyed like params."""

@@ -12,6 +12,11 @@ import contextlib
 _forms = {}        # op name -> [(applies, form)], tried in registration order
 _installed = False
 
+# how the error ends for an engine setting asked for with the engine off; the asker raises it (this module imports
+# nothing of the package, not even errors.py: tests/test_imports.py)
+ENGINE_OFF = ("the engine's, which is off (--reference, MINROBERTA_REFERENCE=1, or minroberta.engine.install() "
+              "not called)")
+
 
 def register(op, applies):
     """Decorator: `form` may stand in for `op` whenever applies(*args given to fast_form) is true, once installed."""

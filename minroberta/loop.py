@@ -4,9 +4,11 @@
     every eval_every updates:  the validation loss and the accuracy at <mask>
 
 No threads, worker processes, MPI, loss scaling, checkpoints or resume: the engine's trainer
-(engine/trainer.py) wraps the same step in those. tests/test_loop.py holds the two to the same updates.
+(engine/trainer.py) re-implements the same update from this file's parts, with those around it.
+tests/test_loop.py holds the two to the same updates.
 """
 
+import itertools
 import math
 
 import numpy as np
@@ -15,7 +17,7 @@ from . import backend
 from .errors import MinRobertaError
 from .model import uses_dropout
 from .ops import IGNORE_INDEX, cross_entropy_forward
-from .optim import AdamW, clip_by_global_norm, global_norm, linear_schedule
+from .optim import AdamW, clip_or_norm, linear_schedule
 
 
 def train(model, data, settings, say=print):
@@ -49,10 +51,7 @@ def train_step(model, optimizer, data, settings, step):
                                                      dropout_key=dropout_key, loss_scale=weight)
         grads = add_gradients(grads, part_grads)
         loss += weight * backend.scalar(part_loss)
-    if settings.clip_norm > 0:
-        norm = backend.scalar(clip_by_global_norm(grads, settings.clip_norm))
-    else:
-        norm = backend.scalar(global_norm(grads))
+    norm = clip_or_norm(grads, settings.clip_norm)
     if not (math.isfinite(loss) and math.isfinite(norm)):   # an update now would make every weight NaN
         raise MinRobertaError(f"non-finite {'loss' if not math.isfinite(loss) else 'gradient'} at step {step + 1}; "
                               "stopping (try a lower --lr)")
@@ -88,12 +87,18 @@ def add_gradients(total, part):
 
 def evaluate(model, data, settings):
     """The validation metrics over at most eval_batches batches (0: all)."""
+    batches = data.valid_batches(settings.batch_size)
+    if settings.eval_batches:
+        batches = itertools.islice(batches, settings.eval_batches)
+    return metrics_of(summed_evaluation(model, batches, data.mask_id))
+
+
+def summed_evaluation(model, batches, mask_id):
+    """evaluation_sums added over the batches, in their order."""
     sums = np.zeros(5)
-    for n, batch in enumerate(data.valid_batches(settings.batch_size)):
-        if settings.eval_batches and n >= settings.eval_batches:
-            break
-        sums += evaluation_sums(model, batch, data.mask_id)
-    return metrics_of(sums)
+    for batch in batches:
+        sums += evaluation_sums(model, batch, mask_id)
+    return sums
 
 
 def evaluation_sums(model, batch, mask_id):

@@ -194,8 +194,10 @@ SelfAttentionCache = namedtuple("SelfAttentionCache", "projection attention")
 
 
 def query_key_value(p, x):
-    """The query, key and value projections as one (B*T, C) x (C, 3C) product: the same numbers as three
-    linears, one pass over x and one large matrix multiply instead of three smaller ones. p: "attention.self.".
+    """Three projections, query, key and value, done as ONE product: x (B, T, C) times the three weights stacked
+    (3C, C), plus the three biases stacked (3C,). HuggingFace runs three linears; this is an optimisation kept in
+    the reference (one pass over x, one large matrix multiply instead of three), and it stays because three
+    products may round the last bit differently. p: "attention.self.".
     -> q, k, v (B, T, C) views into one array, and the product's cache."""
     xp = backend.xp()
     qkv_weight = xp.concatenate([p["query.weight"], p["key.weight"], p["value.weight"]])          # (3C, C)
@@ -416,8 +418,13 @@ class Roberta:
     def hidden_states(self, input_ids, attention_mask=None, token_type_ids=None):
         """encode's hidden states alone (B, T, C), for inference. Without an attention mask no key is padding."""
         ids, mask, types = self.inputs(input_ids, attention_mask, token_type_ids)
+        return self.checked_hidden_states(ids, mask, types, padded=attention_mask is not None)
+
+    def checked_hidden_states(self, ids, mask, types, padded=True):
+        """hidden_states of ids, mask and types that `inputs` has checked (no input is checked twice).
+        padded=False: the mask is all ones, no key is padding."""
         if fast := fast_form("hidden_states"):            # engine/inference.py: nothing kept for a backward
-            return fast(self, ids, None if attention_mask is None else mask, types)
+            return fast(self, ids, mask if padded else None, types)
         return encoder_forward(Scope(self.params, self.prefix), self.config, ids, mask, types, None)[0]
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None):
@@ -430,11 +437,11 @@ class Roberta:
         gives for each (with head=False, the hidden states alone: no MLM logits made to be thrown away)."""
         if not batches:
             return []
-        inputs = [self.inputs(ids, None, types)[::2] for ids, types in batches]
+        inputs = [self.inputs(ids, None, types) for ids, types in batches]                    # (ids, mask, types)
         if fast := fast_form("encode_many"):              # engine/inference.py: all the batches' tokens at once
-            hiddens = fast(self, inputs)
+            hiddens = fast(self, [(ids, types) for ids, _, types in inputs])
         else:
-            hiddens = [self.hidden_states(ids, None, types) for ids, types in inputs]
+            hiddens = [self.checked_hidden_states(ids, mask, types, padded=False) for ids, mask, types in inputs]
         return [self.head_output(hidden) if head else ModelOutput(hidden_states=hidden) for hidden in hiddens]
 
     def head_output(self, hidden):
@@ -483,7 +490,7 @@ class Roberta:
     def mlm_logits(self, input_ids, attention_mask=None, labels=None, token_type_ids=None):
         """Logits (N, V) at the N positions whose label is not IGNORE_INDEX, and those labels (N,); no dropout."""
         ids, mask, types, scored, targets = self.mlm_inputs(input_ids, attention_mask, labels, token_type_ids)
-        hidden = self.hidden_states(ids, mask, types)                                          # (B, T, C)
+        hidden = self.checked_hidden_states(ids, mask, types)                                  # (B, T, C)
         rows = hidden.reshape(-1, hidden.shape[-1])[scored]                                    # (N, C)
         return lm_head_forward(Scope(self.params), self.config, self.prefix, rows)[0], targets
 
@@ -507,7 +514,8 @@ class Roberta:
         if fast := fast_form("mlm_loss_and_grads"):      # engine/scored.py: the last layer on the scored rows
             return fast(self, input_ids, attention_mask, labels, token_type_ids, dropout_key, loss_scale)
         ids, mask, types, scored, targets = self.mlm_inputs(input_ids, attention_mask, labels, token_type_ids)
-        hidden, cache = self.encode(ids, mask, types, self.dropout(dropout_key))                 # (B, T, C)
+        hidden, cache = encoder_forward(Scope(self.params, self.prefix), self.config, ids, mask, types,
+                                        self.dropout(dropout_key))                                # (B, T, C)
         batch, seq, channels = hidden.shape
         grads = {}
         loss, drows = self.mlm_head_loss(hidden.reshape(-1, channels)[scored], targets, grads, loss_scale)

@@ -37,6 +37,13 @@ def clip_by_global_norm(grads, max_norm):
     return norm
 
 
+def clip_or_norm(grads, clip_norm):
+    """The gradients clipped in place to clip_norm, or left as they are when it is 0. -> their global norm before
+    clipping, a float (the training loops check it is finite)."""
+    norm = clip_by_global_norm(grads, clip_norm) if clip_norm > 0 else global_norm(grads)
+    return backend.scalar(norm)
+
+
 def adamw_update(p, g, m, v, decay, beta1, beta2, eps, step_size, bias_correction2_sqrt):
     """One tensor's AdamW update, p, m and v in place (the same operations, in the same order, as torch's):
     p <- p * decay;  m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;
@@ -64,9 +71,13 @@ class AdamW:
         self.weight_decay = weight_decay
         self.step_count = 0
         self.decays = {name: p.ndim >= 2 for name, p in params.items()}   # matrices only: not biases or norms
-        self.names = list(params)
+        self.names = self.names_in_order(params)
         self.shapes = {n: tuple(params[n].shape) for n in self.names}
         self.exp_avg, self.exp_avg_sq = self.zero_moments(params)
+
+    def names_in_order(self, params):
+        """The order the moments are kept and saved in: the parameters' own."""
+        return list(params)
 
     def zero_moments(self, params):
         """The first and second moments, zero: one array per parameter, keyed like params."""

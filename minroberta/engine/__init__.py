@@ -18,7 +18,7 @@ MINROBERTA_REFERENCE=1 in the environment, every op runs the reference as writte
   fused.py        CUDA kernels (--fused), and CuPy's own erf and normal CDF
   workers.py      worker processes that compute parts of a training batch side by side
   distributed.py  data parallelism over MPI ranks
-  trainer.py      the production training loop around the reference step: resume, interrupts, metrics
+  trainer.py      the production training loop (loop.py's update, re-implemented): resume, interrupts, metrics
 """
 
 import os

@@ -25,16 +25,23 @@ class FlatAdamW(AdamW):
     move into a third such buffer, and gradients into a fourth (`gather`); `step` on those is one update per
     block. Parameters held otherwise are updated tensor by tensor, as AdamW does."""
 
-    def zero_moments(self, params):
-        """Both moments in one flat buffer each, the decayed matrices first, and a view per parameter."""
-        xp = backend.xp()
-        self.names = [n for n in params if self.decays[n]] + [n for n in params if not self.decays[n]]
+    def __init__(self, params, **settings):
+        super().__init__(params, **settings)
         self.decayed_size = sum(params[n].size for n in self.names if self.decays[n])
         dtypes = {params[n].dtype for n in self.names}
         self.dtype = dtypes.pop() if len(dtypes) == 1 else None          # one flat buffer needs one dtype
-        dtype = self.dtype or next(iter(params.values())).dtype
+        self.held, self.gradients = None, None                            # set together, by `hold`
+
+    def names_in_order(self, params):
+        """The decayed matrices first: one update covers them, one the rest."""
+        return [n for n in params if self.decays[n]] + [n for n in params if not self.decays[n]]
+
+    def zero_moments(self, params):
+        """Both moments in one flat buffer each, laid out in names_in_order, and a view per parameter. (With
+        several dtypes, the buffers take the first parameter's.)"""
+        xp = backend.xp()
+        dtype = next(iter(params.values())).dtype
         self._flat_exp_avg, self._flat_exp_avg_sq = (xp.zeros(self._size(), dtype=dtype) for _ in range(2))
-        self.held, self.gradients = None, None
         return self._views(self._flat_exp_avg), self._views(self._flat_exp_avg_sq)
 
     def _size(self):
@@ -74,7 +81,7 @@ class FlatAdamW(AdamW):
     def step(self, params, grads, lr):
         """One update of every parameter, in place. grads: keyed like params, or the buffer `gather` gave (with
         params the dict `hold` gave): then one update over all of them."""
-        if grads is not self.gradients or self.held is None:
+        if grads is not self.gradients:   # None before `hold`, which sets it together with self.held
             return super().step(params, grads, lr)
         if any(params[name] is not self.held[name] for name in self.names):
             raise MinRobertaError("the gathered gradients need the parameters FlatAdamW.hold gave")

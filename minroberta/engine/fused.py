@@ -58,8 +58,7 @@ def use(on):
     if on and backend.name() != "cupy":
         raise MinRobertaError("fused kernels are CUDA code: they need the cupy backend (--backend cupy)")
     if on and not dispatch.installed():
-        raise MinRobertaError("fused kernels are the engine's, which is off (--reference, MINROBERTA_REFERENCE=1, or "
-                              "minroberta.engine.install() not called)")
+        raise MinRobertaError(f"fused kernels are {dispatch.ENGINE_OFF}")
     _enabled = bool(on)
 
 

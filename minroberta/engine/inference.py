@@ -99,14 +99,15 @@ def hidden_states(model, ids, key_mask, types):
     padding. (B, T) ids -> (B, T, C)."""
     p = Scope(model.params, model.prefix)
     x, _ = embeddings_forward(p("embeddings."), model.config, ids, types, None)                 # (B, T, C)
+    if fused.enabled():   # layer_forward's attention takes a mask whether or not a key is padding
+        mask = backend.xp().ones(ids.shape, dtype=ids.dtype) if key_mask is None else key_mask   # (B, T)
+        for i in range(model.config.num_hidden_layers):
+            x, _ = layer_forward(p(f"encoder.layer.{i}."), model.config, x, mask, None)
+        return x
+    rows = x.reshape(-1, x.shape[-1])                                                            # (B*T, C)
     for i in range(model.config.num_hidden_layers):
-        layer = p(f"encoder.layer.{i}.")
-        if fused.enabled():
-            mask = backend.xp().ones(ids.shape, dtype=ids.dtype) if key_mask is None else key_mask
-            x, _ = layer_forward(layer, model.config, x, mask, None)
-        else:
-            x = layer_rows(layer, model.config, x.reshape(-1, x.shape[-1]), [x.shape], key_mask).reshape(x.shape)
-    return x
+        rows = layer_rows(p(f"encoder.layer.{i}."), model.config, rows, [x.shape], key_mask)
+    return rows.reshape(x.shape)
 
 
 def fused_kernels_off(*_):

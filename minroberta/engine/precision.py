@@ -34,8 +34,7 @@ def use(name):
     if name not in MODES:
         raise MinRobertaError(f"unknown precision {name!r}; choose one of {', '.join(MODES)}")
     if name != "float32" and not dispatch.installed():
-        raise MinRobertaError(f"precision {name!r} is the engine's, which is off (--reference, MINROBERTA_REFERENCE=1, "
-                              "or minroberta.engine.install() not called)")
+        raise MinRobertaError(f"precision {name!r} is {dispatch.ENGINE_OFF}")
     if name == "tf32" and backend.name() != "cupy":
         raise MinRobertaError("precision 'tf32' is a GPU matrix mode: it needs the cupy backend (--backend cupy)")
     if backend.name() == "cupy":

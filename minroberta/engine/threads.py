@@ -29,7 +29,7 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from .. import backend
+from .. import backend, guards
 from ..errors import MinRobertaError
 
 _PREFIX = "minroberta-worker"   # the pool's thread names
@@ -75,17 +75,16 @@ def count():
     """Threads in use, chosen on first use: MINROBERTA_THREADS, else the cores this process may run on divided
     among the MPI ranks on this machine."""
     if _count is None:
+        cores = guards.usable_cores()
         requested = os.environ.get("MINROBERTA_THREADS")
         if requested is not None:
             if not requested.isdigit() or int(requested) < 1:
                 raise MinRobertaError(f"MINROBERTA_THREADS must be a whole number of at least 1, got {requested!r}")
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
             if int(requested) > cores:   # more would only add contention (and slice worker processes)
                 print(f"MINROBERTA_THREADS={requested}: this process may use {cores} cores; using {cores}",
                       file=sys.stderr)
             use(min(int(requested), cores))
         else:   # under MPI, the ranks on this machine share its cores
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
             ranks_here = next((int(os.environ[name]) for name in _LOCAL_RANKS if os.environ.get(name, "").isdigit()), 1)
             share = max(1, cores // max(1, ranks_here))
             use(share if share > 1 and _openblas() else 1)

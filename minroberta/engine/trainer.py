@@ -1,5 +1,6 @@
-"""The production training loop: the reference step (loop.py) across worker processes, threads and MPI ranks, in
-mixed precision, with evaluation, metrics, atomic checkpoints, exact resume and Ctrl-C that loses nothing.
+"""The production training loop: loop.py's update, re-implemented from loop.py's parts to run across worker
+processes, threads and MPI ranks, in mixed precision, with evaluation, metrics, atomic checkpoints, exact resume
+and Ctrl-C that loses nothing.
 
 Pretraining and fine-tuning share it; what differs (the loss, how batches are weighted, the evaluation) is a
 task object: `MaskedLM` here, the fine-tuning tasks in finetune.py. Everything a step does is a pure function
@@ -25,9 +26,9 @@ from .. import atomic, backend, guards
 from ..checkpoint import load_pretrained, read_safetensors, save_pretrained
 from ..data import rank_share
 from ..errors import MinRobertaError
-from ..loop import add_gradients, describe, evaluation_sums, metrics_of, micro_batch, scored_count
+from ..loop import add_gradients, describe, metrics_of, micro_batch, scored_count, summed_evaluation
 from ..model import uses_dropout
-from ..optim import clip_by_global_norm, global_norm, linear_schedule
+from ..optim import clip_or_norm, linear_schedule
 from .. import recipe
 from ..recipe import TrainSettings  # noqa: F401  (the trainer's settings; tests and scripts take it from here)
 from . import distributed, install, precision, threads, workers as worker_processes
@@ -60,7 +61,7 @@ class MaskedLM:
 
     def evaluate(self, model, batches, world=distributed.Single()):
         """Over this rank's batches; the sums are added over ranks, so every rank gets the global figures."""
-        sums = sum((evaluation_sums(model, batch, self.mask_id) for batch in batches), np.zeros(5))
+        sums = summed_evaluation(model, batches, self.mask_id)
         return metrics_of(world.allreduce_scalars(list(sums)))
 
     def describe(self, metrics):
@@ -230,9 +231,7 @@ class Trainer:
         tensors = grads if isinstance(grads, dict) else {"all": grads}
         if self.scaler:
             self.scaler.unscale(tensors)
-        if self.settings.clip_norm > 0:
-            return backend.scalar(clip_by_global_norm(tensors, self.settings.clip_norm))
-        return backend.scalar(global_norm(tensors))
+        return clip_or_norm(tensors, self.settings.clip_norm)
 
     def update_is_finite(self, loss, norm):
         """False for an update to skip: a float16 overflow (the loss scale backs off, said), or a non-finite loss or

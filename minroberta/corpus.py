@@ -106,10 +106,9 @@ def input_files(sources, say=None):
     return paths
 
 
-def _readable(name):
-    name = name.lower().removesuffix(".gz")
-    return name.endswith(TEXT_SUFFIXES + JSONL_SUFFIXES)
-
+def _ends_in(name, suffixes):
+    """Whether `name` ends in one of `suffixes`, in any case, perhaps followed by .gz."""
+    return name.lower().removesuffix(".gz").endswith(suffixes)
 
 
 def _expand(source):
@@ -117,13 +116,12 @@ def _expand(source):
     if os.path.isfile(source):
         return [source]
     if os.path.isdir(source):
-        found = []
+        found, readable = [], TEXT_SUFFIXES + JSONL_SUFFIXES
         for directory, subdirs, files in os.walk(source, onerror=guards.walk_error):
             subdirs[:] = [d for d in subdirs if not d.startswith(".")]
-            found.extend(os.path.join(directory, f) for f in files if _readable(f) and not f.startswith("."))
+            found.extend(os.path.join(directory, f) for f in files if _ends_in(f, readable) and not f.startswith("."))
         if not found:
-            kinds = " ".join(TEXT_SUFFIXES + JSONL_SUFFIXES)
-            raise MinRobertaError(f"{source}: directory holds no text files ({kinds}, or those .gz)")
+            raise MinRobertaError(f"{source}: directory holds no text files ({' '.join(readable)}, or those .gz)")
         return sorted(found)
     if os.path.lexists(source):   # neither a file nor a folder: a FIFO, a device, a broken link
         guards.require_regular(source)
@@ -135,7 +133,7 @@ def _expand(source):
 
 def _file_documents(path, on_bytes=None):
     pieces = _pieces(path, on_bytes)
-    if path.lower().removesuffix(".gz").endswith(JSONL_SUFFIXES):
+    if _ends_in(path, JSONL_SUFFIXES):
         return _jsonl_documents(path, pieces)
     return _text_documents(path, pieces)
 
@@ -191,7 +189,12 @@ def _decoded(path, offset, raw, line):
                               f"{line + raw.count(NEWLINE, 0, exc.start)} (corpus files must be UTF-8 text)") from None
     if offset == 0:
         text = text.removeprefix("\ufeff")   # an editor's byte order mark
-    return text.replace("\r\n", "\n").replace("\r", "\n")   # DOS and old Mac line ends
+    return _unix_line_ends(text)
+
+
+def _unix_line_ends(text):
+    """`text` with DOS (CR LF) and old Mac (CR) line ends made LF, as every other step expects."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 NEWLINE = b"\n"
@@ -234,7 +237,7 @@ def _jsonl_documents(path, pieces):
             if not isinstance(text, str):
                 raise MinRobertaError(f'{path}: line {number} has no "text" string (JSON lines corpora hold one '
                                       'object a line, its "text" field a document)')
-            text = text.replace("\r\n", "\n").replace("\r", "\n").strip()
+            text = _unix_line_ends(text).strip()
             if text:
                 yield text
 

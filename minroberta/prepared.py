@@ -227,14 +227,15 @@ def tokenizer_sample(documents, total_bytes, budget=TOKENIZER_SAMPLE_BYTES):
     return sample, None
 
 
-def sentence_texts(documents):
-    """The sentences of the documents as data.tokenize_documents encodes them (every sentence after a
-    document's first with the space that preceded it), and for each whether it opens its document."""
+def chunk_sentences(documents):
+    """The sentences of a chunk's documents as data.sentence_texts gives them, and for each whether it opens
+    its document."""
+    from .data import sentence_texts   # here, not at the top: data brings in the model's operations
     texts, opens = [], []
     for document in documents:
-        for i, sentence in enumerate(corpus.split_sentences(document)):
-            texts.append(sentence if i == 0 else " " + sentence)
-            opens.append(i == 0)
+        sentences = sentence_texts(document)
+        texts.extend(sentences)
+        opens.extend(i == 0 for i in range(len(sentences)))
     return texts, opens
 
 
@@ -418,7 +419,7 @@ def _tokenize_and_pack(documents, tokenizer, seq_len, directory, dtype, progress
     with concurrent.futures.ThreadPoolExecutor(1) as encoder:
         waiting = None
         for side, chunk in chunks():
-            texts, opens = sentence_texts(chunk)
+            texts, opens = chunk_sentences(chunk)
             submitted = (side, encoder.submit(tokenizer.encode_plain_batch, texts), opens)
             if waiting is not None:
                 pack(*waiting)

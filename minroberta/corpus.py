@@ -25,6 +25,7 @@ JSONL_SUFFIXES = (".jsonl", ".ndjson")             # JSON lines: one document a 
 GZIP_MAGIC = b"\x1f\x8b"                           # a gzip file is read through gzip whatever its name
 READ_BYTES = 8 << 20                               # files stream in pieces of about this size
 VALID_ONE_IN = 20   # about 5% of documents go to validation
+SIDES = ("train", "valid")   # the split's two sides
 
 
 # --- the built-in corpus
@@ -278,16 +279,31 @@ def is_validation(document):
     return int.from_bytes(digest, "little") % VALID_ONE_IN == 0
 
 
-def train_valid_split(documents):
-    """-> (train, valid) lists of the documents, in their original order; each document goes to one side
-    only (about 1 in VALID_ONE_IN to validation, by is_validation). With two or more documents neither side
-    is left empty: the last document of the larger side moves over when the hash sent none to the other."""
-    train, valid = [], []
+def split_stream(documents):
+    """(side, document) pairs in corpus order, each document on its is_validation side. With two or more
+    documents neither side is left empty: the last document of the other side moves over when the hash sent
+    none to one. So each side's last document is held back one step, until the end shows whether it moves."""
+    held, count = {}, {side: 0 for side in SIDES}
     for document in documents:
-        (valid if is_validation(document) else train).append(document)
-    if len(train) + len(valid) >= 2:
-        if not valid:
-            valid.append(train.pop())
-        elif not train:
-            train.append(valid.pop())
-    return train, valid
+        side = "valid" if is_validation(document) else "train"
+        if side in held:
+            yield side, held[side]
+        held[side] = document
+        count[side] += 1
+    if count["train"] + count["valid"] >= 2:
+        for side, other in (("valid", "train"), ("train", "valid")):
+            if count[side] == 0:
+                held[side] = held.pop(other)
+    for side in SIDES:
+        if side in held:
+            yield side, held[side]
+
+
+def train_valid_split(documents):
+    """-> (train, valid) lists of the documents, in their original order: split_stream's sides, so each
+    document goes to one side only (about 1 in VALID_ONE_IN to validation), and neither side is left empty
+    from two documents on."""
+    sides = {side: [] for side in SIDES}
+    for side, document in split_stream(documents):
+        sides[side].append(document)
+    return sides["train"], sides["valid"]

@@ -29,7 +29,7 @@ from .errors import MinRobertaError
 
 FORMAT = 1                      # bump when the files' layout changes: older directories are prepared again
 MANIFEST = "prepared.json"
-SIDES = ("train", "valid")
+SIDES = corpus.SIDES            # each side has its own files, named after it
 CHUNK_BYTES = 2 << 20           # text per tokenizer call: bounded memory, and the next chunk's Python work overlaps it
 TOKENIZER_SAMPLE_BYTES = 32 << 20   # at most this much training text teaches a new tokenizer its merges
 PROBE_TEXT_BYTES = 1 << 20      # validation text kept for the held-out probes
@@ -185,26 +185,6 @@ class PrepareProgress:
 
 # --- preparing
 
-def split_stream(documents):
-    """(side, document) pairs in corpus order: corpus.train_valid_split's sides, streamed. Each side's last
-    document is held back one step, so that at the end it can still move over as train_valid_split's does
-    when the other side got none."""
-    held, count = {}, {side: 0 for side in SIDES}
-    for document in documents:
-        side = "valid" if corpus.is_validation(document) else "train"
-        if side in held:
-            yield side, held[side]
-        held[side] = document
-        count[side] += 1
-    if count["train"] + count["valid"] >= 2:
-        for side, other in (("valid", "train"), ("train", "valid")):
-            if count[side] == 0:
-                held[side] = held.pop(other)
-    for side in SIDES:
-        if side in held:
-            yield side, held[side]
-
-
 def tokenizer_sample(documents, total_bytes, budget=TOKENIZER_SAMPLE_BYTES):
     """The training documents a new tokenizer learns from: all of them when the corpus holds no more than
     `budget` bytes; else every k-th (k = corpus bytes / budget, so the sample spans the corpus), at most `budget`
@@ -212,7 +192,7 @@ def tokenizer_sample(documents, total_bytes, budget=TOKENIZER_SAMPLE_BYTES):
     stride = max(1, -(-total_bytes // budget)) if total_bytes else 1
     sample, size, count = [], 0, {side: 0 for side in SIDES}
     if stride == 1:
-        for side, document in split_stream(documents):
+        for side, document in corpus.split_stream(documents):
             count[side] += 1
             if side == "train" and size < budget:
                 sample.append(document)
@@ -398,7 +378,7 @@ def _tokenize_and_pack(documents, tokenizer, seq_len, directory, dtype, progress
 
     def chunks():
         nonlocal probe_bytes
-        for side, document in split_stream(documents):
+        for side, document in corpus.split_stream(documents):
             writers[side].documents += 1
             progress.add(documents=1)
             if side == "valid" and probe_bytes < PROBE_TEXT_BYTES:

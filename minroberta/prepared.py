@@ -452,8 +452,8 @@ def ready_on_every_rank(world, sources, directory, seq_len, tokenizer=None, voca
         shared = world.broadcast_bytes(made.tokenizer.to_json().encode("utf-8") if made else b"").decode("utf-8")
         if first_on_node and not world.is_main:
             try:
-                ready(sources, directory, seq_len, Tokenizer.from_json(shared), vocab_size, lambda text: None,
-                      source_name)
+                made = ready(sources, directory, seq_len, Tokenizer.from_json(shared), vocab_size, lambda text: None,
+                             source_name)
             except MinRobertaError as exc:
                 error = str(exc)
         failed = world.allreduce_scalars([1.0 if error else 0.0])[0]

@@ -74,12 +74,13 @@ class TokenSamples:
 
 
 class Prepared:
-    """An opened prepared directory: `train` and `valid` TokenSamples, the tokenizer and the manifest."""
+    """An opened prepared directory: `train` and `valid` TokenSamples, the tokenizer and the manifest.
+    `manifest`: the directory's, when the caller has read it already (read_manifest), so it is not read twice."""
 
-    def __init__(self, directory):
+    def __init__(self, directory, manifest=None):
         from .tokenizer import Tokenizer
         self.directory = directory
-        self.manifest = read_manifest(directory)
+        self.manifest = manifest if manifest is not None else read_manifest(directory)
         if self.manifest is None:
             raise MinRobertaError(f"{directory}: holds no prepared data ({MANIFEST} missing or damaged)")
         self.tokenizer = Tokenizer.from_dir(os.path.join(directory, "tokenizer.json"))
@@ -423,7 +424,7 @@ def ready(sources, directory, seq_len, tokenizer=None, vocab_size=None, say=prin
     reason = why_stale(manifest, corpus_identity(sources, say), seq_len, tokenizer, vocab_size)
     if reason is None:
         say(f"using the data prepared in {directory}")
-        return Prepared(directory)
+        return Prepared(directory, manifest)
     if manifest is not None:
         say(f"{directory}: {reason}; preparing again")
     return prepare(sources, directory, seq_len, tokenizer, vocab_size, say, source_name)

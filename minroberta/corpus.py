@@ -78,7 +78,7 @@ _COMPOUND = (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef, ast.If, ast.Fo
 
 # --- the user's files
 
-def read_documents(sources, on_bytes=None, say=None):
+def read_documents(sources, on_bytes=None):
     """Stream the documents of `sources` (a path or a list of them). In a text file blank lines separate
     documents, so a file without blank lines is one document; in a JSON lines file (name ending in .jsonl or
     .ndjson, perhaps then .gz) each line is an object whose "text" field is one document. A gzip file (by its
@@ -90,13 +90,20 @@ def read_documents(sources, on_bytes=None, say=None):
     All sources are checked before the first document is read, so a typo fails fast. Files are read in pieces
     of READ_BYTES, so memory does not grow with a file's size; `on_bytes(n)` is told each n bytes read from
     disk (for progress). Each file is read once, however many paths name it (links, a loop of them, a file
-    given twice); `say` hears how many were dropped."""
-    for path in input_files(sources, say):
+    given twice)."""
+    yield from read_files(input_files(sources), on_bytes)
+
+
+def read_files(paths, on_bytes=None):
+    """Stream the documents of the files `paths`, as input_files gives them, in order: read_documents for a
+    caller that has found the files already."""
+    for path in paths:
         yield from _file_documents(path, on_bytes)
 
 
 def input_files(sources, say=None):
-    """The paths of the files that `sources` (as for read_documents) name, in reading order, each file once."""
+    """The paths of the files that `sources` (as for read_documents) name, in reading order, each file once;
+    `say` hears how many paths were dropped as repeats."""
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
     named = [path for source in sources for path in _expand(os.fspath(source))]

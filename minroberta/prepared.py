@@ -108,14 +108,15 @@ def read_manifest(directory):
 
 # --- deciding whether prepared data can be reused
 
-def corpus_identity(sources, say=None):
-    """What the corpus is, cheaply: each file's path, size and modification time (nanoseconds), or for the
-    built-in corpus this Python's version and standard library. Size and mtime, not a hash of the contents: a
-    hash would read the whole corpus on every start; any write through the file system changes the mtime."""
-    if not sources:
+def corpus_identity(paths):
+    """What the corpus is, cheaply: each file's path, size and modification time (nanoseconds) for the files
+    `paths` (corpus.input_files' list), or for the built-in corpus (None) this Python's version and standard
+    library. Size and mtime, not a hash of the contents: a hash would read the whole corpus on every start;
+    any write through the file system changes the mtime."""
+    if paths is None:
         return {"builtin": "stdlib docstrings", "python": sys.version, "stdlib": sysconfig.get_paths()["stdlib"]}
     files = []
-    for path in corpus.input_files(sources, say):   # each file once; `say` hears of paths dropped as repeats
+    for path in paths:
         stat = os.stat(path)
         files.append({"path": os.path.abspath(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
     return {"files": files}
@@ -299,22 +300,27 @@ def token_dtype(vocab_size):
 
 
 def prepare(sources, directory, seq_len, tokenizer=None, vocab_size=None, say=print, source_name=None,
-            progress_stream=None):
+            progress_stream=None, paths=None):
     """Read, split, tokenize and pack `sources` (None: the built-in corpus) into `directory`, replacing what is
     there as a whole (written beside it, then renamed). `tokenizer`: the one to use; else one of `vocab_size`
-    is trained on tokenizer_sample. -> the opened Prepared."""
+    is trained on tokenizer_sample. `paths`: corpus.input_files(sources), when the caller has found them
+    already, so that a big corpus folder is walked once. -> the opened Prepared."""
     from .tokenizer import train_tokenizer
     if os.path.isdir(directory) and os.listdir(directory) and not os.path.exists(os.path.join(directory, MANIFEST)):
         raise MinRobertaError(f"{directory}: not prepared data, and not empty; give another directory to prepare into")
     source_name = source_name or ("the standard library's docstrings" if not sources else ", ".join(sources))
-    identity = corpus_identity(sources)
+    if not sources:
+        paths = None   # the built-in corpus
+    elif paths is None:
+        paths = corpus.input_files(sources)
+    identity = corpus_identity(paths)
     total = sum(f["size"] for f in identity.get("files", [])) or None
     builtin = list(corpus.stdlib_documents()) if not sources else None
 
     def documents(progress=None):
         if builtin is not None:
             return iter(builtin)
-        return corpus.read_documents(sources, on_bytes=progress.add if progress else None)
+        return corpus.read_files(paths, on_bytes=progress.add if progress else None)
 
     def too_little(count):
         if count["train"] + count["valid"] == 0:
@@ -421,13 +427,14 @@ def ready(sources, directory, seq_len, tokenizer=None, vocab_size=None, say=prin
     """The prepared data of `sources` in `directory`: reused when it was made from the same files (size and
     mtime), tokenizer and seq_len, else prepared again (saying why in one line). -> Prepared."""
     manifest = read_manifest(directory)
-    reason = why_stale(manifest, corpus_identity(sources, say), seq_len, tokenizer, vocab_size)
+    paths = corpus.input_files(sources, say) if sources else None   # `say` hears of paths dropped as repeats
+    reason = why_stale(manifest, corpus_identity(paths), seq_len, tokenizer, vocab_size)
     if reason is None:
         say(f"using the data prepared in {directory}")
         return Prepared(directory, manifest)
     if manifest is not None:
         say(f"{directory}: {reason}; preparing again")
-    return prepare(sources, directory, seq_len, tokenizer, vocab_size, say, source_name)
+    return prepare(sources, directory, seq_len, tokenizer, vocab_size, say, source_name, paths=paths)
 
 
 def ready_on_every_rank(world, sources, directory, seq_len, tokenizer=None, vocab_size=None, say=print,

@@ -25,6 +25,7 @@ JSONL_SUFFIXES = (".jsonl", ".ndjson")             # JSON lines: one document a 
 GZIP_MAGIC = b"\x1f\x8b"                           # a gzip file is read through gzip whatever its name
 READ_BYTES = 8 << 20                               # files stream in pieces of about this size
 VALID_ONE_IN = 20   # about 5% of documents go to validation
+SIDES = ("train", "valid")   # the split's two sides
 
 
 # --- the built-in corpus
@@ -77,7 +78,7 @@ _COMPOUND = (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef, ast.If, ast.Fo
 
 # --- the user's files
 
-def read_documents(sources, on_bytes=None, say=None):
+def read_documents(sources, on_bytes=None):
     """Stream the documents of `sources` (a path or a list of them). In a text file blank lines separate
     documents, so a file without blank lines is one document; in a JSON lines file (name ending in .jsonl or
     .ndjson, perhaps then .gz) each line is an object whose "text" field is one document. A gzip file (by its
@@ -89,13 +90,20 @@ def read_documents(sources, on_bytes=None, say=None):
     All sources are checked before the first document is read, so a typo fails fast. Files are read in pieces
     of READ_BYTES, so memory does not grow with a file's size; `on_bytes(n)` is told each n bytes read from
     disk (for progress). Each file is read once, however many paths name it (links, a loop of them, a file
-    given twice); `say` hears how many were dropped."""
-    for path in input_files(sources, say):
+    given twice)."""
+    yield from read_files(input_files(sources), on_bytes)
+
+
+def read_files(paths, on_bytes=None):
+    """Stream the documents of the files `paths`, as input_files gives them, in order: read_documents for a
+    caller that has found the files already."""
+    for path in paths:
         yield from _file_documents(path, on_bytes)
 
 
 def input_files(sources, say=None):
-    """The paths of the files that `sources` (as for read_documents) name, in reading order, each file once."""
+    """The paths of the files that `sources` (as for read_documents) name, in reading order, each file once;
+    `say` hears how many paths were dropped as repeats."""
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
     named = [path for source in sources for path in _expand(os.fspath(source))]
@@ -106,10 +114,9 @@ def input_files(sources, say=None):
     return paths
 
 
-def _readable(name):
-    name = name.lower().removesuffix(".gz")
-    return name.endswith(TEXT_SUFFIXES + JSONL_SUFFIXES)
-
+def _ends_in(name, suffixes):
+    """Whether `name` ends in one of `suffixes`, in any case, perhaps followed by .gz."""
+    return name.lower().removesuffix(".gz").endswith(suffixes)
 
 
 def _expand(source):
@@ -117,13 +124,12 @@ def _expand(source):
     if os.path.isfile(source):
         return [source]
     if os.path.isdir(source):
-        found = []
+        found, readable = [], TEXT_SUFFIXES + JSONL_SUFFIXES
         for directory, subdirs, files in os.walk(source, onerror=guards.walk_error):
             subdirs[:] = [d for d in subdirs if not d.startswith(".")]
-            found.extend(os.path.join(directory, f) for f in files if _readable(f) and not f.startswith("."))
+            found.extend(os.path.join(directory, f) for f in files if _ends_in(f, readable) and not f.startswith("."))
         if not found:
-            kinds = " ".join(TEXT_SUFFIXES + JSONL_SUFFIXES)
-            raise MinRobertaError(f"{source}: directory holds no text files ({kinds}, or those .gz)")
+            raise MinRobertaError(f"{source}: directory holds no text files ({' '.join(readable)}, or those .gz)")
         return sorted(found)
     if os.path.lexists(source):   # neither a file nor a folder: a FIFO, a device, a broken link
         guards.require_regular(source)
@@ -135,7 +141,7 @@ def _expand(source):
 
 def _file_documents(path, on_bytes=None):
     pieces = _pieces(path, on_bytes)
-    if path.lower().removesuffix(".gz").endswith(JSONL_SUFFIXES):
+    if _ends_in(path, JSONL_SUFFIXES):
         return _jsonl_documents(path, pieces)
     return _text_documents(path, pieces)
 
@@ -191,7 +197,12 @@ def _decoded(path, offset, raw, line):
                               f"{line + raw.count(NEWLINE, 0, exc.start)} (corpus files must be UTF-8 text)") from None
     if offset == 0:
         text = text.removeprefix("\ufeff")   # an editor's byte order mark
-    return text.replace("\r\n", "\n").replace("\r", "\n")   # DOS and old Mac line ends
+    return _unix_line_ends(text)
+
+
+def _unix_line_ends(text):
+    """`text` with DOS (CR LF) and old Mac (CR) line ends made LF, as every other step expects."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 NEWLINE = b"\n"
@@ -234,7 +245,7 @@ def _jsonl_documents(path, pieces):
             if not isinstance(text, str):
                 raise MinRobertaError(f'{path}: line {number} has no "text" string (JSON lines corpora hold one '
                                       'object a line, its "text" field a document)')
-            text = text.replace("\r\n", "\n").replace("\r", "\n").strip()
+            text = _unix_line_ends(text).strip()
             if text:
                 yield text
 
@@ -275,16 +286,31 @@ def is_validation(document):
     return int.from_bytes(digest, "little") % VALID_ONE_IN == 0
 
 
-def train_valid_split(documents):
-    """-> (train, valid) lists of the documents, in their original order; each document goes to one side
-    only (about 1 in VALID_ONE_IN to validation, by is_validation). With two or more documents neither side
-    is left empty: the last document of the larger side moves over when the hash sent none to the other."""
-    train, valid = [], []
+def split_stream(documents):
+    """(side, document) pairs in corpus order, each document on its is_validation side. With two or more
+    documents neither side is left empty: the last document of the other side moves over when the hash sent
+    none to one. So each side's last document is held back one step, until the end shows whether it moves."""
+    held, count = {}, {side: 0 for side in SIDES}
     for document in documents:
-        (valid if is_validation(document) else train).append(document)
-    if len(train) + len(valid) >= 2:
-        if not valid:
-            valid.append(train.pop())
-        elif not train:
-            train.append(valid.pop())
-    return train, valid
+        side = "valid" if is_validation(document) else "train"
+        if side in held:
+            yield side, held[side]
+        held[side] = document
+        count[side] += 1
+    if count["train"] + count["valid"] >= 2:
+        for side, other in (("valid", "train"), ("train", "valid")):
+            if count[side] == 0:
+                held[side] = held.pop(other)
+    for side in SIDES:
+        if side in held:
+            yield side, held[side]
+
+
+def train_valid_split(documents):
+    """-> (train, valid) lists of the documents, in their original order: split_stream's sides, so each
+    document goes to one side only (about 1 in VALID_ONE_IN to validation), and neither side is left empty
+    from two documents on."""
+    sides = {side: [] for side in SIDES}
+    for side, document in split_stream(documents):
+        sides[side].append(document)
+    return sides["train"], sides["valid"]

@@ -46,13 +46,18 @@ def pack_full_sentences(documents, block_size, bos_id, eos_id):
         yield np.array([bos_id, *body, eos_id], dtype=np.int32)
 
 
+def sentence_texts(document):
+    """A document's sentences (split_sentences) as the tokenizer encodes them: each after the first with the
+    space that separated it, so the concatenated pieces are the tokens of the document's running text, as in
+    RoBERTa, whose BPE ran over whole lines (a byte-level BPE marks a word's leading space: "ĠThe" != "The")."""
+    return [s if i == 0 else " " + s for i, s in enumerate(split_sentences(document))]
+
+
 def tokenize_documents(tokenizer, documents):
-    """-> per document, the token ids of each of its sentences (split_sentences). Sentences after a
-    document's first are encoded with the space that separated them, so the concatenated pieces are the
-    tokens of the document's running text, as in RoBERTa, whose BPE ran over whole lines (a byte-level BPE
-    marks a word's leading space: "ĠThe" != "The"). All sentences go through the tokenizer in one batch."""
-    sentences = [split_sentences(document) for document in documents]
-    flat = tokenizer.encode_plain_batch([s if i == 0 else " " + s for doc in sentences for i, s in enumerate(doc)])
+    """-> per document, the token ids of each of its sentences, encoded as sentence_texts gives them. All
+    sentences go through the tokenizer in one batch."""
+    sentences = [sentence_texts(document) for document in documents]
+    flat = tokenizer.encode_plain_batch([s for doc in sentences for s in doc])
     tokenized, start = [], 0
     for doc in sentences:
         tokenized.append(flat[start:start + len(doc)])

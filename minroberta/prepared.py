@@ -29,7 +29,7 @@ from .errors import MinRobertaError
 
 FORMAT = 1                      # bump when the files' layout changes: older directories are prepared again
 MANIFEST = "prepared.json"
-SIDES = ("train", "valid")
+SIDES = corpus.SIDES            # each side has its own files, named after it
 CHUNK_BYTES = 2 << 20           # text per tokenizer call: bounded memory, and the next chunk's Python work overlaps it
 TOKENIZER_SAMPLE_BYTES = 32 << 20   # at most this much training text teaches a new tokenizer its merges
 PROBE_TEXT_BYTES = 1 << 20      # validation text kept for the held-out probes
@@ -74,12 +74,13 @@ class TokenSamples:
 
 
 class Prepared:
-    """An opened prepared directory: `train` and `valid` TokenSamples, the tokenizer and the manifest."""
+    """An opened prepared directory: `train` and `valid` TokenSamples, the tokenizer and the manifest.
+    `manifest`: the directory's, when the caller has read it already (read_manifest), so it is not read twice."""
 
-    def __init__(self, directory):
+    def __init__(self, directory, manifest=None):
         from .tokenizer import Tokenizer
         self.directory = directory
-        self.manifest = read_manifest(directory)
+        self.manifest = manifest if manifest is not None else read_manifest(directory)
         if self.manifest is None:
             raise MinRobertaError(f"{directory}: holds no prepared data ({MANIFEST} missing or damaged)")
         self.tokenizer = Tokenizer.from_dir(os.path.join(directory, "tokenizer.json"))
@@ -107,14 +108,15 @@ def read_manifest(directory):
 
 # --- deciding whether prepared data can be reused
 
-def corpus_identity(sources, say=None):
-    """What the corpus is, cheaply: each file's path, size and modification time (nanoseconds), or for the
-    built-in corpus this Python's version and standard library. Size and mtime, not a hash of the contents: a
-    hash would read the whole corpus on every start; any write through the file system changes the mtime."""
-    if not sources:
+def corpus_identity(paths):
+    """What the corpus is, cheaply: each file's path, size and modification time (nanoseconds) for the files
+    `paths` (corpus.input_files' list), or for the built-in corpus (None) this Python's version and standard
+    library. Size and mtime, not a hash of the contents: a hash would read the whole corpus on every start;
+    any write through the file system changes the mtime."""
+    if paths is None:
         return {"builtin": "stdlib docstrings", "python": sys.version, "stdlib": sysconfig.get_paths()["stdlib"]}
     files = []
-    for path in corpus.input_files(sources, say):   # each file once; `say` hears of paths dropped as repeats
+    for path in paths:
         stat = os.stat(path)
         files.append({"path": os.path.abspath(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
     return {"files": files}
@@ -185,26 +187,6 @@ class PrepareProgress:
 
 # --- preparing
 
-def split_stream(documents):
-    """(side, document) pairs in corpus order: corpus.train_valid_split's sides, streamed. Each side's last
-    document is held back one step, so that at the end it can still move over as train_valid_split's does
-    when the other side got none."""
-    held, count = {}, {side: 0 for side in SIDES}
-    for document in documents:
-        side = "valid" if corpus.is_validation(document) else "train"
-        if side in held:
-            yield side, held[side]
-        held[side] = document
-        count[side] += 1
-    if count["train"] + count["valid"] >= 2:
-        for side, other in (("valid", "train"), ("train", "valid")):
-            if count[side] == 0:
-                held[side] = held.pop(other)
-    for side in SIDES:
-        if side in held:
-            yield side, held[side]
-
-
 def tokenizer_sample(documents, total_bytes, budget=TOKENIZER_SAMPLE_BYTES):
     """The training documents a new tokenizer learns from: all of them when the corpus holds no more than
     `budget` bytes; else every k-th (k = corpus bytes / budget, so the sample spans the corpus), at most `budget`
@@ -212,7 +194,7 @@ def tokenizer_sample(documents, total_bytes, budget=TOKENIZER_SAMPLE_BYTES):
     stride = max(1, -(-total_bytes // budget)) if total_bytes else 1
     sample, size, count = [], 0, {side: 0 for side in SIDES}
     if stride == 1:
-        for side, document in split_stream(documents):
+        for side, document in corpus.split_stream(documents):
             count[side] += 1
             if side == "train" and size < budget:
                 sample.append(document)
@@ -227,14 +209,15 @@ def tokenizer_sample(documents, total_bytes, budget=TOKENIZER_SAMPLE_BYTES):
     return sample, None
 
 
-def sentence_texts(documents):
-    """The sentences of the documents as data.tokenize_documents encodes them (every sentence after a
-    document's first with the space that preceded it), and for each whether it opens its document."""
+def chunk_sentences(documents):
+    """The sentences of a chunk's documents as data.sentence_texts gives them, and for each whether it opens
+    its document."""
+    from .data import sentence_texts   # here, not at the top: data brings in the model's operations
     texts, opens = [], []
     for document in documents:
-        for i, sentence in enumerate(corpus.split_sentences(document)):
-            texts.append(sentence if i == 0 else " " + sentence)
-            opens.append(i == 0)
+        sentences = sentence_texts(document)
+        texts.extend(sentences)
+        opens.extend(i == 0 for i in range(len(sentences)))
     return texts, opens
 
 
@@ -317,22 +300,27 @@ def token_dtype(vocab_size):
 
 
 def prepare(sources, directory, seq_len, tokenizer=None, vocab_size=None, say=print, source_name=None,
-            progress_stream=None):
+            progress_stream=None, paths=None):
     """Read, split, tokenize and pack `sources` (None: the built-in corpus) into `directory`, replacing what is
     there as a whole (written beside it, then renamed). `tokenizer`: the one to use; else one of `vocab_size`
-    is trained on tokenizer_sample. -> the opened Prepared."""
+    is trained on tokenizer_sample. `paths`: corpus.input_files(sources), when the caller has found them
+    already, so that a big corpus folder is walked once. -> the opened Prepared."""
     from .tokenizer import train_tokenizer
     if os.path.isdir(directory) and os.listdir(directory) and not os.path.exists(os.path.join(directory, MANIFEST)):
         raise MinRobertaError(f"{directory}: not prepared data, and not empty; give another directory to prepare into")
     source_name = source_name or ("the standard library's docstrings" if not sources else ", ".join(sources))
-    identity = corpus_identity(sources)
+    if not sources:
+        paths = None   # the built-in corpus
+    elif paths is None:
+        paths = corpus.input_files(sources)
+    identity = corpus_identity(paths)
     total = sum(f["size"] for f in identity.get("files", [])) or None
     builtin = list(corpus.stdlib_documents()) if not sources else None
 
     def documents(progress=None):
         if builtin is not None:
             return iter(builtin)
-        return corpus.read_documents(sources, on_bytes=progress.add if progress else None)
+        return corpus.read_files(paths, on_bytes=progress.add if progress else None)
 
     def too_little(count):
         if count["train"] + count["valid"] == 0:
@@ -397,7 +385,7 @@ def _tokenize_and_pack(documents, tokenizer, seq_len, directory, dtype, progress
 
     def chunks():
         nonlocal probe_bytes
-        for side, document in split_stream(documents):
+        for side, document in corpus.split_stream(documents):
             writers[side].documents += 1
             progress.add(documents=1)
             if side == "valid" and probe_bytes < PROBE_TEXT_BYTES:
@@ -418,7 +406,7 @@ def _tokenize_and_pack(documents, tokenizer, seq_len, directory, dtype, progress
     with concurrent.futures.ThreadPoolExecutor(1) as encoder:
         waiting = None
         for side, chunk in chunks():
-            texts, opens = sentence_texts(chunk)
+            texts, opens = chunk_sentences(chunk)
             submitted = (side, encoder.submit(tokenizer.encode_plain_batch, texts), opens)
             if waiting is not None:
                 pack(*waiting)
@@ -439,13 +427,14 @@ def ready(sources, directory, seq_len, tokenizer=None, vocab_size=None, say=prin
     """The prepared data of `sources` in `directory`: reused when it was made from the same files (size and
     mtime), tokenizer and seq_len, else prepared again (saying why in one line). -> Prepared."""
     manifest = read_manifest(directory)
-    reason = why_stale(manifest, corpus_identity(sources, say), seq_len, tokenizer, vocab_size)
+    paths = corpus.input_files(sources, say) if sources else None   # `say` hears of paths dropped as repeats
+    reason = why_stale(manifest, corpus_identity(paths), seq_len, tokenizer, vocab_size)
     if reason is None:
         say(f"using the data prepared in {directory}")
-        return Prepared(directory)
+        return Prepared(directory, manifest)
     if manifest is not None:
         say(f"{directory}: {reason}; preparing again")
-    return prepare(sources, directory, seq_len, tokenizer, vocab_size, say, source_name)
+    return prepare(sources, directory, seq_len, tokenizer, vocab_size, say, source_name, paths=paths)
 
 
 def ready_on_every_rank(world, sources, directory, seq_len, tokenizer=None, vocab_size=None, say=print,
@@ -471,8 +460,8 @@ def ready_on_every_rank(world, sources, directory, seq_len, tokenizer=None, voca
         shared = world.broadcast_bytes(made.tokenizer.to_json().encode("utf-8") if made else b"").decode("utf-8")
         if first_on_node and not world.is_main:
             try:
-                ready(sources, directory, seq_len, Tokenizer.from_json(shared), vocab_size, lambda text: None,
-                      source_name)
+                made = ready(sources, directory, seq_len, Tokenizer.from_json(shared), vocab_size, lambda text: None,
+                             source_name)
             except MinRobertaError as exc:
                 error = str(exc)
         failed = world.allreduce_scalars([1.0 if error else 0.0])[0]

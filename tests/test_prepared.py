@@ -69,7 +69,7 @@ def test_the_packer_gives_pack_full_sentences_samples_whatever_the_chunking(docs
 @given(st.lists(st.text(alphabet="ab ", min_size=1, max_size=6).map(str.strip).filter(bool), max_size=12))
 def test_the_streamed_split_is_train_valid_split(docs):
     train, valid = train_valid_split(docs)
-    sides = list(prepared.split_stream(docs))
+    sides = list(corpus.split_stream(docs))
     assert [d for s, d in sides if s == "train"] == train
     assert [d for s, d in sides if s == "valid"] == valid
 

@@ -194,10 +194,10 @@ SelfAttentionCache = namedtuple("SelfAttentionCache", "projection attention")
 
 
 def query_key_value(p, x):
-    """Three projections, query, key and value, done as ONE product: x (B, T, C) times the three weights stacked
-    (3C, C), plus the three biases stacked (3C,). HuggingFace runs three linears; this is an optimisation kept in
-    the reference (one pass over x, one large matrix multiply instead of three), and it stays because three
-    products may round the last bit differently. p: "attention.self.".
+    """The query, key and value projections done as one product: x (B, T, C) times the three weights stacked
+    (3C, C), plus the three biases stacked (3C,). HuggingFace runs three linears. This is an optimisation kept in
+    the reference (one pass over x, one large matrix multiply instead of three); three products could round
+    the last bit differently. p: "attention.self.".
     -> q, k, v (B, T, C) views into one array, and the product's cache."""
     xp = backend.xp()
     qkv_weight = xp.concatenate([p["query.weight"], p["key.weight"], p["value.weight"]])          # (3C, C)

@@ -67,11 +67,19 @@ def test_the_packer_gives_pack_full_sentences_samples_whatever_the_chunking(docs
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.text(alphabet="ab ", min_size=1, max_size=6).map(str.strip).filter(bool), max_size=12))
-def test_the_streamed_split_is_train_valid_split(docs):
-    train, valid = train_valid_split(docs)
+def test_the_split_puts_each_document_on_its_side_and_leaves_neither_empty(docs):
+    """The rule written out here, apart from split_stream (which train_valid_split collects): each document on
+    its is_validation side in corpus order; from two documents on, an empty side takes the other's last."""
+    train = [d for d in docs if not corpus.is_validation(d)]
+    valid = [d for d in docs if corpus.is_validation(d)]
+    if len(docs) >= 2 and not valid:
+        valid.append(train.pop())
+    elif len(docs) >= 2 and not train:
+        train.append(valid.pop())
     sides = list(corpus.split_stream(docs))
     assert [d for s, d in sides if s == "train"] == train
     assert [d for s, d in sides if s == "valid"] == valid
+    assert train_valid_split(docs) == (train, valid)
 
 
 # --- the same batches as in memory

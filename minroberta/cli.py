@@ -587,8 +587,8 @@ def run_predict(args):
         cut = total = 0
         for question in texts:
             total += 1
-            cut += len(tokenizer.encode(question, args.context).ids) > limit
             encoding = tokenizer.encode(question, args.context, max_length=limit)
+            cut += encoding.truncated
             out = model(np.array([encoding.ids]), None, np.array([encoding.type_ids]))
             offsets = [o if s == 1 else None for o, s in zip(encoding.offsets, encoding.sequence_ids)]
             answer = qa.answer(backend.to_host(out.start_logits)[0], backend.to_host(out.end_logits)[0], offsets,
@@ -650,7 +650,8 @@ def embed_texts(args, model, tokenizer, setup):
             raise MinRobertaError(f"--output {args.output}: --pooling tokens saves named arrays, so it must end in .npz")
         texts = list(texts)
         limit = model.config.max_sequence_length
-        collection.say_truncated(sum(len(tokenizer.encode(t).ids) > limit for t in texts), len(texts), limit)
+        collection.say_truncated(sum(e.truncated for e in tokenizer.encode_many(texts, max_length=limit)),
+                                 len(texts), limit)
         return print_token_embeddings(model, tokenizer, texts, args.output)
     modes = setup.pooling if args.pooling is None else (args.pooling,)
     normalize = setup.normalize if args.normalize is None else args.normalize

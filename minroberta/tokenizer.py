@@ -35,7 +35,8 @@ SPELLINGS = {"bos": ("<s>", "[CLS]"), "eos": ("</s>", "[SEP]"), "pad": ("<pad>",
              "mask": ("<mask>", "[MASK]")}
 SPECIAL_TOKEN_FILES = ("special_tokens_map.json", "tokenizer_config.json")   # the first names a role first
 
-Encoding = namedtuple("Encoding", "ids tokens offsets sequence_ids type_ids")   # sequence_ids: 0, 1 or None (special)
+# sequence_ids: 0, 1 or None (special); truncated: max_length cut tokens off
+Encoding = namedtuple("Encoding", "ids tokens offsets sequence_ids type_ids truncated", defaults=(False,))
 Ids = namedtuple("Ids", "ids type_ids truncated", defaults=(False,))   # one unpadded text: what the model reads
 
 
@@ -248,11 +249,13 @@ class Tokenizer:
             return self.raw.encode_batch(texts if pairs is None else list(zip(texts, pairs)))
 
     def encode(self, text, pair=None, max_length=None):
-        """One text (or pair) with special tokens -> Encoding(ids, tokens, offsets, sequence_ids, type_ids);
-        offsets are (start, end) character spans in the text their sequence_id names, (0, 0) for specials."""
+        """One text (or pair) with special tokens -> Encoding(ids, tokens, offsets, sequence_ids, type_ids,
+        truncated); offsets are (start, end) character spans in the text their sequence_id names, (0, 0) for
+        specials."""
         with self._truncation(max_length, pair is not None):
             encoding = self.raw.encode(text, pair) if pair is not None else self.raw.encode(text)
-        return Encoding(encoding.ids, encoding.tokens, encoding.offsets, encoding.sequence_ids, encoding.type_ids)
+        return Encoding(encoding.ids, encoding.tokens, encoding.offsets, encoding.sequence_ids, encoding.type_ids,
+                        bool(encoding.overflowing))
 
     def encode_many(self, texts, pairs=None, max_length=None):
         """Each text (or pair) with special tokens, unpadded: [Ids(ids, type_ids, truncated)], all in one call on

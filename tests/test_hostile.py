@@ -577,9 +577,11 @@ lock_case("pretrain lock file is a symlink", lambda p: os.symlink("/etc/passwd",
 def pretrain_two_runs_on_one_folder_at_once(w, tmp, capsys):
     out = tmp / "run"
     env = {**os.environ, "PYTHONPATH": ROOT}
-    argv = [sys.executable, "-m", "minroberta.cli", *w.pretrain(out, "--steps", 40, "--save-every", 10)]
+    argv = [sys.executable, "-m", "minroberta.cli", *w.pretrain(out, "--steps", 400, "--save-every", 100)]
     first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    time.sleep(0.5)
+    deadline = time.time() + TIMEOUT_S   # the second starts once the first holds the folder: a run of 400 updates
+    while not (out / ".minroberta.lock").exists() and time.time() < deadline:   # lasts past its start-up
+        time.sleep(0.01)
     second = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     ends = [p.communicate(timeout=TIMEOUT_S) for p in (first, second)]
     statuses = sorted(p.returncode for p in (first, second))

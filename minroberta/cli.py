@@ -18,6 +18,8 @@ from .errors import MinRobertaError
 
 DEFAULT_OUT = os.path.join("runs", "pretrain")
 VOCAB_SIZES = {"micro": 2048, "mini": 1024, "tiny": 8192, "small": 16384, "base": 32768}
+PREPARE_FLAGS = ("corpus", "preset", "vocab_size", "tokenizer", "seq_len")   # pretrain's, for the data alone
+RECIPE_FLAGS = {**recipe.RECIPES, "prepare": recipe.Pretraining}   # the commands whose flags a recipe checks
 SHAPE_FLAGS = {"hidden_size": "hidden_size", "layers": "num_hidden_layers", "heads": "num_attention_heads",
                "intermediate_size": "intermediate_size"}   # recipe field -> the Config field it overrides
 
@@ -51,17 +53,18 @@ def add_device_arguments(command, with_precision=True):
                          help="CPU threads for the numpy backend (default: $MINROBERTA_THREADS or every usable core)")
 
 
-def add_recipe_arguments(command, recipe_class, skip=(), metavars=None):
-    """One flag per field of the recipe, named after it. Each defaults to None (not given), so that the recipe
-    knows which flags the command line set: the defaults live in recipe.py alone, and --help shows them."""
-    metavars = metavars or {}
+def add_recipe_arguments(command, recipe_class, skip=(), metavars=None, only=None, helps=None):
+    """One flag per field of the recipe (or of the fields `only` names), named after it. Each defaults to None
+    (not given), so that the recipe knows which flags the command line set: the defaults live in recipe.py
+    alone, and --help shows them. `helps`: field -> a help text for this command instead of the field's."""
+    metavars, helps = metavars or {}, helps or {}
     common = set(recipe.names(recipe.TrainSettings))   # the command's own fields first, then the optimizer's
     for f in sorted(dataclasses.fields(recipe_class), key=lambda f: f.name in common):
-        if f.name in skip:
+        if f.name in skip or (only is not None and f.name not in only):
             continue
         flag, meta = "--" + f.name.replace("_", "-"), f.metadata
         shown_default = "" if f.default is None or f.default is False else f" (default: {recipe.shown(f.default)})"
-        help_text = meta["help"].replace("%", "%%") + shown_default
+        help_text = helps.get(f.name, meta["help"]).replace("%", "%%") + shown_default
         if f.type is bool:
             command.add_argument(flag, action="store_const", const=True, default=None, help=help_text)
         elif f.type is list:
@@ -101,13 +104,9 @@ def build_parser():
 
     prep = commands.add_parser("prepare", help="tokenize and pack a corpus once, for many pretrain runs "
                                                "(pretrain --prepared DIR)", formatter_class=HelpFormatter)
-    prep.add_argument("--corpus", nargs="+", metavar="PATH",
-                      help="as for pretrain (default: the docstrings of this Python's standard library)")
+    add_recipe_arguments(prep, recipe.Pretraining, only=PREPARE_FLAGS, metavars={"tokenizer": "DIR"},
+                         helps={"preset": "the pretrain preset the data is for: it sets the vocabulary size"})
     prep.add_argument("--out", required=True, metavar="DIR", help="where the prepared data goes")
-    prep.add_argument("--seq-len", type=int, default=32, help="block length of the packed sequences, in tokens")
-    prep.add_argument("--preset", default="mini", choices=list(VOCAB_SIZES), help="the vocabulary size's preset")
-    prep.add_argument("--vocab-size", type=int, default=None, help="BPE vocabulary size (default by preset)")
-    prep.add_argument("--tokenizer", metavar="DIR", help="use this tokenizer instead of training one")
 
     fill = commands.add_parser("fill-mask", help="predict the masked tokens of a text (models with an MLM head)",
                                formatter_class=HelpFormatter)
@@ -199,8 +198,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         guards.check_flags(args)   # every numeric flag, before any work
-        if args.command in recipe.RECIPES:   # a training command's own, by the recipe's rules
-            recipe.RECIPES[args.command](**given_recipe(args, recipe.RECIPES[args.command])).validate()
+        if recipe_class := RECIPE_FLAGS.get(args.command):   # a recipe's flags, by the recipe's rules
+            recipe_class(**given_recipe(args, recipe_class)).validate()
         if getattr(args, "backend", None):
             backend.use(args.backend)
         engine.reference(getattr(args, "reference", False))
@@ -401,14 +400,13 @@ def run_pretrain(args):
     if world.size > 1:
         say(f"data parallel over {world.size} MPI ranks: global batch {world.size} x {settings.batch_size} sequences")
 
-    source = "the standard library's docstrings" if not settings.corpus else ", ".join(settings.corpus)
     if checkpoint is not None:
         tokenizer = Tokenizer.from_dir(checkpoint)
     else:
         tokenizer = Tokenizer.from_dir(settings.tokenizer) if settings.tokenizer else None
     ready = prepared.ready_on_every_rank(world, settings.corpus,
                                          settings.prepared or os.path.join(args.out, guards.PREPARED),
-                                         settings.seq_len, tokenizer, vocab_size, say, source)
+                                         settings.seq_len, tokenizer, vocab_size, say)
     tokenizer = tokenizer or ready.tokenizer
     valid_docs = ready.probe_documents()
 
@@ -482,12 +480,13 @@ def run_prepare(args):
     from . import prepared
     from .tokenizer import Tokenizer
     say = lambda text: print(text, file=sys.stderr, flush=True)
-    tokenizer = Tokenizer.from_dir(args.tokenizer) if args.tokenizer else None
-    ready = prepared.ready(args.corpus, args.out, args.seq_len, tokenizer, args.vocab_size or VOCAB_SIZES[args.preset],
-                           say, "the standard library's docstrings" if not args.corpus else ", ".join(args.corpus))
+    settings = recipe.Pretraining(**given_recipe(args, recipe.Pretraining))   # pretrain's defaults for its flags
+    tokenizer = Tokenizer.from_dir(settings.tokenizer) if settings.tokenizer else None
+    ready = prepared.ready(settings.corpus, args.out, settings.seq_len, tokenizer,
+                           settings.vocab_size or VOCAB_SIZES[settings.preset], say)
     samples = ready.manifest["samples"]
-    print(f"{samples['train']:,} training and {samples['valid']:,} validation sequences of at most {args.seq_len} "
-          f"tokens in {args.out}; pretrain on them with --prepared {args.out}")
+    print(f"{samples['train']:,} training and {samples['valid']:,} validation sequences of at most "
+          f"{settings.seq_len} tokens in {args.out}; pretrain on them with --prepared {args.out}")
     return 0
 
 

@@ -175,7 +175,6 @@ FLAGS = {
     "predict": {"max_length": COUNT, "batch_tokens": COUNT},
     "embed": {"max_length": COUNT, "batch_tokens": COUNT},
     "attention": {},
-    "prepare": {"seq_len": Range(int, 8, SIZE_LIMIT), "vocab_size": SIZE},
     "masking": {"batch_size": Range(int, 1, 64, why=" (a picture of more sequences cannot be read)"),
                 "seq_len": Range(int, 3, SIZE_LIMIT), "mask_prob": PROBABILITY,
                 "epochs": Range(int, 1, 16, why=" (a picture of more panels cannot be read)"), "seed": SEED},

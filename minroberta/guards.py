@@ -136,10 +136,12 @@ class Range:
     why: str = ""          # said after an upper bound
     message: str = None    # the whole message instead, with {value}
 
-    def problem(self, value):
-        """None when `value` is allowed, else what is wrong ('must be ..., got ...')."""
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (self.kind is int
-                                                                               and not isinstance(value, int)):
+    def problem(self, value, whole_floats=False):
+        """None when `value` is allowed, else what is wrong ('must be ..., got ...'). `whole_floats`: 2600.0 counts
+        as a whole number (a recipe read back from JSON)."""
+        whole = isinstance(value, int) or (whole_floats and isinstance(value, float) and math.isfinite(value)
+                                           and value.is_integer())
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (self.kind is int and not whole):
             return f"must be {'a whole number' if self.kind is int else 'a number'}, got {value!r}"
         if not math.isfinite(value):
             return f"must be a finite number, got {value}"

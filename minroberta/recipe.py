@@ -8,40 +8,41 @@ its own defaults where fine-tuning differs.
 """
 
 import dataclasses
-import math
 import os
 
 from .config import PRESETS, SIZE_LIMIT
 from .errors import MinRobertaError
+from .guards import COUNT, DROPOUT, NON_NEGATIVE, POSITIVE, PROBABILITY, SEED, SIZE, Range
 
 
-def field(default, help, **limits):
-    """A recipe field: its default, its flag's help, and the bounds `validate` holds it to."""
-    return dataclasses.field(default=default, metadata={"help": help, **limits})
+def field(default, help, *rules, choices=None):
+    """A recipe field: its default, its flag's help, and the rules (guards.Range) or choices `validate` holds it
+    to."""
+    return dataclasses.field(default=default, metadata={"help": help, "rules": rules, "choices": choices})
 
 
 @dataclasses.dataclass
 class TrainSettings:
-    steps: int = field(2600, "optimizer updates", low=1, most=10**9)
-    batch_size: int = field(64, "sequences per micro-batch", low=1, most=SIZE_LIMIT)
-    accumulate: int = field(1, "micro-batches per update (effective batch = batch-size x accumulate)", low=1,
-                           most=SIZE_LIMIT)
-    lr: float = field(5e-3, "peak learning rate", positive=True)
+    steps: int = field(2600, "optimizer updates", Range(int, 1, 10**9))
+    batch_size: int = field(64, "sequences per micro-batch", SIZE)
+    accumulate: int = field(1, "micro-batches per update (effective batch = batch-size x accumulate)", SIZE)
+    lr: float = field(5e-3, "peak learning rate", POSITIVE)
     warmup: int = field(-1, "warmup updates (-1: a share of --steps: 15% in pretraining, where RoBERTa's 6% left the "
-                            "short default run on the token-frequency plateau longer; 6% in fine-tuning)", low=-1)
+                            "short default run on the token-frequency plateau longer; 6% in fine-tuning)",
+                       Range(int, -1))
     beta2: float = field(0.99, "AdamW's second-moment decay (RoBERTa 0.98, for its large batches; the short default "
-                               "run learns a little faster with 0.99)", low=0.0, below=1.0)
-    eps: float = field(1e-6, "AdamW's epsilon", positive=True)
-    weight_decay: float = field(0.01, "AdamW weight decay (matrices only)", low=0.0)
-    clip_norm: float = field(1.0, "global gradient-norm clip (0: off)", low=0.0)
+                               "run learns a little faster with 0.99)", Range(float, 0.0, 1.0, high_open=True))
+    eps: float = field(1e-6, "AdamW's epsilon", POSITIVE)
+    weight_decay: float = field(0.01, "AdamW weight decay (matrices only)", NON_NEGATIVE)
+    clip_norm: float = field(1.0, "global gradient-norm clip (0: off)", NON_NEGATIVE)
     skip_nonfinite: bool = field(False, "skip an update whose loss or gradient is NaN/inf and go on (default: stop, "
                                         "keeping the last good checkpoint)")
-    eval_every: int = field(200, "updates between validation runs", low=1)
-    eval_batches: int = field(16, "validation batches per evaluation (0: all)", low=0)
-    save_every: int = field(400, "updates between checkpoints (Ctrl-C saves too)", low=1)
-    keep_checkpoints: int = field(2, "checkpoints kept (the newest)", low=1)
-    log_every: int = field(10, "updates between metric records", low=1)
-    seed: int = field(0, "seed of the weights, data order, masks and dropout", low=0, most=2**63 - 1)
+    eval_every: int = field(200, "updates between validation runs", COUNT)
+    eval_batches: int = field(16, "validation batches per evaluation (0: all)", Range(int, 0))
+    save_every: int = field(400, "updates between checkpoints (Ctrl-C saves too)", COUNT)
+    keep_checkpoints: int = field(2, "checkpoints kept (the newest)", COUNT)
+    log_every: int = field(10, "updates between metric records", COUNT)
+    seed: int = field(0, "seed of the weights, data order, masks and dropout", SEED)
 
     WARMUP_SHARE = 0.15   # of the updates, when warmup is -1
 
@@ -54,34 +55,24 @@ class TrainSettings:
         return 0.9, self.beta2
 
     def validate(self):
-        """Every numeric field finite and within its bounds: a one-line error naming the flag."""
+        """Every field of its type, a number finite and within its rules (guards.Range, as for every other
+        command's flags): a one-line error naming the flag."""
         for f in dataclasses.fields(self):
             value, meta = getattr(self, f.name), f.metadata
             flag = "--" + f.name.replace("_", "-")
-            if value is None or f.type not in (int, float):
-                if value is not None and not isinstance(value, f.type):   # a damaged saved recipe
+            if value is None:
+                continue
+            if f.type not in (int, float):
+                if not isinstance(value, f.type):   # a damaged saved recipe
                     raise MinRobertaError(f"{flag} must be {f.type.__name__}, got {value!r}")
-                if value is not None and "choices" in meta and value not in meta["choices"]:
+                if meta["choices"] and value not in meta["choices"]:
                     raise MinRobertaError(f"{flag} must be one of {', '.join(meta['choices'])}, got {value!r}")
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or (
-                    f.type is int and not (math.isfinite(value) and float(value).is_integer())):
-                raise MinRobertaError(f"{flag} must be {'a whole number' if f.type is int else 'a number'}, "
-                                      f"got {value!r}")
+            for rule in meta["rules"] or (Range(f.type),):
+                if problem := rule.problem(value, whole_floats=True):
+                    raise MinRobertaError(f"{flag} {problem}")
             if f.type is int:
                 setattr(self, f.name, int(value))   # 2600.0 read back from a JSON file counts as 2600
-            if not math.isfinite(value):
-                raise MinRobertaError(f"{flag} must be a finite number, got {value}")
-            if "below" in meta and not meta["low"] <= value < meta["below"]:
-                raise MinRobertaError(f"{flag} must be in [{meta['low']:g}, {meta['below']:g}), got {value}")
-            if "high" in meta and not meta["above"] < value <= meta["high"]:
-                raise MinRobertaError(f"{flag} must be in ({meta['above']:g}, {meta['high']:g}], got {value}")
-            if "low" in meta and value < meta["low"]:
-                raise MinRobertaError(f"{flag} must be at least {meta['low']}, got {value}")
-            if meta.get("positive") and not value > 0:
-                raise MinRobertaError(f"{flag} must be positive, got {value}")
-            if "most" in meta and value > meta["most"]:
-                raise MinRobertaError(f"{flag} must be at most {meta['most']}, got {value}")
         return self
 
 
@@ -93,21 +84,21 @@ class Pretraining(TrainSettings):
                         help="model size: mini (128 wide, 2 layers) learns to fill masks in five minutes on two CPU "
                              "cores; tiny (256 x 4) and small (512 x 6) want longer runs; base is roberta-base's "
                              "shape; micro is for smoke tests")
-    hidden_size: int = field(None, "override the preset's hidden_size", low=1, most=SIZE_LIMIT)
-    layers: int = field(None, "override the preset's num_hidden_layers", low=1, most=SIZE_LIMIT)
-    heads: int = field(None, "override the preset's num_attention_heads", low=1, most=SIZE_LIMIT)
-    intermediate_size: int = field(None, "override the preset's intermediate_size", low=1, most=SIZE_LIMIT)
-    vocab_size: int = field(None, "BPE vocabulary size (default by preset)", low=1, most=SIZE_LIMIT)
+    hidden_size: int = field(None, "override the preset's hidden_size", SIZE)
+    layers: int = field(None, "override the preset's num_hidden_layers", SIZE)
+    heads: int = field(None, "override the preset's num_attention_heads", SIZE)
+    intermediate_size: int = field(None, "override the preset's intermediate_size", SIZE)
+    vocab_size: int = field(None, "BPE vocabulary size (default by preset)", SIZE)
     tokenizer: str = field(None, "use this tokenizer (tokenizer.json or vocab.json + merges.txt) instead of "
                                  "training one")
     init_range: float = field(0.05, "standard deviation of the initial weights (initializer_range; RoBERTa 0.02: "
                                     "the small default model leaves the token-frequency plateau sooner from 0.05)",
-                              positive=True)
-    seq_len: int = field(32, "block length of the packed sequences, in tokens", low=8, most=SIZE_LIMIT)
+                              POSITIVE)
+    seq_len: int = field(32, "block length of the packed sequences, in tokens", Range(int, 8, SIZE_LIMIT))
     mask_prob: float = field(0.5, "share of the tokens chosen for the MLM loss in training (80% <mask>, 10% random, "
-                                  "10% kept); validation is always masked at 15%", above=0.0, high=1.0)
+                                  "10% kept); validation is always masked at 15%", PROBABILITY)
     dropout: float = field(0.0, "dropout probability of hidden states and attention (RoBERTa used 0.1; a run "
-                                     "of minutes learns faster without)", low=0.0, below=1.0)
+                                     "of minutes learns faster without)", DROPOUT)
     dtype: str = field("float32", "parameter precision", choices=("float32", "float64"))
     prepared: str = field(None, "the corpus tokenized and packed (by `minroberta prepare`, or prepared here when "
                                 "missing or stale; default: OUT/prepared)")
@@ -134,20 +125,20 @@ class Finetuning(TrainSettings):
                            "lines with context, question, answers")
     train: str = field(None, "training examples (.csv or .jsonl)")
     eval: str = field(None, "evaluation examples (.csv or .jsonl)")
-    epochs: float = field(3.0, "passes over the training examples", positive=True, most=10**6)
+    epochs: float = field(3.0, "passes over the training examples", POSITIVE, Range(float, high=10**6))
     max_length: int = field(None, "tokens per example (default: the model's limit); longer texts are truncated "
-                                  "with a warning", low=1)
+                                  "with a warning", COUNT)
     precision: str = field("float32", "matrix products (as pretrain's --precision)",
                            choices=("float32", "tf32", "fp16"))
     # where fine-tuning's defaults differ from pretraining's
-    steps: int = field(0, "optimizer updates (set from --epochs)", low=0)
-    batch_size: int = field(16, "sequences per micro-batch", low=1, most=SIZE_LIMIT)
-    lr: float = field(1e-4, "peak learning rate", positive=True)
-    beta2: float = field(0.98, "AdamW's second-moment decay", low=0.0, below=1.0)
-    eval_every: int = field(50, "updates between evaluations (and best-model checks)", low=1)
-    eval_batches: int = field(0, "evaluation batches per evaluation (0: all)", low=0)
-    save_every: int = field(100, "updates between checkpoints", low=1)
-    seed: int = field(0, "seed of the new head, the order and dropout", low=0, most=2**63 - 1)
+    steps: int = field(0, "optimizer updates (set from --epochs)", Range(int, 0))
+    batch_size: int = field(16, "sequences per micro-batch", SIZE)
+    lr: float = field(1e-4, "peak learning rate", POSITIVE)
+    beta2: float = field(0.98, "AdamW's second-moment decay", Range(float, 0.0, 1.0, high_open=True))
+    eval_every: int = field(50, "updates between evaluations (and best-model checks)", COUNT)
+    eval_batches: int = field(0, "evaluation batches per evaluation (0: all)", Range(int, 0))
+    save_every: int = field(100, "updates between checkpoints", COUNT)
+    seed: int = field(0, "seed of the new head, the order and dropout", SEED)
 
     WARMUP_SHARE = 0.06   # RoBERTa's fine-tuning ratio
 

@@ -358,7 +358,7 @@ def training_recipe(args, recipe_class, say):
     checkpoint, state = (None, None) if args.overwrite else checkpoint_to_resume(args.out, args.resume, report=say)
     if checkpoint is None:
         return recipe.resolve(recipe_class, given_recipe(args, recipe_class)), None
-    saved = recipe.from_saved(recipe_class, state, checkpoint)
+    saved = recipe_class.from_saved(state, checkpoint)
     return recipe.resolve(recipe_class, given_recipe(args, recipe_class), saved, state["step"], checkpoint, say), \
         checkpoint
 

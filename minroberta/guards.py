@@ -221,16 +221,15 @@ STATE_NUMBERS = {"step": Range(int, 0), "optimizer_steps": Range(int, 0)}
 
 
 def check_settings(state, path, settings_type):
-    """The recipe a checkpoint keeps as its settings, read as a resume reads it (recipe.from_saved): each value of
-    its field's type and within its bounds."""
-    from .recipe import from_saved   # recipe.py reads config.py, which reads this file
+    """The recipe a checkpoint keeps as its settings, read as a resume reads it (settings_type.from_saved,
+    recipe.py): each value of its field's type and within its bounds."""
     settings = state.get("settings")
     if not isinstance(settings, dict):
         raise MinRobertaError(f"{path}: \"settings\" is missing or not a JSON object")
     for name in ("steps", "warmup", "batch_size"):   # an older checkpoint may lack a later setting, never these
         if name not in settings:
             raise MinRobertaError(f"{path}: settings has no {name!r}")
-    from_saved(settings_type, state, path)
+    settings_type.from_saved(state, path)
 
 
 def check_trainer_state(state, path, settings_type, complete=True):
@@ -258,9 +257,7 @@ def check_trainer_state(state, path, settings_type, complete=True):
         raise MinRobertaError(f"{path}: best {problem}")
     last = state.get("last_eval")
     if last is not None:   # a finished run reports it again on a resume
-        from .recipe import Pretraining
-        pretraining = settings_type is Pretraining
-        needed = ("step",) + (("valid_loss", "valid_ppl", "valid_accuracy") if pretraining else ())
+        needed = ("step",) + settings_type.LAST_EVAL
         if not isinstance(last, dict) or any(k not in last for k in needed) or any(
                 isinstance(v, bool) or not isinstance(v, (int, float)) for v in last.values()):
             raise MinRobertaError(f"{path}: last_eval must be a JSON object of numbers with {', '.join(needed)}, "

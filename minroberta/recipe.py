@@ -45,6 +45,24 @@ class TrainSettings:
     seed: int = field(0, "seed of the weights, data order, masks and dropout", SEED)
 
     WARMUP_SHARE = 0.15   # of the updates, when warmup is -1
+    LAST_EVAL = ()        # the metrics a finished run's last evaluation holds besides its step
+
+    @classmethod
+    def from_saved(cls, state, source):
+        """The recipe a checkpoint's trainer_state.json saved under "settings" (checkpoints written before this
+        file kept the command's flags under "recipe": those count, over the settings). Fields it lacks keep their
+        defaults."""
+        settings, flags = state.get("settings") or {}, state.get("recipe") or {}
+        if not isinstance(settings, dict) or not isinstance(flags, dict):
+            raise MinRobertaError(f"{source}: its trainer state holds a damaged recipe (not a mapping of names)")
+        saved = {**settings, **flags}
+        if "precision" not in saved and state.get("precision") in ("float32", "tf32", "fp16"):
+            saved["precision"] = state["precision"]   # kept beside the recipe before it joined it
+        names = {f.name for f in dataclasses.fields(cls)}
+        try:
+            return cls(**{k: v for k, v in saved.items() if k in names}).validate()
+        except MinRobertaError as exc:
+            raise MinRobertaError(f"{source}: settings: {exc}") from None
 
     @property
     def warmup_steps(self):
@@ -78,6 +96,8 @@ class TrainSettings:
 
 @dataclasses.dataclass
 class Pretraining(TrainSettings):
+    LAST_EVAL = ("valid_loss", "valid_ppl", "valid_accuracy")
+
     corpus: list = field(None, "text files, directories or globs (blank lines separate documents); default: the "
                                "docstrings of this Python's standard library")
     preset: str = field("mini", choices=tuple(PRESETS),
@@ -175,23 +195,6 @@ def kind_of(state):
     written before the recipe joined the settings)."""
     saved = [state.get(key) for key in ("settings", "recipe")] if isinstance(state, dict) else []
     return Finetuning if any(isinstance(part, dict) and "task" in part for part in saved) else Pretraining
-
-
-def from_saved(recipe_class, state, source):
-    """The recipe a checkpoint's trainer_state.json saved under "settings" (checkpoints written before this file
-    kept the command's flags under "recipe": those count, over the settings). Fields it lacks keep their
-    defaults."""
-    settings, flags = state.get("settings") or {}, state.get("recipe") or {}
-    if not isinstance(settings, dict) or not isinstance(flags, dict):
-        raise MinRobertaError(f"{source}: its trainer state holds a damaged recipe (not a mapping of names)")
-    saved = {**settings, **flags}
-    if "precision" not in saved and state.get("precision") in ("float32", "tf32", "fp16"):
-        saved["precision"] = state["precision"]   # kept beside the recipe before it joined it
-    names = {f.name for f in dataclasses.fields(recipe_class)}
-    try:
-        return recipe_class(**{k: v for k, v in saved.items() if k in names}).validate()
-    except MinRobertaError as exc:
-        raise MinRobertaError(f"{source}: settings: {exc}") from None
 
 
 def resolve(recipe_class, given, saved=None, saved_step=None, source="the checkpoint", say=print):

@@ -80,7 +80,7 @@ def as_written_before_the_recipe(path):
     settings = state["settings"]
     old = {name: settings[name] for name in OLD_SETTINGS}
     old.update(betas=[0.9, settings["beta2"]], dropout=settings["dropout"] > 0,
-               warmup=recipe.from_saved(recipe.Pretraining, state, path).warmup_steps)
+               warmup=recipe.Pretraining.from_saved(state, path).warmup_steps)
     state.update(settings=old, recipe={name: settings[name] for name in OLD_FLAGS}, precision=settings["precision"])
     json.dump(state, open(path, "w"))
 
